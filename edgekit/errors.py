@@ -1,0 +1,17 @@
+"""One exception hierarchy: every message names the file/layer/field, what was expected and what was found."""
+
+
+class EdgekitError(Exception):
+    """Base of every error edgekit raises on purpose; the CLI prints these as one line."""
+
+
+class ProfileError(EdgekitError):
+    """A target or link profile is missing, malformed or inconsistent."""
+
+
+class ModelLoadError(EdgekitError):
+    """A model could not be imported: bad module path, corrupt file, wrong input shape."""
+
+
+class UnsupportedOpError(EdgekitError):
+    """The model uses an operator edgekit cannot analyse yet."""

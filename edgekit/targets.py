@@ -1,0 +1,250 @@
+"""Target profiles: what a device or a link is, loaded from TOML and validated strictly.
+
+Built-in profiles live in the repository's `targets/` folder (installed as `edgekit.profiles`);
+users pass their own file by path. Every number is written with a unit and carries either a
+`source` (datasheet, paper, URL) or an `estimate` (how it was derived).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ProfileError
+from edgekit.units import parse_quantity
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEVICE_CLASSES = ("mcu", "sbc", "gpu-sbc", "server")
+RUNTIMES = ("tflite-micro", "litert", "tflite-runtime", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+DTYPES = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A number in SI base units, as written in the profile, with where it comes from."""
+
+    value: float
+    text: str
+    source: str | None = None
+    estimate: str | None = None
+
+    @property
+    def provenance(self) -> str:
+        return self.source if self.source else f"estimate: {self.estimate}"
+
+
+@dataclass(frozen=True)
+class Device:
+    """A compute target: an MCU, a single-board computer, a GPU board or an edge server."""
+
+    name: str
+    description: str
+    device_class: str
+    cpu: str
+    cores: int
+    clock: Quantity
+    accelerator: str | None
+    runtimes: tuple[str, ...]
+    throughput: dict[str, Quantity]  # dtype -> effective MAC/s used by the cost model
+    sram: Quantity | None = None
+    flash: Quantity | None = None
+    ram: Quantity | None = None
+    memory_bandwidth: Quantity | None = None
+    power_active: Quantity | None = None
+    power_idle: Quantity | None = None
+    links: tuple[str, ...] = ()
+    path: str = ""
+
+    @property
+    def activation_budget_bytes(self) -> int:
+        """Memory available for activations: SRAM on an MCU, RAM elsewhere."""
+        memory = self.sram if self.device_class == "mcu" else self.ram
+        assert memory is not None  # guaranteed by the loader
+        return int(memory.value)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network link between a device and a server."""
+
+    name: str
+    description: str
+    uplink: Quantity  # bit/s, device -> server
+    downlink: Quantity  # bit/s, server -> device
+    rtt: Quantity  # seconds
+    max_payload: Quantity  # bytes per message
+    tx_energy: Quantity | None = None  # J per byte sent by the device radio
+    path: str = ""
+
+
+# Field specs: key -> (kind, required). kind is a type name, a dimension for quantities
+# ("q:<dimension>"), or a nested spec dict for a table.
+_Q = "q:"
+_DEVICE_SPEC: dict[str, tuple[Any, bool]] = {
+    "kind": ("str", True),
+    "name": ("str", True),
+    "description": ("str", True),
+    "class": ("str", True),
+    "runtimes": ("list[str]", True),
+    "links": ("list[str]", False),
+    "cpu": ({"model": ("str", True), "cores": ("int", True), "clock": (_Q + "frequency", True),
+             "accelerator": ("str", False)}, True),
+    "memory": ({"sram": (_Q + "bytes", False), "flash": (_Q + "bytes", False), "ram": (_Q + "bytes", False),
+                "bandwidth": (_Q + "byte_rate", False)}, True),
+    "throughput": ({"int8": (_Q + "mac_rate", True), "fp32": (_Q + "mac_rate", True),
+                    "fp16": (_Q + "mac_rate", False)}, True),
+    "power": ({"active": (_Q + "power", True), "idle": (_Q + "power", True)}, False),
+}
+_LINK_SPEC: dict[str, tuple[Any, bool]] = {
+    "kind": ("str", True),
+    "name": ("str", True),
+    "description": ("str", True),
+    "uplink": (_Q + "bit_rate", True),
+    "downlink": (_Q + "bit_rate", True),
+    "rtt": (_Q + "time", True),
+    "max_payload": (_Q + "bytes", True),
+    "tx_energy": (_Q + "energy_per_byte", False),
+}
+
+
+def _check_table(table: dict, spec: dict, where: str, prefix: str = "") -> dict:
+    """Validate `table` against `spec`; return it with quantities parsed. Errors name file and key."""
+    unknown = sorted(set(table) - set(spec))
+    if unknown:
+        raise ProfileError(f"{where}: unknown key '{prefix}{unknown[0]}' (expected one of: {', '.join(spec)})")
+    out: dict[str, Any] = {}
+    for key, (kind, required) in spec.items():
+        dotted = prefix + key
+        if key not in table:
+            if required:
+                raise ProfileError(f"{where}: missing required key '{dotted}'")
+            continue
+        out[key] = _check_value(table[key], kind, where, dotted)
+    return out
+
+
+def _check_value(value: Any, kind: Any, where: str, dotted: str) -> Any:
+    if isinstance(kind, dict):
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: '{dotted}' must be a table, found {type(value).__name__}")
+        return _check_table(value, kind, where, dotted + ".")
+    if kind.startswith(_Q):
+        return _check_quantity(value, kind[len(_Q):], where, dotted)
+    expected = {"str": str, "int": int, "list[str]": list}[kind]
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ProfileError(f"{where}: '{dotted}' must be {kind}, found {type(value).__name__} {value!r}")
+    if kind == "list[str]" and not all(isinstance(v, str) for v in value):
+        raise ProfileError(f"{where}: '{dotted}' must be a list of strings, found {value!r}")
+    return tuple(value) if kind == "list[str]" else value
+
+
+def _check_quantity(value: Any, dimension: str, where: str, dotted: str) -> Quantity:
+    if not isinstance(value, dict):
+        raise ProfileError(f"{where}: '{dotted}' must be a table like {{ value = \"...\", source = \"...\" }}, "
+                           f"found {value!r}")
+    extra = sorted(set(value) - {"value", "source", "estimate"})
+    if extra:
+        raise ProfileError(f"{where}: unknown key '{dotted}.{extra[0]}' (expected value, source or estimate)")
+    if "value" not in value:
+        raise ProfileError(f"{where}: missing required key '{dotted}.value'")
+    if ("source" in value) == ("estimate" in value):
+        raise ProfileError(f"{where}: '{dotted}' needs exactly one of 'source' (where the number comes from) "
+                           "or 'estimate' (how it was derived)")
+    note = value.get("source", value.get("estimate"))
+    if not isinstance(note, str) or not note.strip():
+        raise ProfileError(f"{where}: '{dotted}' source/estimate must be a non-empty string")
+    try:
+        number = parse_quantity(value["value"], dimension)
+    except ValueError as exc:
+        raise ProfileError(f"{where}: '{dotted}.value': {exc}") from None
+    if number <= 0:
+        raise ProfileError(f"{where}: '{dotted}.value' must be positive, found {value['value']!r}")
+    return Quantity(number, value["value"], value.get("source"), value.get("estimate"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("edgekit.profiles")))
+
+
+def _profile_paths() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(_builtin_dir().glob("*.toml"))}
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        return Path(text)
+    paths = _profile_paths()
+    if text not in paths:
+        raise ProfileError(f"unknown profile '{text}' (known: {', '.join(paths)}; or pass a path to a .toml file)")
+    return paths[text]
+
+
+def _load(name_or_path: str | Path, kind: str) -> tuple[dict, str]:
+    path = _resolve(name_or_path)
+    raw = _read_toml(path)
+    found = raw.get("kind")
+    if found != kind:
+        raise ProfileError(f"{path}: 'kind' must be \"{kind}\" for this use, found {found!r}")
+    data = _check_table(raw, _DEVICE_SPEC if kind == "device" else _LINK_SPEC, str(path))
+    return data, str(path)
+
+
+def load_target(name_or_path: str | Path) -> Device:
+    """Load a device profile by built-in name ('rpi4') or by path to a TOML file."""
+    data, where = _load(name_or_path, "device")
+    if data["class"] not in DEVICE_CLASSES:
+        raise ProfileError(f"{where}: 'class' must be one of {', '.join(DEVICE_CLASSES)}, found {data['class']!r}")
+    bad = [r for r in data["runtimes"] if r not in RUNTIMES]
+    if bad:
+        raise ProfileError(f"{where}: 'runtimes' has unknown runtime {bad[0]!r} (known: {', '.join(RUNTIMES)})")
+    memory = data["memory"]
+    needed = ("sram", "flash") if data["class"] == "mcu" else ("ram",)
+    for key in needed:
+        if key not in memory:
+            raise ProfileError(f"{where}: missing required key 'memory.{key}' for class {data['class']!r}")
+    cpu, power = data["cpu"], data.get("power", {})
+    return Device(
+        name=data["name"], description=data["description"], device_class=data["class"],
+        cpu=cpu["model"], cores=cpu["cores"], clock=cpu["clock"], accelerator=cpu.get("accelerator"),
+        runtimes=data["runtimes"], throughput=data["throughput"],
+        sram=memory.get("sram"), flash=memory.get("flash"), ram=memory.get("ram"),
+        memory_bandwidth=memory.get("bandwidth"), power_active=power.get("active"), power_idle=power.get("idle"),
+        links=data.get("links", ()), path=where,
+    )
+
+
+def load_link(name_or_path: str | Path) -> Link:
+    """Load a link profile by built-in name ('wifi') or by path to a TOML file."""
+    data, where = _load(name_or_path, "link")
+    return Link(
+        name=data["name"], description=data["description"], uplink=data["uplink"], downlink=data["downlink"],
+        rtt=data["rtt"], max_payload=data["max_payload"], tx_energy=data.get("tx_energy"), path=where,
+    )
+
+
+def list_targets(pattern: str = "*", kind: str | None = None) -> list[str]:
+    """Sorted names of built-in profiles matching a shell-style pattern, optionally of one kind."""
+    names = []
+    for name, path in _profile_paths().items():
+        if fnmatch.fnmatch(name, pattern) and (kind is None or _read_toml(path).get("kind") == kind):
+            names.append(name)
+    return names
