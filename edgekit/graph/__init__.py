@@ -1,0 +1,56 @@
+"""The model graph: one representation for torch, ONNX and TFLite models (see `ir`)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ModelLoadError
+from edgekit.graph.ir import Graph, Layer, TensorSpec
+
+__all__ = ["Graph", "Layer", "TensorSpec", "load_graph", "resolve_module"]
+
+
+def resolve_module(spec: str) -> Any:
+    """'package.module:factory' or a registered reference-model name -> an nn.Module."""
+    if ":" not in spec:
+        from edgekit.models import create_model
+
+        return create_model(spec)
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot import module '{module_name}' (from '{spec}'): {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ModelLoadError(f"module '{module_name}' has no attribute '{attr}' (from '{spec}')")
+    return factory() if callable(factory) and not hasattr(factory, "forward") else factory
+
+
+def load_graph(model: Any, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Graph:
+    """Build the Graph of a torch module, a module spec/registry name, or an .onnx/.tflite file."""
+    if isinstance(model, (str, Path)) and str(model).endswith((".onnx", ".tflite")):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.suffix == ".onnx":
+            from edgekit.graph.from_onnx import from_onnx
+
+            return from_onnx(path, input_shape)
+        if input_shape is not None:
+            raise ModelLoadError(f"{path}: a .tflite model has a fixed input shape; do not pass one")
+        from edgekit.graph.from_tflite import from_tflite
+
+        return from_tflite(path)
+    if isinstance(model, str):
+        name = name or model.rpartition(":")[2]
+        model = resolve_module(model)
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ModelLoadError(f"{name or type(model).__name__}: no input shape given and the model has no "
+                             "'input_shape' attribute")
+    from edgekit.graph.from_torch import from_torch
+
+    return from_torch(model, tuple(shape), name)

@@ -1,0 +1,182 @@
+"""Shared lowering from importer nodes to a `Graph`: canonicalise, then compute cost and receptive field.
+
+Importers (torch, ONNX, TFLite) only translate their operators into `RawNode`s in one vocabulary.
+Everything that must agree across sources is done here once: identity removal, batch-norm and
+zero-pad folding, relu/relu6 fusion (as TFLite and MCU runtimes execute them), MACs, parameters
+and receptive fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from edgekit.errors import ModelLoadError
+from edgekit.graph.ir import DTYPE_BYTES, SPATIAL_OPS, Graph, Layer, TensorSpec, numel
+
+FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6"})
+GLOBAL_OPS = frozenset({"global_avgpool", "linear"})
+
+
+@dataclass
+class RawNode:
+    """One source operator in edgekit's op vocabulary, before canonicalisation.
+
+    attrs may hold: kernel, stride, padding (top, left, bottom, right), dilation, groups,
+    weight_shape (conv: O,I/g,kh,kw; linear: out,in), bias (bool), channels (batchnorm),
+    param_bytes (when the source stores weights in a known size, e.g. int8 TFLite), act.
+    """
+
+    name: str
+    op: str
+    inputs: list[str]
+    output: str
+    output_shape: tuple[int, ...]
+    dtype: str
+    attrs: dict = field(default_factory=dict)
+
+
+def build_graph(name: str, source: str, layout: str, inputs: list[TensorSpec], outputs: list[str],
+                nodes: list[RawNode]) -> Graph:
+    """Canonicalise `nodes` and compute per-layer MACs, parameters and receptive fields."""
+    outputs = list(outputs)
+    nodes = _drop_identities(nodes, outputs)
+    nodes = _fold_into_producer(nodes, outputs)
+    nodes = _fold_pads(nodes)
+    shapes = {spec.name: spec.shape for spec in inputs}
+    fields = {spec.name: ((1, 1), (1, 1)) for spec in inputs}
+    image_hw = max((spec.shape[-2:] for spec in inputs if len(spec.shape) == 4), default=(1, 1))
+    layers: list[Layer] = []
+    for node in nodes:
+        missing = [t for t in node.inputs if t not in shapes]
+        if missing:
+            raise ModelLoadError(f"{source} graph: layer '{node.name}' reads tensor '{missing[0]}' "
+                                 "that no earlier layer produces (graph not in execution order?)")
+        in_shapes = tuple(shapes[t] for t in node.inputs)
+        rf, jump = _receptive_field(node, [fields[t] for t in node.inputs], in_shapes, image_hw)
+        layer = _to_layer(node, in_shapes, rf, jump)
+        shapes[node.output], fields[node.output] = layer.output_shape, (rf, jump)
+        layers.append(layer)
+    return Graph(name=name, source=source, layout=layout, inputs=tuple(inputs), outputs=tuple(outputs),
+                 layers=_unique_names(layers))
+
+
+def _rename(nodes: list[RawNode], outputs: list[str], old: str, new: str) -> None:
+    for node in nodes:
+        node.inputs = [new if t == old else t for t in node.inputs]
+    outputs[:] = [new if t == old else t for t in outputs]
+
+
+def _drop_identities(nodes: list[RawNode], outputs: list[str]) -> list[RawNode]:
+    kept = []
+    for node in nodes:
+        if node.op == "identity":
+            _rename(nodes, outputs, node.output, node.inputs[0])
+        else:
+            kept.append(node)
+    return kept
+
+
+def _consumer_count(nodes: list[RawNode], outputs: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {t: 1 for t in outputs}
+    for node in nodes:
+        for t in set(node.inputs):
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def _fold_into_producer(nodes: list[RawNode], outputs: list[str]) -> list[RawNode]:
+    """Fold batch norm into the conv/linear before it and relu/relu6 into the op before it."""
+    by_output = {node.output: node for node in nodes}
+    counts = _consumer_count(nodes, outputs)
+    kept = []
+    for node in nodes:
+        producer = by_output.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        sole_reader = producer is not None and counts.get(producer.output) == 1
+        if node.op == "batchnorm" and sole_reader and producer.op in ("conv2d", "linear") \
+                and "act" not in producer.attrs:
+            producer.attrs["bias"] = True
+        elif node.op in FUSABLE_ACTIVATIONS and sole_reader and producer.op != "reshape" \
+                and "act" not in producer.attrs:
+            producer.attrs["act"] = node.op
+        else:
+            kept.append(node)
+            continue
+        by_output[node.output] = producer
+        counts[producer.output] = counts.get(node.output, 0)
+        _rename(nodes, outputs, node.output, producer.output)
+    return kept
+
+
+def _fold_pads(nodes: list[RawNode]) -> list[RawNode]:
+    """Fold an explicit zero spatial pad into the conv/pool that alone reads it."""
+    readers: dict[str, list[RawNode]] = {}
+    for node in nodes:
+        for t in node.inputs:
+            readers.setdefault(t, []).append(node)
+    kept = []
+    for node in nodes:
+        users = readers.get(node.output, [])
+        if node.op == "pad" and node.attrs.get("zero", False) and len(users) == 1 \
+                and users[0].op in ("conv2d", "avgpool2d") and len(node.inputs) == 1:
+            user = users[0]
+            user.attrs["padding"] = tuple(a + b for a, b in zip(user.attrs.get("padding", (0, 0, 0, 0)),
+                                                                 node.attrs["padding"]))
+            user.inputs = [node.inputs[0] if t == node.output else t for t in user.inputs]
+        else:
+            kept.append(node)
+    return kept
+
+
+def _receptive_field(node: RawNode, in_fields: list, in_shapes: tuple, image_hw: tuple) -> tuple:
+    if not in_fields:
+        return (1, 1), (1, 1)
+    rf = tuple(max(f[0][i] for f in in_fields) for i in range(2))
+    jump = tuple(max(f[1][i] for f in in_fields) for i in range(2))
+    if node.op in SPATIAL_OPS:
+        kernel, stride = node.attrs.get("kernel", (1, 1)), node.attrs.get("stride", (1, 1))
+        dilation = node.attrs.get("dilation", (1, 1))
+        rf = tuple(rf[i] + (dilation[i] * (kernel[i] - 1)) * jump[i] for i in range(2))
+        jump = tuple(jump[i] * stride[i] for i in range(2))
+    elif node.op in GLOBAL_OPS:
+        hw = in_shapes[0][-2:] if len(in_shapes[0]) == 4 else (1, 1)
+        rf = tuple(max(rf[i] + (hw[i] - 1) * jump[i], image_hw[i]) for i in range(2))
+    elif node.op == "upsample" and len(node.output_shape) == 4 and len(in_shapes[0]) == 4:
+        jump = tuple(max(1, jump[i] * in_shapes[0][2 + i] // node.output_shape[2 + i]) for i in range(2))
+    return rf, jump
+
+
+def _to_layer(node: RawNode, in_shapes: tuple, rf: tuple, jump: tuple) -> Layer:
+    a = node.attrs
+    op, macs, params = node.op, 0, 0
+    if op == "conv2d":
+        out_c, in_per_group, kh, kw = a["weight_shape"]
+        groups = a.get("groups", 1)
+        if groups > 1 and groups == in_shapes[0][1]:
+            op = "depthwise_conv2d"
+        macs = numel(node.output_shape) * in_per_group * kh * kw
+        params = numel(a["weight_shape"]) + (out_c if a.get("bias") else 0)
+    elif op == "linear":
+        out_f, in_f = a["weight_shape"]
+        macs = numel(node.output_shape) * in_f
+        params = out_f * in_f + (out_f if a.get("bias") else 0)
+    elif op == "batchnorm":
+        params = 2 * a["channels"]
+    param_bytes = a.get("param_bytes", params * DTYPE_BYTES["fp32"])
+    return Layer(
+        name=node.name, op=op, inputs=tuple(node.inputs), output=node.output, input_shapes=in_shapes,
+        output_shape=tuple(int(d) for d in node.output_shape), dtype=node.dtype, macs=int(macs),
+        params=int(params), param_bytes=int(param_bytes), kernel=tuple(a.get("kernel", (1, 1))),
+        stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0, 0, 0))),
+        dilation=tuple(a.get("dilation", (1, 1))), groups=int(a.get("groups", 1)), activation=a.get("act"),
+        rf=rf, jump=jump,
+    )
+
+
+def _unique_names(layers: list[Layer]) -> tuple[Layer, ...]:
+    seen: dict[str, int] = {}
+    out = []
+    for layer in layers:
+        count = seen.get(layer.name, 0)
+        seen[layer.name] = count + 1
+        out.append(layer if count == 0 else replace(layer, name=f"{layer.name}_{count}"))
+    return tuple(out)

@@ -1,0 +1,123 @@
+"""The one graph representation every importer produces and every planner reads.
+
+Shapes are always N,C,H,W for 4-D tensors, whatever the source layout (TFLite is NHWC; the
+graph's `layout` records what the source used). Layers are in execution order; DAG edges are
+the tensor names in `Layer.inputs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+DTYPE_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "fp16": 2, "fp32": 4, "int32": 4, "int64": 8}
+
+# Ops that do not move data: their output is the input buffer under another shape.
+ALIAS_OPS = frozenset({"reshape"})
+SPATIAL_OPS = frozenset({"conv2d", "depthwise_conv2d", "maxpool2d", "avgpool2d"})
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named graph input: its N,C,H,W shape and element type."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One operator with everything the planners need: shapes, cost and receptive field."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]  # activation tensor names (weights are not tensors here)
+    output: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+    dtype: str  # element type of the output activation
+    macs: int = 0
+    params: int = 0
+    param_bytes: int = 0
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    activation: str | None = None  # fused relu / relu6
+    rf: tuple[int, int] = (1, 1)  # receptive field (h, w) of one output pixel on the model input
+    jump: tuple[int, int] = (1, 1)  # distance on the model input between adjacent output pixels
+
+    @property
+    def output_elements(self) -> int:
+        return numel(self.output_shape)
+
+    def output_bytes(self, dtype: str | None = None) -> int:
+        """Bytes of the output activation, in its own dtype or the one given ('int8', 'fp32')."""
+        return self.output_elements * DTYPE_BYTES[dtype or self.dtype]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model as a list of layers in execution order, with DAG edges by tensor name."""
+
+    name: str
+    source: str  # "torch" | "onnx" | "tflite"
+    layout: str  # layout of the source model's activations: "NCHW" or "NHWC"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    layers: tuple[Layer, ...]
+
+    @cached_property
+    def _producers(self) -> dict[str, Layer]:
+        return {layer.output: layer for layer in self.layers}
+
+    @cached_property
+    def _consumers(self) -> dict[str, list[Layer]]:
+        table: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for name in dict.fromkeys(layer.inputs):
+                table.setdefault(name, []).append(layer)
+        return table
+
+    def producer(self, tensor: str) -> Layer | None:
+        """The layer that writes `tensor`, or None for a graph input."""
+        return self._producers.get(tensor)
+
+    def consumers(self, tensor: str) -> list[Layer]:
+        """Layers that read `tensor`, in execution order."""
+        return self._consumers.get(tensor, [])
+
+    def tensor_shape(self, tensor: str) -> tuple[int, ...]:
+        layer = self.producer(tensor)
+        if layer is not None:
+            return layer.output_shape
+        return next(spec.shape for spec in self.inputs if spec.name == tensor)
+
+    def tensor_dtype(self, tensor: str) -> str:
+        layer = self.producer(tensor)
+        if layer is not None:
+            return layer.dtype
+        return next(spec.dtype for spec in self.inputs if spec.name == tensor)
+
+    def layer(self, name: str) -> Layer:
+        return next(layer for layer in self.layers if layer.name == name)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def total_param_bytes(self) -> int:
+        return sum(layer.param_bytes for layer in self.layers)
