@@ -24,7 +24,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 DEVICE_CLASSES = ("mcu", "sbc", "gpu-sbc", "server")
 RUNTIMES = ("tflite-micro", "litert", "tflite-runtime", "onnxruntime", "onnxruntime-cuda", "tensorrt")
-DTYPES = ("int8", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -176,6 +175,8 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile file") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from None
 
