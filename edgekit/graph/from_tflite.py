@@ -57,10 +57,10 @@ def _short_name(tensor_name: bytes | str) -> str:
     text = tensor_name.decode() if isinstance(tensor_name, bytes) else tensor_name
     scoped = [part for part in text.split(";") if "/" in part]
     if not scoped:
-        return text
+        return ""
     parts = [p.rsplit(".", 1)[-1] for p in scoped[-1].split("/")[1:]]
     attrs = [p.split("_", 1)[1] for p in parts if "_" in p]
-    return ".".join(attrs) if attrs else text
+    return ".".join(attrs)
 
 
 def _nchw_tensors(ops: list[tuple[str, Any]], perm_of: Any) -> set[int]:
@@ -131,7 +131,8 @@ def from_tflite(path: str | Path) -> Graph:
         acts = [i for i in op.inputs if i >= 0 and not is_const(i)]
         weights = [i for i in op.inputs if i >= 0 and is_const(i)]
         out = op.outputs[0]
-        name = f"{_short_name(sub.tensors[out].name)}:{opname.lower()}"
+        scope = _short_name(sub.tensors[out].name)
+        name = f"{scope}:{opname.lower()}" if scope else f"{opname.lower()}_{index}"
         nodes.append(_translate(opname, op, name, [tensor_id(i) for i in acts], tensor_id(out), shape(out),
                                 dtype(out), [sub.tensors[i].shape for i in weights], const_bytes(weights),
                                 [shape(i) for i in acts], const_value, path, index))
