@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny residual CNN whose numbers can be checked by hand, and its exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyBlock(nn.Module):
+    """Depthwise 3x3 + BN + ReLU6, pointwise 1x1, residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw(self.dw(x))
+
+
+class TinyNet(nn.Module):
+    """3x32x32 -> stem conv 3x3/2 (8ch) -> residual block -> maxpool 2 -> global pool -> linear 10."""
+
+    input_shape = (1, 3, 32, 32)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = TinyBlock()
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.block(self.stem(x)))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def tiny_net() -> TinyNet:
+    """TinyNet with non-trivial batch-norm statistics (as a trained model has), in eval mode."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """Export with torch's dynamo ONNX exporter, as a user would."""
+    torch.onnx.export(model, (torch.zeros(model.input_shape),), str(path), dynamo=True, verbose=False)
+    return path
+
+
+def export_tflite(model: nn.Module, path: Path, int8: bool = False) -> Path:
+    """Convert with litert-torch; with int8, the PT2E static recipe (per-channel weights) on random data."""
+    import litert_torch
+
+    sample = (torch.rand(model.input_shape),)
+    if not int8:
+        litert_torch.convert(model, sample).export(str(path))
+        return path
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
+    for _ in range(4):
+        prepared(torch.rand(model.input_shape))
+    quantized = convert_pt2e(prepared, fold_quantize=False)
+    litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tflite(tiny_net(), tmp_path_factory.mktemp("tflite") / "tiny.tflite")
+
+
+@pytest.fixture(scope="session")
+def mbv2_int8_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgekit.models import create_model
+
+    model = create_model("mobilenet_v2_035_96")
+    return export_tflite(model, tmp_path_factory.mktemp("tflite") / "mobilenet_v2_035_96_int8.tflite", int8=True)
