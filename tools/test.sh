@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite, slow real-toolchain tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+.venv/bin/python -m pytest -q "$@"
