@@ -77,9 +77,12 @@ def check_fit(graph: Graph, memory: dict[str, MemoryProfile], target: Device) ->
     """MCU: int8 activations vs SRAM and int8 weights vs flash; others: fp32 weights + activations vs RAM."""
     if target.device_class == "mcu":
         assert target.sram is not None and target.flash is not None  # loader guarantees it for MCUs
-        int8_weights = graph.total_param_bytes if _weights_are_int8(graph) else graph.total_params
-        return (Fit("SRAM", "int8 peak activations", memory["int8"].peak_bytes, int(target.sram.value)),
-                Fit("flash", "int8 weights (1 byte per parameter)", int8_weights, int(target.flash.value)))
+        if _weights_are_int8(graph):
+            weights = Fit("flash", "int8 weights as stored", graph.total_param_bytes, int(target.flash.value))
+        else:
+            weights = Fit("flash", "int8 weights (estimate: 1 byte per parameter)", graph.total_params,
+                          int(target.flash.value))
+        return (Fit("SRAM", "int8 peak activations", memory["int8"].peak_bytes, int(target.sram.value)), weights)
     return (Fit("RAM", "fp32 weights + peak activations", graph.total_params * 4 + memory["fp32"].peak_bytes,
                 target.activation_budget_bytes),)
 
