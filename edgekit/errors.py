@@ -15,3 +15,11 @@ class ModelLoadError(EdgekitError):
 
 class UnsupportedOpError(EdgekitError):
     """The model uses an operator edgekit cannot analyse yet."""
+
+
+class CalibrationError(EdgekitError):
+    """Calibration or evaluation data is missing, unreadable, or of the wrong shape or dtype."""
+
+
+class ConversionError(EdgekitError):
+    """A model could not be exported or quantized, or the result failed its fidelity check."""

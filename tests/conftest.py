@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -56,24 +57,11 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     return path
 
 
-def export_tflite(model: nn.Module, path: Path, int8: bool = False) -> Path:
-    """Convert with litert-torch; with int8, the PT2E static recipe (per-channel weights) on random data."""
+def export_tflite(model: nn.Module, path: Path) -> Path:
+    """Float TFLite with litert-torch, as a user would convert before quantizing."""
     import litert_torch
 
-    sample = (torch.rand(model.input_shape),)
-    if not int8:
-        litert_torch.convert(model, sample).export(str(path))
-        return path
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
-    for _ in range(4):
-        prepared(torch.rand(model.input_shape))
-    quantized = convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
+    litert_torch.convert(model, (torch.rand(model.input_shape),)).export(str(path))
     return path
 
 
@@ -86,5 +74,10 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mbv2_int8_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgekit.models import create_model
 
+    from edgekit.convert.config import Int8Config
+    from edgekit.convert.quantize import quantize
+
     model = create_model("mobilenet_v2_035_96")
-    return export_tflite(model, tmp_path_factory.mktemp("tflite") / "mobilenet_v2_035_96_int8.tflite", int8=True)
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    path = tmp_path_factory.mktemp("tflite") / "mobilenet_v2_035_96_int8.tflite"
+    return quantize(model, calibration, path, Int8Config(format="tflite"))

@@ -1,0 +1,40 @@
+"""The INT8 recipe as a small dataclass, with presets derived from the target profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import Device
+
+FORMATS = ("tflite", "onnx")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """How to quantize: output format, weight granularity, I/O types, calibration method and sample cap."""
+
+    format: str = "tflite"
+    per_channel: bool = True
+    int8_io: bool = True  # tflite: int8 input and output tensors (what TFLM and Pi deployments want)
+    calibration: str = "minmax"  # onnx only; entropy/percentile are memory hungry, hence the cap below
+    max_samples: int = 200
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise EdgekitError(f"Int8Config.format must be one of {', '.join(FORMATS)}, found {self.format!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise EdgekitError(f"Int8Config.calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                               f"found {self.calibration!r}")
+        if self.max_samples < 1:
+            raise EdgekitError(f"Int8Config.max_samples must be >= 1, found {self.max_samples}")
+
+    @classmethod
+    def for_target(cls, device: Device, **overrides: Any) -> "Int8Config":
+        """MCU and Pi-class boards: full-integer TFLite; Jetson and servers: ONNX QDQ for TensorRT/ORT."""
+        uses_onnx = device.device_class in ("gpu-sbc", "server") or "litert" not in device.runtimes and \
+            "tflite-micro" not in device.runtimes and "tflite-runtime" not in device.runtimes
+        base = cls(format="onnx" if uses_onnx else "tflite")
+        return replace(base, **overrides)

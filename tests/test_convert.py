@@ -1,0 +1,91 @@
+"""INT8 conversion: real tools, real accuracy on held-out digits, int8 I/O, clear calibration errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.backends import load_backend
+from edgekit.convert.calibration import load_calibration
+from edgekit.convert.config import Int8Config
+from edgekit.convert.fidelity import measure_fidelity
+from edgekit.convert.quantize import quantize
+from edgekit.errors import CalibrationError, EdgekitError
+from edgekit.graph import load_graph
+from edgekit.models import create_model
+from edgekit.models.digits import load_digits_split
+from edgekit.targets import load_target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_digits_int8_within_one_point_of_fp32(fmt: str, tmp_path: Path) -> None:
+    x_train, _, x_test, y_test = load_digits_split()
+    model = create_model("digits_cnn", pretrained=True)
+    path = quantize(model, x_train[:200], tmp_path / f"digits.{fmt}", Int8Config(format=fmt))
+    with torch.no_grad():
+        fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), load_backend(path), x_test, y_test)
+    assert fidelity.samples == len(y_test) == 360
+    assert fidelity.fp32_accuracy is not None and fidelity.fp32_accuracy > 0.95
+    assert fidelity.accuracy_drop_points is not None and fidelity.accuracy_drop_points <= 1.0
+    assert fidelity.top1_agreement >= 0.98
+
+
+@pytest.mark.slow
+def test_tflite_is_full_integer_with_int8_io(tmp_path: Path) -> None:
+    x_train, *_ = load_digits_split()
+    path = quantize(create_model("digits_cnn", pretrained=True), x_train[:50], tmp_path / "d.tflite", Int8Config())
+    runner = load_backend(path)
+    assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
+    graph = load_graph(path)
+    assert graph.inputs[0].dtype == "int8"
+    assert not [l.name for l in graph.layers if l.op in ("quantize", "dequantize")]  # no float island
+    assert {l.dtype for l in graph.layers if l.op in ("conv2d", "linear")} == {"int8"}
+
+
+def test_config_presets_follow_the_target() -> None:
+    assert Int8Config.for_target(load_target("stm32f746")).format == "tflite"
+    assert Int8Config.for_target(load_target("rpi4")).format == "tflite"
+    assert Int8Config.for_target(load_target("jetson-orin-nano")).format == "onnx"
+    assert Int8Config.for_target(load_target("jetson-nano"), format="tflite").format == "tflite"
+    with pytest.raises(EdgekitError, match="format must be one of"):
+        Int8Config(format="tensorrt")
+    with pytest.raises(EdgekitError, match="calibration must be one of"):
+        Int8Config(calibration="kl")
+
+
+def test_calibration_from_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    data = load_calibration(tmp_path, (1, 3, 8, 8), max_samples=2)
+    assert data.shape == (2, 3, 8, 8) and data.dtype == np.float32
+    assert data[1].max() == pytest.approx(60 / 255)
+    assert load_calibration(tmp_path, (1, 1, 8, 8), max_samples=10).shape == (3, 1, 8, 8)
+
+
+def test_calibration_from_arrays(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((5, 1, 8, 8), np.float64))
+    np.savez(tmp_path / "xy.npz", x=np.ones((4, 1, 8, 8)), y=np.arange(4))
+    assert load_calibration(tmp_path / "x.npy", (1, 1, 8, 8), 3).shape == (3, 1, 8, 8)
+    assert load_calibration(tmp_path / "xy.npz", (1, 1, 8, 8), 10).shape == (4, 1, 8, 8)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: np.save(d / "c.npy", np.ones((5, 3, 8, 8))), r"shape \(3, 8, 8\), the model expects \(1, 8, 8\)"),
+    (lambda d: np.save(d / "c.npy", np.array([["a"] * 64]).reshape(1, 1, 8, 8)), "dtype <U1, expected numbers"),
+    (lambda d: np.savez(d / "c.npz", a=np.ones(3), b=np.ones(3)), "give one array or name the inputs 'x'"),
+    (lambda d: (d / "c.npy").write_bytes(b"garbage"), "not a readable numpy file"),
+    (lambda d: (d / "c").mkdir(), "no images"),
+    (lambda d: ((d / "c").mkdir(), (d / "c" / "bad.png").write_bytes(b"not a png")), "bad.png: unreadable image"),
+    (lambda d: (d / "c.txt").write_text("1 2 3"), "must be a .npy/.npz file or a folder"),
+])
+def test_bad_calibration_data_is_named(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    make(tmp_path)
+    source = next(tmp_path.iterdir())
+    with pytest.raises(CalibrationError, match=message):
+        load_calibration(source, (1, 1, 8, 8), 10)
