@@ -67,6 +67,30 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from edgekit.convert.compile import compile_int8
+    from edgekit.convert.config import Int8Config
+    from edgekit.graph import resolve_module
+    from edgekit.targets import load_target
+
+    if not args.int8:
+        raise EdgekitError("only INT8 compilation exists so far: pass --int8")
+    if args.data_free:
+        raise EdgekitError("data-free (ZeroQ-style) calibration is not implemented yet: pass --calib PATH")
+    if not args.calib:
+        raise EdgekitError("pass --calib PATH (a .npy/.npz array or a folder of images)")
+    target = load_target(args.target)
+    overrides = {k: v for k, v in (("format", args.format), ("calibration", args.calibration_method),
+                                   ("max_samples", args.max_samples)) if v is not None}
+    config = replace(Int8Config.for_target(target), **overrides)
+    model = resolve_module(args.model, **({"pretrained": True} if args.pretrained else {}))
+    name = args.model.rpartition(":")[2]
+    report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop)
+    _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -93,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write a plot of activation memory per layer")
     p.add_argument("--no-inplace-depthwise", action="store_true",
                    help="count depthwise input and output separately (default: in place, as MCUNetV2)")
+
+    p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
+    p.add_argument("model", help="reference model name or package.module:factory")
+    p.add_argument("--target", required=True, help="device profile name or .toml path")
+    p.add_argument("--int8", action="store_true", help="INT8 post-training quantization (the only mode so far)")
+    p.add_argument("--calib", help="calibration data: .npy/.npz (N,C,H,W) or a folder of images")
+    p.add_argument("--data-free", action="store_true", help="synthetic calibration (not implemented yet)")
+    p.add_argument("--eval", help="held-out .npz with 'x' and optional integer labels 'y' for the fidelity check")
+    p.add_argument("--max-drop", type=float, default=1.0, help="fail when top-1 drops more points (default 1)")
+    p.add_argument("--format", choices=("tflite", "onnx"), help="override the target's preset")
+    p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), help="ONNX only")
+    p.add_argument("--max-samples", type=int, help="cap on calibration samples (default 200)")
+    p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
+    p.add_argument("-o", "--output", required=True, help="output folder (replaced only if an earlier output)")
     return parser
 
 

@@ -69,3 +69,60 @@ def test_console_script_hides_traceback_unless_debug(tmp_path: Path) -> None:
     debug = subprocess.run([sys.executable, "-m", "edgekit.cli", "--debug", "analyze", str(corrupt)],
                            capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import numpy as np
+
+    from edgekit.models.digits import load_digits_split
+
+    folder = tmp_path_factory.mktemp("digits")
+    x_train, y_train, x_test, y_test = load_digits_split()
+    np.savez(folder / "calib.npz", x=x_train[:100], y=y_train[:100])
+    np.savez(folder / "eval.npz", x=x_test, y=y_test)
+    return folder / "calib.npz", folder / "eval.npz"
+
+
+@pytest.mark.slow
+def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+    calib, held_out = digits_data
+    out = tmp_path / "bundle"
+    code, stdout, _ = run(capsys, "compile", "digits_cnn", "--pretrained", "--target", "jetson-orin-nano", "--int8",
+                          "--calib", str(calib), "--eval", str(held_out), "-o", str(out), "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["config"]["format"] == "onnx" and report["calibration_samples"] == 100
+    assert report["fidelity"]["samples"] == 360 and report["fidelity_drop_points"] <= 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["digits_cnn_int8.onnx", "report.json", "report.txt"]
+    assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / "digits_cnn_int8.onnx").stat().st_size
+
+
+@pytest.mark.slow
+def test_compile_failing_fidelity_leaves_nothing(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+    calib, held_out = digits_data
+    out = tmp_path / "bundle"
+    code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "--int8", "--calib", str(calib),
+                       "--eval", str(held_out), "--max-drop", "-1", "-o", str(out))
+    assert code == 2 and "top-1 points" in err and "limit -1.0" in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--calib", "x.npy"], "only INT8 compilation exists so far"),
+    (["--int8", "--data-free"], "data-free (ZeroQ-style) calibration is not implemented yet"),
+    (["--int8"], "pass --calib PATH"),
+    (["--int8", "--calib", "missing.npz"], "missing.npz: no such file"),
+])
+def test_compile_bad_arguments(capsys: pytest.CaptureFixture, tmp_path: Path, extra: list[str], message: str) -> None:
+    code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "-o", str(tmp_path / "o"), *extra)
+    assert code == 2 and message in err
+
+
+def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+    calib, _ = digits_data
+    (tmp_path / "keep.txt").write_text("mine")
+    code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "--int8", "--calib", str(calib),
+                       "-o", str(tmp_path))
+    assert code == 2 and "not an earlier compile output" in err
+    assert (tmp_path / "keep.txt").read_text() == "mine"

@@ -12,12 +12,12 @@ from edgekit.graph.ir import Graph, Layer, TensorSpec
 __all__ = ["Graph", "Layer", "TensorSpec", "load_graph", "resolve_module"]
 
 
-def resolve_module(spec: str) -> Any:
-    """'package.module:factory' or a registered reference-model name -> an nn.Module."""
+def resolve_module(spec: str, **overrides: Any) -> Any:
+    """'package.module:factory' or a registered reference-model name (with factory overrides) -> an nn.Module."""
     if ":" not in spec:
         from edgekit.models import create_model
 
-        return create_model(spec)
+        return create_model(spec, **overrides)
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -26,7 +26,7 @@ def resolve_module(spec: str) -> Any:
     factory = getattr(module, attr, None)
     if factory is None:
         raise ModelLoadError(f"module '{module_name}' has no attribute '{attr}' (from '{spec}')")
-    return factory() if callable(factory) and not hasattr(factory, "forward") else factory
+    return factory(**overrides) if callable(factory) and not hasattr(factory, "forward") else factory
 
 
 def load_graph(model: Any, input_shape: tuple[int, ...] | None = None, name: str | None = None) -> Graph:
