@@ -1,7 +1,15 @@
 """edgekit: take a PyTorch model to edge hardware (Raspberry Pi, Jetson, microcontrollers)."""
 
-from edgekit.errors import EdgekitError, ModelLoadError, ProfileError, UnsupportedOpError
+from edgekit.errors import (
+    CalibrationError,
+    ConversionError,
+    EdgekitError,
+    ModelLoadError,
+    ProfileError,
+    UnsupportedOpError,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["EdgekitError", "ModelLoadError", "ProfileError", "UnsupportedOpError", "__version__"]
+__all__ = ["CalibrationError", "ConversionError", "EdgekitError", "ModelLoadError", "ProfileError",
+           "UnsupportedOpError", "__version__"]

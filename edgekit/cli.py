@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,15 +38,9 @@ def cmd_targets_list(args: argparse.Namespace) -> None:
 
 def cmd_targets_show(args: argparse.Namespace) -> None:
     from edgekit.report import render_profile
-    from edgekit.targets import load_link, load_target
-    from edgekit.errors import ProfileError
+    from edgekit.targets import load_profile
 
-    try:
-        profile = load_target(args.name)
-    except ProfileError as exc:
-        if "'kind' must be" not in str(exc):
-            raise
-        profile = load_link(args.name)
+    profile = load_profile(args.name)
     _emit(args, dataclasses.asdict(profile), render_profile(profile))
 
 
@@ -139,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
+        return 0
     except EdgekitError as exc:
         if args.debug:
             raise

@@ -242,6 +242,12 @@ def load_link(name_or_path: str | Path) -> Link:
     )
 
 
+def load_profile(name_or_path: str | Path) -> Device | Link:
+    """Load a device or a link profile, whichever the file's `kind` says."""
+    kind = _read_toml(_resolve(name_or_path)).get("kind")
+    return load_link(name_or_path) if kind == "link" else load_target(name_or_path)
+
+
 def list_targets(pattern: str = "*", kind: str | None = None) -> list[str]:
     """Sorted names of built-in profiles matching a shell-style pattern, optionally of one kind."""
     names = []
