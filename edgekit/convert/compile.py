@@ -82,8 +82,9 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
         raise ConversionError(f"{out_dir} exists and is not an earlier compile output; choose another output folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        artifact = quantize(model, samples, Path(tmp) / f"{name}_int8.{config.format}", config)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        artifact = quantize(model, samples, tmp / f"{name}_int8.{config.format}", config)
         float_layers: tuple[str, ...] = ()
         if config.format == "tflite":
             float_layers = tuple(l.name for l in load_graph(artifact).layers if l.dtype not in ("int8", "int32"))
@@ -102,12 +103,14 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
                                       f"{evaluation} (limit {max_drop_points}); nothing written to {out_dir}")
         report = CompileReport(name, target.name, config, artifact.name, artifact.stat().st_size, str(calibration),
                                len(samples), float_layers, fidelity, max_drop_points)
-        (Path(tmp) / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
-        (Path(tmp) / "report.txt").write_text(report.render() + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        Path(tmp).rename(out_dir)
-        Path(tmp).mkdir()  # so TemporaryDirectory's cleanup finds what it created
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
+        (tmp / "report.txt").write_text(report.render() + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
     return report
 
 

@@ -35,6 +35,16 @@ class RawNode:
     attrs: dict = field(default_factory=dict)
 
 
+def same_padding(in_hw: tuple, out_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple,
+                 extra_at_end: bool = True) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads of 'SAME' padding; TF and ONNX SAME_UPPER put the odd pixel last."""
+    total = [max((out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - in_hw[i], 0) for i in range(2)]
+    small = [t // 2 for t in total]
+    big = [t - s for t, s in zip(total, small)]
+    begin, end = (small, big) if extra_at_end else (big, small)
+    return (begin[0], begin[1], end[0], end[1])
+
+
 def build_graph(name: str, source: str, layout: str, inputs: list[TensorSpec], outputs: list[str],
                 nodes: list[RawNode]) -> Graph:
     """Canonicalise `nodes` and compute per-layer MACs, parameters and receptive fields."""

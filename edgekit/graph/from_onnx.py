@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelLoadError, UnsupportedOpError
-from edgekit.graph.build import RawNode, build_graph
+from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import Graph, TensorSpec
 
 _ONNX_DTYPES = {1: "fp32", 10: "fp16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
@@ -72,11 +72,7 @@ def _spatial(attrs: dict, kernel: tuple[int, int], in_hw: tuple[int, int], out_h
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto.startswith("SAME"):
-        total = [max((out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - in_hw[i], 0) for i in range(2)]
-        small = [t // 2 for t in total]
-        big = [t - s for t, s in zip(total, small)]
-        begin, end = (small, big) if auto == "SAME_UPPER" else (big, small)
-        pads = (begin[0], begin[1], end[0], end[1])
+        pads = same_padding(in_hw, out_hw, kernel, stride, dilation, extra_at_end=auto == "SAME_UPPER")
     return {"kernel": kernel, "stride": stride, "dilation": dilation, "padding": pads}
 
 

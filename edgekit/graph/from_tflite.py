@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelLoadError, UnsupportedOpError
-from edgekit.graph.build import RawNode, build_graph
-from edgekit.graph.ir import Graph, TensorSpec
+from edgekit.graph.build import RawNode, build_graph, same_padding
+from edgekit.graph.ir import DTYPE_BYTES, Graph, TensorSpec
 
 _TFLITE_DTYPES = {0: "fp32", 1: "fp16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}
+_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int32": np.int32, "uint8": np.uint8, "int64": np.int64,
+                 "int16": np.int16, "int8": np.int8}
 _SIMPLE = {"ADD": "add", "MUL": "mul", "SUB": "sub", "RELU": "relu", "RELU6": "relu6", "HARD_SWISH": "hardswish",
            "LOGISTIC": "sigmoid", "TANH": "tanh", "SOFTMAX": "softmax", "LEAKY_RELU": "leaky_relu", "GELU": "gelu",
            "RESHAPE": "reshape", "SQUEEZE": "reshape", "EXPAND_DIMS": "reshape", "QUANTIZE": "quantize",
@@ -112,17 +114,13 @@ def from_tflite(path: str | Path) -> Graph:
         return _TFLITE_DTYPES.get(sub.tensors[index].type, str(sub.tensors[index].type))
 
     def const_value(index: int) -> np.ndarray:
-        tensor = sub.tensors[index]
-        buffer = model.buffers[tensor.buffer]
+        buffer = model.buffers[sub.tensors[index].buffer]
         raw = buffer.data if buffer.data is not None and len(buffer.data) else \
             np.frombuffer(data, np.uint8, count=buffer.size, offset=buffer.offset)
-        kind = {2: np.int32, 4: np.int64, 0: np.float32, 9: np.int8}.get(tensor.type, np.uint8)
-        return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), kind)
+        return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), _NUMPY_DTYPES.get(dtype(index), np.uint8))
 
     def const_bytes(indices: list[int]) -> int:
-        return sum(int(np.prod(sub.tensors[i].shape)) * np.dtype(np.int8 if dtype(i) == "int8" else
-                   {"int32": np.int32, "fp16": np.float16, "int64": np.int64}.get(dtype(i), np.float32)).itemsize
-                   for i in indices)
+        return sum(int(np.prod(sub.tensors[i].shape)) * DTYPE_BYTES.get(dtype(i), 1) for i in indices)
 
     nchw = _nchw_tensors(ops, lambda op: const_value(op.inputs[1]))
     inputs = [TensorSpec(tensor_id(i), shape(i), dtype(i)) for i in sub.inputs]
@@ -138,11 +136,6 @@ def from_tflite(path: str | Path) -> Graph:
                                 [shape(i) for i in acts], const_value, path, index))
     outputs = [tensor_id(i) for i in sub.outputs]
     return build_graph(path.stem, "tflite", "NHWC", inputs, outputs, nodes)
-
-
-def _same_padding(in_hw: tuple, out_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> tuple:
-    total = [max((out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - in_hw[i], 0) for i in range(2)]
-    return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
 
 
 def _translate(opname: str, op: Any, name: str, acts: list[str], out: str, out_shape: tuple, dtype: str,
@@ -165,7 +158,7 @@ def _translate(opname: str, op: Any, name: str, acts: list[str], out: str, out_s
         else:
             weight_shape, groups = (w[3], 1, w[1], w[2]), in_c
         kernel = weight_shape[2:]
-        padding = _same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, dilation) \
+        padding = same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, dilation) \
             if options.padding == 0 else (0, 0, 0, 0)
         return raw("conv2d", weight_shape=weight_shape, bias=len(weight_shapes) > 1, groups=groups, kernel=kernel,
                    stride=stride, dilation=dilation, padding=padding, param_bytes=param_bytes)
@@ -174,7 +167,7 @@ def _translate(opname: str, op: Any, name: str, acts: list[str], out: str, out_s
         return raw("linear", weight_shape=w, bias=len(weight_shapes) > 1, param_bytes=param_bytes)
     if opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         kernel, stride = (options.filterHeight, options.filterWidth), (options.strideH, options.strideW)
-        padding = _same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, (1, 1)) \
+        padding = same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, (1, 1)) \
             if options.padding == 0 else (0, 0, 0, 0)
         return raw("maxpool2d" if opname == "MAX_POOL_2D" else "avgpool2d", kernel=kernel, stride=stride,
                    padding=padding)
