@@ -102,9 +102,10 @@ def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path
 def test_compile_failing_fidelity_leaves_nothing(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
     calib, held_out = digits_data
     out = tmp_path / "bundle"
-    code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "--int8", "--calib", str(calib),
-                       "--eval", str(held_out), "--max-drop", "-1", "-o", str(out))
-    assert code == 2 and "top-1 points" in err and "limit -1.0" in err
+    # a limit no model can meet: INT8 would have to beat FP32 by 100 points
+    code, _, err = run(capsys, "compile", "digits_cnn", "--pretrained", "--target", "rpi4", "--int8", "--calib",
+                       str(calib), "--eval", str(held_out), "--max-drop", "-100", "-o", str(out))
+    assert code == 2 and "top-1 points" in err and "limit -100.0" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
 
 
