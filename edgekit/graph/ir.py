@@ -8,7 +8,6 @@ the tensor names in `Layer.inputs`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -74,41 +73,6 @@ class Graph:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     layers: tuple[Layer, ...]
-
-    @cached_property
-    def _producers(self) -> dict[str, Layer]:
-        return {layer.output: layer for layer in self.layers}
-
-    @cached_property
-    def _consumers(self) -> dict[str, list[Layer]]:
-        table: dict[str, list[Layer]] = {}
-        for layer in self.layers:
-            for name in dict.fromkeys(layer.inputs):
-                table.setdefault(name, []).append(layer)
-        return table
-
-    def producer(self, tensor: str) -> Layer | None:
-        """The layer that writes `tensor`, or None for a graph input."""
-        return self._producers.get(tensor)
-
-    def consumers(self, tensor: str) -> list[Layer]:
-        """Layers that read `tensor`, in execution order."""
-        return self._consumers.get(tensor, [])
-
-    def tensor_shape(self, tensor: str) -> tuple[int, ...]:
-        layer = self.producer(tensor)
-        if layer is not None:
-            return layer.output_shape
-        return next(spec.shape for spec in self.inputs if spec.name == tensor)
-
-    def tensor_dtype(self, tensor: str) -> str:
-        layer = self.producer(tensor)
-        if layer is not None:
-            return layer.dtype
-        return next(spec.dtype for spec in self.inputs if spec.name == tensor)
-
-    def layer(self, name: str) -> Layer:
-        return next(layer for layer in self.layers if layer.name == name)
 
     @property
     def total_macs(self) -> int:
