@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -9,21 +12,27 @@ from typing import Any
 import numpy as np
 
 from edgekit.convert.config import Int8Config
+from edgekit.convert.fidelity import ArrayReader
 from edgekit.errors import ConversionError
 from edgekit.progress import progress
 
 _TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
 
 
-def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: Int8Config) -> Path:
-    """Quantize a torch module with `calibration` samples (N,C,H,W float32) and write one INT8 model file."""
+def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: Int8Config,
+             float_copy: str | Path | None = None) -> Path:
+    """Quantize a torch module with `calibration` samples (N,C,H,W float32) and write one INT8 model file.
+
+    For ONNX, `float_copy` also keeps the pre-processed FP32 model (the SQNR reference).
+    """
     out_path = Path(out_path)
     model = model.eval()
     try:
-        if config.format == "tflite":
-            _tflite(model, calibration, out_path, config)
-        else:
-            _onnx_qdq(model, calibration, out_path, config)
+        with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout stays clean for --json
+            if config.format == "tflite":
+                _tflite(model, calibration, out_path, config)
+            else:
+                _onnx_qdq(model, calibration, out_path, config, float_copy)
     except ConversionError:
         raise
     except Exception as exc:  # exporters and converters raise many types; name the step and the cause
@@ -40,6 +49,11 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    if config.channels_last_io:
+        with torch.no_grad():
+            four_d_output = model(torch.from_numpy(calibration[:1])).dim() == 4
+        model = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if four_d_output else None)
+        calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1))
     sample = (torch.from_numpy(calibration[:1]),)
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=config.per_channel))
     prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
@@ -61,17 +75,8 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         raise ConversionError(f"{out_path}: LiteRT could not switch the model interface to int8 (status {status})")
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over an array, one sample at a time."""
-
-    def __init__(self, name: str, data: np.ndarray) -> None:
-        self.samples = iter(progress(({name: x[None]} for x in data), "calibrating", len(data)))
-
-    def get_next(self) -> dict | None:
-        return next(self.samples, None)
-
-
-def _onnx_qdq(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config) -> None:
+def _onnx_qdq(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config,
+              float_copy: str | Path | None) -> None:
     """torch.onnx export, quant_pre_process, then quantize_static to S8S8 QDQ."""
     import onnx
     import torch
@@ -85,6 +90,9 @@ def _onnx_qdq(model: Any, calibration: np.ndarray, out_path: Path, config: Int8C
         torch.onnx.export(model, (torch.from_numpy(calibration[:1]),), str(fp32), dynamo=True, verbose=False)
         quant_pre_process(str(fp32), str(prepared))
         name = onnx.load(str(prepared)).graph.input[0].name
-        quantize_static(str(prepared), str(out_path), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
+        reader = ArrayReader(name, calibration, progress_label="calibrating")
+        quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         per_channel=config.per_channel, calibrate_method=method)
+        if float_copy is not None:
+            shutil.copyfile(prepared, float_copy)
