@@ -62,9 +62,17 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.5,0.5, found {text!r}") from None
+
+
 def cmd_compile(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from edgekit.convert.calibration import Preprocessing
     from edgekit.convert.compile import compile_int8
     from edgekit.convert.config import Int8Config
     from edgekit.graph import resolve_module
@@ -72,17 +80,22 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     if not args.int8:
         raise EdgekitError("only INT8 compilation exists so far: pass --int8")
-    if args.data_free:
-        raise EdgekitError("data-free (ZeroQ-style) calibration is not implemented yet: pass --calib PATH")
-    if not args.calib:
-        raise EdgekitError("pass --calib PATH (a .npy/.npz array or a folder of images)")
+    if bool(args.calib) == args.data_free:
+        raise EdgekitError("pass exactly one of --calib PATH (a .npy/.npz array or a folder of images) or --data-free")
     target = load_target(args.target)
     overrides = {k: v for k, v in (("format", args.format), ("calibration", args.calibration_method),
                                    ("max_samples", args.max_samples)) if v is not None}
-    config = replace(Int8Config.for_target(target), **overrides)
+    if args.io_layout:
+        overrides["channels_last_io"] = args.io_layout == "nhwc"
+    config = Int8Config.for_target(target)
+    if overrides.get("format") == "onnx":
+        config = replace(config, channels_last_io=False)
+    config = replace(config, **overrides)
     model = resolve_module(args.model, **({"pretrained": True} if args.pretrained else {}))
     name = args.model.rpartition(":")[2]
-    report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop)
+    preprocessing = Preprocessing(args.mean or (0.0,), args.std or (1.0,))
+    report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
+                          preprocessing)
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
@@ -118,12 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="device profile name or .toml path")
     p.add_argument("--int8", action="store_true", help="INT8 post-training quantization (the only mode so far)")
     p.add_argument("--calib", help="calibration data: .npy/.npz (N,C,H,W) or a folder of images")
-    p.add_argument("--data-free", action="store_true", help="synthetic calibration (not implemented yet)")
+    p.add_argument("--data-free", action="store_true",
+                   help="no data: synthesise inputs whose batch-norm statistics match the model's (ZeroQ-style)")
     p.add_argument("--eval", help="held-out .npz with 'x' and optional integer labels 'y' for the fidelity check")
     p.add_argument("--max-drop", type=float, default=1.0, help="fail when top-1 drops more points (default 1)")
     p.add_argument("--format", choices=("tflite", "onnx"), help="override the target's preset")
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), help="ONNX only")
     p.add_argument("--max-samples", type=int, help="cap on calibration samples (default 200)")
+    p.add_argument("--io-layout", choices=("nchw", "nhwc"), help="TFLite input layout (default: nhwc for MCUs)")
+    p.add_argument("--mean", type=_floats, help="image calibration: per-channel mean after scaling to [0, 1]")
+    p.add_argument("--std", type=_floats, help="image calibration: per-channel std after scaling to [0, 1]")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
     p.add_argument("-o", "--output", required=True, help="output folder (replaced only if an earlier output)")
     return parser

@@ -85,17 +85,37 @@ def digits_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("target, fmt", [("jetson-orin-nano", "onnx"), ("stm32f746", "tflite")])
+def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data, target: str,  # type: ignore[no-untyped-def]
+                                         fmt: str) -> None:
     calib, held_out = digits_data
     out = tmp_path / "bundle"
-    code, stdout, _ = run(capsys, "compile", "digits_cnn", "--pretrained", "--target", "jetson-orin-nano", "--int8",
+    code, stdout, _ = run(capsys, "compile", "digits_cnn", "--pretrained", "--target", target, "--int8",
                           "--calib", str(calib), "--eval", str(held_out), "-o", str(out), "--json")
     assert code == 0
-    report = json.loads(stdout)
-    assert report["config"]["format"] == "onnx" and report["calibration_samples"] == 100
+    report = json.loads(stdout)  # converter progress goes to stderr, so stdout is pure JSON
+    assert report["config"]["format"] == fmt and report["calibration_samples"] == 100
+    assert report["config"]["channels_last_io"] == (target == "stm32f746")
     assert report["fidelity"]["samples"] == 360 and report["fidelity_drop_points"] <= 1.0
-    assert sorted(p.name for p in out.iterdir()) == ["digits_cnn_int8.onnx", "report.json", "report.txt"]
-    assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / "digits_cnn_int8.onnx").stat().st_size
+    artifact = f"digits_cnn_int8.{fmt}"
+    assert sorted(p.name for p in out.iterdir()) == [artifact, "report.json", "report.txt"]
+    assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / artifact).stat().st_size
+    if fmt == "onnx":  # per-layer SQNR from onnxruntime's QDQ debugging helpers, every tensor well above noise
+        assert len(report["layer_sqnr_db"]) >= 5 and min(report["layer_sqnr_db"].values()) > 20
+        assert [i["op"] for i in report["float_islands"]] == ["ReduceMean", "Reshape"]
+    else:
+        assert report["float_islands"] == []
+
+
+@pytest.mark.slow
+def test_compile_data_free_is_labelled_and_accurate(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+    _, held_out = digits_data
+    code, stdout, _ = run(capsys, "compile", "digits_cnn", "--pretrained", "--target", "rpi4", "--int8",
+                          "--data-free", "--eval", str(held_out), "-o", str(tmp_path / "o"), "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["calibration"].startswith("data-free: synthetic") and report["calibration_samples"] == 32
+    assert report["fidelity_drop_points"] <= 1.0
 
 
 @pytest.mark.slow
@@ -111,8 +131,8 @@ def test_compile_failing_fidelity_leaves_nothing(capsys: pytest.CaptureFixture, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--calib", "x.npy"], "only INT8 compilation exists so far"),
-    (["--int8", "--data-free"], "data-free (ZeroQ-style) calibration is not implemented yet"),
-    (["--int8"], "pass --calib PATH"),
+    (["--int8", "--data-free", "--calib", "x.npy"], "pass exactly one of --calib PATH"),
+    (["--int8"], "pass exactly one of --calib PATH"),
     (["--int8", "--calib", "missing.npz"], "missing.npz: no such file"),
 ])
 def test_compile_bad_arguments(capsys: pytest.CaptureFixture, tmp_path: Path, extra: list[str], message: str) -> None:

@@ -89,3 +89,44 @@ def test_bad_calibration_data_is_named(tmp_path: Path, make, message: str) -> No
     source = next(tmp_path.iterdir())
     with pytest.raises(CalibrationError, match=message):
         load_calibration(source, (1, 1, 8, 8), 10)
+
+
+def test_data_free_synthesis_closes_the_batch_norm_gap() -> None:
+    from edgekit.convert.synthetic import statistics_gap, synthesize_calibration
+
+    model = create_model("digits_cnn", pretrained=True)
+    synthetic = synthesize_calibration(model, model.input_shape, samples=16, steps=100)
+    assert synthetic.inputs.shape == (16, 1, 8, 8) and synthetic.inputs.dtype == np.float32
+    with torch.no_grad():
+        measured = float(statistics_gap(model, torch.from_numpy(synthetic.inputs)))
+    assert measured == pytest.approx(synthetic.final_gap, rel=1e-4)
+    assert synthetic.final_gap < 0.1 * synthetic.initial_gap
+
+
+def test_data_free_needs_batch_norm() -> None:
+    from edgekit.convert.synthetic import synthesize_calibration
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    with pytest.raises(CalibrationError, match="needs batch-norm layers"):
+        synthesize_calibration(model, (1, 1, 8, 8), samples=2, steps=1)
+
+
+def test_image_calibration_applies_mean_and_std(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from edgekit.convert.calibration import Preprocessing
+
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    data = load_calibration(tmp_path, (1, 3, 8, 8), 1, Preprocessing((0.5, 0.5, 0.0), (0.5, 0.25, 1.0)))
+    assert data[0, :, 0, 0].tolist() == [1.0, 2.0, 1.0]
+
+
+@pytest.mark.slow
+def test_channels_last_io_takes_nhwc(tmp_path: Path) -> None:
+    x_train, _, x_test, _ = load_digits_split()
+    model = create_model("digits_cnn", pretrained=True)
+    nchw = load_backend(quantize(model, x_train[:50], tmp_path / "nchw.tflite", Int8Config()))
+    nhwc = load_backend(quantize(model, x_train[:50], tmp_path / "nhwc.tflite", Int8Config(channels_last_io=True)))
+    assert list(nchw.input["shape"]) == [1, 1, 8, 8] and list(nhwc.input["shape"]) == [1, 8, 8, 1]
+    sample = x_test[:1]
+    assert np.array_equal(nhwc(sample.transpose(0, 2, 3, 1)), nchw(sample))

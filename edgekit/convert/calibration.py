@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,30 @@ from edgekit.errors import CalibrationError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def load_calibration(source: str | Path, input_shape: tuple[int, ...], max_samples: int) -> np.ndarray:
-    """Up to `max_samples` float32 N,C,H,W samples matching `input_shape` (whose first dim is the batch)."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: scaled to [0, 1], then (x - mean) / std per channel."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """C,H,W image in [0, 1] -> normalised input."""
+        shape = (-1, 1, 1)
+        return (image - np.array(self.mean, np.float32).reshape(shape)) / np.array(self.std, np.float32).reshape(shape)
+
+
+def load_calibration(source: str | Path, input_shape: tuple[int, ...], max_samples: int,
+                     preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
+    """Up to `max_samples` float32 N,C,H,W samples matching `input_shape` (whose first dim is the batch).
+
+    Arrays are taken as model inputs already; images go through `preprocessing`.
+    """
     path = Path(source)
     if not path.exists():
         raise CalibrationError(f"{path}: no such file or folder")
     if path.is_dir():
-        data = _read_images(path, input_shape, max_samples)
+        data = _read_images(path, input_shape, max_samples, preprocessing)
     elif path.suffix in (".npy", ".npz"):
         data = _read_array(path)
     else:
@@ -61,8 +79,9 @@ def _read_array(path: Path) -> np.ndarray:
     return loaded
 
 
-def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int) -> np.ndarray:
-    """Images resized to the input's H,W, grey or RGB by its channel count, scaled to [0, 1]."""
+def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int,
+                 preprocessing: Preprocessing) -> np.ndarray:
+    """Images resized to the input's H,W, grey or RGB by its channel count, then preprocessed."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_samples]
@@ -79,5 +98,5 @@ def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int) -
                 array = np.asarray(image, np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
             raise CalibrationError(f"{file}: unreadable image ({exc})") from None
-        samples.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+        samples.append(preprocessing.apply(array[None] if channels == 1 else array.transpose(2, 0, 1)))
     return np.stack(samples)

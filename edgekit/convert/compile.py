@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.convert.calibration import load_calibration, load_labelled
+from edgekit.convert.calibration import Preprocessing, load_calibration, load_labelled
 from edgekit.convert.config import Int8Config
-from edgekit.convert.fidelity import Fidelity, measure_fidelity
+from edgekit.convert.fidelity import Fidelity, measure_fidelity, onnx_layer_sqnr
+from edgekit.convert.islands import FloatIsland, float_islands
 from edgekit.convert.quantize import quantize
+from edgekit.convert.synthetic import synthesize_calibration
 from edgekit.errors import ConversionError
-from edgekit.graph import load_graph
 from edgekit.targets import Device
+
+SQNR_SAMPLES = 16  # held-out samples run through the augmented ONNX models for per-layer SQNR
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,10 @@ class CompileReport:
     artifact_bytes: int
     calibration: str
     calibration_samples: int
-    float_layers: tuple[str, ...]  # TFLite layers left in float (none for a full-integer model)
+    float_islands: tuple[FloatIsland, ...]
     fidelity: Fidelity | None
     max_drop_points: float
+    layer_sqnr_db: dict[str, float] = field(default_factory=dict)  # ONNX only, worst first
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -41,20 +46,23 @@ class CompileReport:
         return data
 
     def render(self) -> str:
-        lines = [f"{self.model} -> {self.artifact} ({self.config.format}, {self.artifact_bytes:,} bytes) "
+        layout = ", NHWC input" if self.config.channels_last_io else ""
+        lines = [f"{self.model} -> {self.artifact} ({self.config.format}{layout}, {self.artifact_bytes:,} bytes) "
                  f"for {self.target}",
-                 f"calibration: {self.calibration_samples} samples from {self.calibration} "
-                 f"({self.config.calibration if self.config.format == 'onnx' else 'PT2E observers'})"]
-        if self.config.format == "tflite":
-            lines.append("float layers: " + (", ".join(self.float_layers) or "none (full integer)"))
+                 f"calibration: {self.calibration_samples} samples, {self.calibration}"]
+        lines.append("float islands: " + ("none (full integer)" if not self.float_islands else ""))
+        lines += [f"  {island.layer} ({island.op}): {island.reason}" for island in self.float_islands]
         f = self.fidelity
         if f is None:
             lines.append("fidelity: not measured (pass --eval with held-out data)")
         else:
-            accuracy = "" if f.fp32_accuracy is None else \
-                f"; top-1 accuracy fp32 {100 * f.fp32_accuracy:.2f}% int8 {100 * f.int8_accuracy:.2f}%"  # type: ignore[operator]
+            accuracy = "" if f.fp32_accuracy is None or f.int8_accuracy is None else \
+                f"; top-1 accuracy fp32 {100 * f.fp32_accuracy:.2f}% int8 {100 * f.int8_accuracy:.2f}%"
             lines.append(f"fidelity on {f.samples} held-out samples: top-1 agreement {100 * f.top1_agreement:.2f}%"
                          f"{accuracy}; output error max {f.max_abs_error:.4f} mean {f.mean_abs_error:.4f}")
+        if self.layer_sqnr_db:
+            worst = ", ".join(f"{name} {db:.1f}" for name, db in list(self.layer_sqnr_db.items())[:5])
+            lines.append(f"per-layer SQNR (dB, worst first, {len(self.layer_sqnr_db)} tensors): {worst}")
         return "\n".join(lines)
 
 
@@ -64,45 +72,70 @@ def _drop_points(fidelity: Fidelity) -> float:
     return drop if drop is not None else 100.0 * (1.0 - fidelity.top1_agreement)
 
 
-def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, calibration: str | Path,
+def _nchw_runner(runner: Callable[[np.ndarray], np.ndarray], channels_last: bool) -> Callable:
+    """Feed N,C,H,W data to a model with NHWC I/O, and give 4-D outputs back as N,C,H,W."""
+    if not channels_last:
+        return runner
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = runner(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+
+    return run
+
+
+def _calibration_samples(model: Any, source: str | Path | None, config: Int8Config,
+                         preprocessing: Preprocessing) -> tuple[np.ndarray, str]:
+    """Samples and a description of where they came from; no source means data-free synthesis."""
+    shape = tuple(model.input_shape)
+    if source is not None:
+        return load_calibration(source, shape, config.max_samples, preprocessing), f"from {source}"
+    synthetic = synthesize_calibration(model, shape, samples=min(config.max_samples, 32))
+    return synthetic.inputs, (f"data-free: synthetic ZeroQ-style inputs (batch-norm statistics gap "
+                              f"{synthetic.initial_gap:.2f} -> {synthetic.final_gap:.2f}); not real data")
+
+
+def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, calibration: str | Path | None,
                  evaluation: str | Path | None = None, config: Int8Config | None = None,
-                 max_drop_points: float = 1.0) -> CompileReport:
+                 max_drop_points: float = 1.0, preprocessing: Preprocessing = Preprocessing()) -> CompileReport:
     """Quantize `model` for `target` into `out_dir` (model file + report.json + report.txt).
 
-    Fails with a specific error, leaving `out_dir` untouched, on bad data, a float island in an MCU
-    model, or an accuracy drop above `max_drop_points`.
+    `calibration=None` calibrates data-free. Fails with a specific error, leaving `out_dir` untouched,
+    on bad data, a float island in an MCU model, or a top-1 drop above `max_drop_points`.
     """
     import torch
 
     config = config or Int8Config.for_target(target)
-    shape = tuple(model.input_shape)
-    samples = load_calibration(calibration, shape, config.max_samples)
-    held_out = load_labelled(evaluation, shape) if evaluation else None
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
         raise ConversionError(f"{out_dir} exists and is not an earlier compile output; choose another output folder")
+    held_out = load_labelled(evaluation, tuple(model.input_shape)) if evaluation else None
+    samples, described = _calibration_samples(model, calibration, config, preprocessing)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        artifact = quantize(model, samples, tmp / f"{name}_int8.{config.format}", config)
-        float_layers: tuple[str, ...] = ()
-        if config.format == "tflite":
-            float_layers = tuple(l.name for l in load_graph(artifact).layers if l.dtype not in ("int8", "int32"))
-            if float_layers and target.device_class == "mcu":
-                raise ConversionError(f"{name}: {len(float_layers)} layers stayed float ({', '.join(float_layers[:5])})"
-                                      f"; an MCU bundle must be full integer")
-        fidelity = None
+        artifact = tmp / f"{name}_int8.{config.format}"
+        float_reference = tmp / "reference_fp32.onnx"
+        quantize(model, samples, artifact, config, float_copy=float_reference if config.format == "onnx" else None)
+        islands = tuple(float_islands(artifact))
+        if islands and target.device_class == "mcu":
+            raise ConversionError(f"{name}: {len(islands)} operators stayed float "
+                                  f"({', '.join(i.layer for i in islands[:5])}); an MCU model must be full integer")
+        fidelity, sqnr = None, {}
         if held_out is not None:
             from edgekit.backends import load_backend
 
+            runner = _nchw_runner(load_backend(artifact), config.channels_last_io)
             with torch.no_grad():
-                fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), load_backend(artifact),
-                                            *held_out)
+                fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), runner, *held_out)
             if _drop_points(fidelity) > max_drop_points:
                 raise ConversionError(f"{name}: INT8 loses {_drop_points(fidelity):.2f} top-1 points on "
                                       f"{evaluation} (limit {max_drop_points}); nothing written to {out_dir}")
-        report = CompileReport(name, target.name, config, artifact.name, artifact.stat().st_size, str(calibration),
-                               len(samples), float_layers, fidelity, max_drop_points)
+            if config.format == "onnx":
+                sqnr = onnx_layer_sqnr(float_reference, artifact, held_out[0][:SQNR_SAMPLES])
+        float_reference.unlink(missing_ok=True)
+        report = CompileReport(name, target.name, config, artifact.name, artifact.stat().st_size, described,
+                               len(samples), islands, fidelity, max_drop_points, sqnr)
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
         (tmp / "report.txt").write_text(report.render() + "\n")
     except BaseException:

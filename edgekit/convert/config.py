@@ -19,6 +19,7 @@ class Int8Config:
     format: str = "tflite"
     per_channel: bool = True
     int8_io: bool = True  # tflite: int8 input and output tensors (what TFLM and Pi deployments want)
+    channels_last_io: bool = False  # tflite: NHWC input (and 4-D outputs), as cameras deliver frames
     calibration: str = "minmax"  # onnx only; entropy/percentile are memory hungry, hence the cap below
     max_samples: int = 200
 
@@ -28,13 +29,15 @@ class Int8Config:
         if self.calibration not in CALIBRATION_METHODS:
             raise EdgekitError(f"Int8Config.calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
                                f"found {self.calibration!r}")
+        if self.channels_last_io and self.format != "tflite":
+            raise EdgekitError("Int8Config.channels_last_io applies to tflite only (ONNX models keep NCHW)")
         if self.max_samples < 1:
             raise EdgekitError(f"Int8Config.max_samples must be >= 1, found {self.max_samples}")
 
     @classmethod
     def for_target(cls, device: Device, **overrides: Any) -> "Int8Config":
-        """MCU and Pi-class boards: full-integer TFLite; Jetson and servers: ONNX QDQ for TensorRT/ORT."""
+        """MCU: full-integer TFLite with NHWC I/O; Pi-class: full-integer TFLite; Jetson, servers: ONNX QDQ."""
         uses_onnx = device.device_class in ("gpu-sbc", "server") or "litert" not in device.runtimes and \
             "tflite-micro" not in device.runtimes and "tflite-runtime" not in device.runtimes
-        base = cls(format="onnx" if uses_onnx else "tflite")
+        base = cls(format="onnx" if uses_onnx else "tflite", channels_last_io=device.device_class == "mcu")
         return replace(base, **overrides)
