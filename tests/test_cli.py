@@ -98,13 +98,18 @@ def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path
     assert report["config"]["channels_last_io"] == (target == "stm32f746")
     assert report["fidelity"]["samples"] == 360 and report["fidelity_drop_points"] <= 1.0
     artifact = f"digits_cnn_int8.{fmt}"
-    assert sorted(p.name for p in out.iterdir()) == [artifact, "report.json", "report.txt"]
+    pack = ["mcu"] if fmt == "tflite" else []
+    assert sorted(p.name for p in out.iterdir()) == [artifact, *pack, "report.json", "report.txt"]
     assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / artifact).stat().st_size
     if fmt == "onnx":  # per-layer SQNR from onnxruntime's QDQ debugging helpers, every tensor well above noise
         assert len(report["layer_sqnr_db"]) >= 5 and min(report["layer_sqnr_db"].values()) > 20
         assert [i["op"] for i in report["float_islands"]] == ["ReduceMean", "Reshape"]
     else:
         assert report["float_islands"] == []
+        assert 0 < report["mcu"]["arena_bytes"] < report["mcu"]["sram"]["needed_bytes"] < 320 * 1024
+        assert report["mcu"]["sram"]["fits"] and report["mcu"]["flash"]["fits"]
+        assert sorted(p.name for p in (out / "mcu").iterdir()) == ["arena.h", "model_data.cc", "model_data.h",
+                                                                   "op_resolver.h"]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from edgekit.convert.calibration import Preprocessing, load_calibration, load_la
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity, measure_fidelity, onnx_layer_sqnr
 from edgekit.convert.islands import FloatIsland, float_islands
+from edgekit.convert.mcu import McuFit, check_mcu_fit, write_mcu_pack
 from edgekit.convert.quantize import quantize
 from edgekit.convert.synthetic import synthesize_calibration
 from edgekit.errors import ConversionError
@@ -39,10 +40,14 @@ class CompileReport:
     fidelity: Fidelity | None
     max_drop_points: float
     layer_sqnr_db: dict[str, float] = field(default_factory=dict)  # ONNX only, worst first
+    mcu: McuFit | None = None  # MCU targets: TFLM-measured arena and the fit verdict
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["fidelity_drop_points"] = self.fidelity.accuracy_drop_points if self.fidelity else None
+        if self.mcu is not None:
+            data["mcu"].update(verdict=self.mcu.verdict, fits=self.mcu.fits)
+            data["mcu"]["sram"]["fits"], data["mcu"]["flash"]["fits"] = self.mcu.sram.fits, self.mcu.flash.fits
         return data
 
     def render(self) -> str:
@@ -63,6 +68,10 @@ class CompileReport:
         if self.layer_sqnr_db:
             worst = ", ".join(f"{name} {db:.1f}" for name, db in list(self.layer_sqnr_db.items())[:5])
             lines.append(f"per-layer SQNR (dB, worst first, {len(self.layer_sqnr_db)} tensors): {worst}")
+        if self.mcu is not None:
+            lines.append(f"tflite-micro: arena {self.mcu.arena_bytes:,} B measured; {self.mcu.verdict} "
+                         f"({self.target}); deployment pack in mcu/")
+            lines += [f"  {fit.describe()}" for fit in (self.mcu.sram, self.mcu.flash)]
         return "\n".join(lines)
 
 
@@ -134,8 +143,12 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
             if config.format == "onnx":
                 sqnr = onnx_layer_sqnr(float_reference, artifact, held_out[0][:SQNR_SAMPLES])
         float_reference.unlink(missing_ok=True)
+        mcu = None
+        if target.device_class == "mcu" and config.format == "tflite":
+            mcu = check_mcu_fit(artifact, target)
+            write_mcu_pack(artifact, tmp / "mcu", mcu.arena_bytes)
         report = CompileReport(name, target.name, config, artifact.name, artifact.stat().st_size, described,
-                               len(samples), islands, fidelity, max_drop_points, sqnr)
+                               len(samples), islands, fidelity, max_drop_points, sqnr, mcu)
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
         (tmp / "report.txt").write_text(report.render() + "\n")
     except BaseException:
