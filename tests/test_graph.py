@@ -90,6 +90,9 @@ def test_int8_tflite_is_read_with_int8_weights(mbv2_int8_tflite: Path) -> None:
     assert [(l.output_shape, l.macs, l.kernel, l.stride, l.rf) for l in convs] == \
         [(l.output_shape, l.macs, l.kernel, l.stride, l.rf) for l in reference.layers
          if l.op in ("conv2d", "depthwise_conv2d")]
+    from edgekit.convert.islands import float_islands
+
+    assert float_islands(mbv2_int8_tflite) == []  # residual adds are int8 too, not float islands
     weights = sum(l.params for l in convs)
     weight_bytes = sum(l.param_bytes for l in convs)
     assert weights < weight_bytes < 1.2 * weights  # int8 weights plus int32 biases, not 4 bytes each

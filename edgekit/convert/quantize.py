@@ -41,11 +41,43 @@ def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: 
     return out_path
 
 
+def _residual_aware_quantizer_class() -> type:
+    """litert-torch's PT2EQuantizer, plus int8 annotation of elementwise add/mul it misses.
+
+    Its add annotator finds adds through `source_fn_stack` metadata, which torch.export (non-strict,
+    as used here) does not record for `x + y`; residual adds then stay float islands between
+    Dequantize and Quantize. Annotating the remaining aten add/mul nodes the same way fixes that.
+    """
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    elementwise = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor}
+
+    class ResidualAwareQuantizer(PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            config = self.global_config
+            for node in model.graph.nodes:
+                if node.target not in elementwise or "quantization_annotation" in node.meta:
+                    continue
+                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                if len(inputs) != 2:
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
+                    output_qspec=get_output_act_qspec(config), _annotated=True)
+            return model
+
+    return ResidualAwareQuantizer
+
+
 def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config) -> None:
     """PT2E static quantization (per-channel symmetric weights, per-tensor activations), then litert-torch."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -55,7 +87,8 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         model = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if four_d_output else None)
         calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1))
     sample = (torch.from_numpy(calibration[:1]),)
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=config.per_channel))
+    quantizer = _residual_aware_quantizer_class()().set_global(
+        get_symmetric_quantization_config(is_per_channel=config.per_channel))
     prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
     with torch.no_grad():
         for x in progress(calibration, "calibrating", len(calibration)):
