@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.analysis import Fit
 from edgekit.errors import ConversionError, ProfileError
-from edgekit.graph.from_tflite import _read, _schema
+from edgekit.graph.from_tflite import op_name, read_model
 from edgekit.targets import Device, load_target
 
 # Builtin operator -> the MicroMutableOpResolver method that registers it. Transcribed from the Add*
@@ -87,25 +87,9 @@ _ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 def model_ops(tflite_path: str | Path) -> list[str]:
     """Builtin op names the model uses, in order of first use over all subgraphs ('CUSTOM:name' for custom ops)."""
-    schema = _schema()
-    model, _ = _read(Path(tflite_path), schema)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    ops: list[str] = []
-    for sub in model.subgraphs:
-        for op in sub.operators or []:
-            code = model.operatorCodes[op.opcodeIndex]
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-            name = names.get(builtin, str(builtin))
-            if name == "CUSTOM":
-                name = f"CUSTOM:{_text(code.customCode)}"
-            if name not in ops:
-                ops.append(name)
-    return ops
-
-
-def _text(value: bytes | str | None) -> str:
-    """A flatbuffer string field as text."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    model, _ = read_model(Path(tflite_path))
+    names = [op_name(model, op) for sub in model.subgraphs for op in sub.operators or []]
+    return list(dict.fromkeys(names))
 
 
 def unsupported_tflm_ops(tflite_path: str | Path) -> list[str]:
@@ -170,7 +154,7 @@ def _run_tflm(data: bytes, input_count: int, arena_size: int) -> Any:
 def measure_arena(tflite_path: str | Path, arena_size: int | None = None) -> int:
     """Tensor-arena bytes the model really uses under TF Lite Micro, from its allocation report."""
     path = Path(tflite_path)
-    model, data = _read(path, _schema())
+    model, data = read_model(path)
     arena_size = arena_size or generous_arena_bytes(len(data))
     captured = _CapturedStderr()
     try:
@@ -291,7 +275,7 @@ def write_mcu_pack(tflite_path: str | Path, out_dir: str | Path, arena_bytes: in
     """Write model_data.h/.cc, op_resolver.h and arena.h (`arena_bytes` measured, margin added) to out_dir."""
     path, out = Path(tflite_path), Path(out_dir)
     ops = _tflm_ops(path)
-    _, data = _read(path, _schema())
+    _, data = read_model(path)
     files = {**_model_files(path.name, data), "op_resolver.h": _resolver_file(path.name, ops),
              "arena.h": _arena_file(path.name, arena_bytes)}
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Tensors that litert-torch keeps in NCHW (before its boundary TRANSPOSE) are dete
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,25 @@ def _schema() -> Any:
     return schema
 
 
-def _read(path: Path, schema: Any) -> tuple[Any, bytes]:
+@functools.lru_cache(maxsize=1)
+def _builtin_names() -> dict[int, str]:
+    return {v: k for k, v in vars(_schema().BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_name(model: Any, op: Any) -> str:
+    """Builtin name of an operator ('CONV_2D'), or 'CUSTOM:<code>' for a custom op."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    name = _builtin_names().get(builtin, str(builtin))
+    if name == "CUSTOM":
+        custom = code.customCode
+        name = f"CUSTOM:{custom.decode(errors='replace') if isinstance(custom, bytes) else custom}"
+    return name
+
+
+def read_model(path: Path) -> tuple[Any, bytes]:
+    """Parse a .tflite file with LiteRT's schema bindings: (model object, raw bytes); ModelLoadError if not one."""
+    schema = _schema()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -90,14 +109,9 @@ def _nchw_tensors(ops: list[tuple[str, Any]], perm_of: Any) -> set[int]:
 def from_tflite(path: str | Path) -> Graph:
     """Read a `.tflite` model (first subgraph) into a Graph; INT8 weights are counted as stored."""
     path = Path(path)
-    schema = _schema()
-    model, data = _read(path, schema)
+    model, data = read_model(path)
     sub = model.subgraphs[0]
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    ops = []
-    for op in sub.operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append((names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode)), op))
+    ops = [(op_name(model, op), op) for op in sub.operators or []]
 
     def is_const(index: int) -> bool:
         buffer = model.buffers[sub.tensors[index].buffer] if sub.tensors[index].buffer < len(model.buffers) else None
