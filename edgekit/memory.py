@@ -7,23 +7,28 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
   add has run, then is freed;
 - reshape/flatten outputs alias their input (no copy);
 - with `inplace_depthwise`, a depthwise conv whose input dies with it writes over its input:
-  it costs max(input, output) instead of input + output.
+  it costs max(input, output) instead of input + output;
+- with `inplace_residual`, a conv whose only reader is a residual add accumulates straight into
+  the add's other input when that input dies at the add (TinyEngine-style fused add): neither the
+  conv output nor the add output takes a buffer of its own.
 Weights are not counted: they live in flash (MCU) or are loaded once (others).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Graph, numel
+from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Graph, Layer, numel
 
 
 @dataclass(frozen=True)
 class MemoryPolicy:
-    """Which accounting variant to use; the defaults match the MCUNetV2 paper's figures."""
+    """Which accounting variant to use; the defaults match the MCUNetV2 paper's layer-by-layer figure."""
 
     dtype: str = "int8"
     inplace_depthwise: bool = True
+    inplace_residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,34 +56,63 @@ class MemoryProfile:
         return max(self.layers, key=lambda m: m.live_bytes).layer if self.layers else ""
 
 
-def activation_memory(graph: Graph, policy: MemoryPolicy = MemoryPolicy()) -> MemoryProfile:
-    """Live activation bytes at every layer of `graph` executed layer by layer in its order."""
-    per_element = DTYPE_BYTES[policy.dtype]
-    buffer_of = {spec.name: spec.name for spec in graph.inputs}
-    size = {spec.name: numel(spec.shape) * per_element for spec in graph.inputs}
-    end = len(graph.layers)
-    last_use = {name: -1 for name in size}
-    for index, layer in enumerate(graph.layers):
+def _buffers(layers: Sequence[Layer], inputs: Iterable[str], policy: MemoryPolicy) -> dict[str, str]:
+    """Which buffer each tensor lives in: its own, or the one it aliases / accumulates into."""
+    buffer_of = {name: name for name in inputs}
+    readers: dict[str, list[int]] = {}
+    for index, layer in enumerate(layers):
+        for tensor in layer.inputs:
+            readers.setdefault(tensor, []).append(index)
+    producer = {layer.output: layer for layer in layers}
+    for index, layer in enumerate(layers):
+        buffer_of.setdefault(layer.output, layer.output)
         if layer.op in ALIAS_OPS and len(layer.inputs) == 1:
             buffer_of[layer.output] = buffer_of[layer.inputs[0]]
-        else:
-            buffer_of[layer.output] = layer.output
-            size[layer.output] = layer.output_elements * per_element
-            last_use[layer.output] = index
-        for tensor in layer.inputs:
-            last_use[buffer_of[tensor]] = max(last_use[buffer_of[tensor]], index)
-    for tensor in graph.outputs:
-        last_use[buffer_of[tensor]] = end
+        elif policy.inplace_residual and layer.op == "add" and len(layer.inputs) == 2:
+            for kept, fused in (layer.inputs, layer.inputs[::-1]):
+                conv = producer.get(fused)
+                if conv is not None and conv.op == "conv2d" and readers.get(fused) == [index] \
+                        and max(readers[kept]) == index and kept != fused:
+                    buffer_of[fused] = buffer_of[layer.output] = buffer_of[kept]
+                    break
+    return buffer_of
 
-    alive: set[str] = {spec.name for spec in graph.inputs}
+
+def live_bytes(layers: Sequence[Layer], inputs: Iterable[str], outputs: Iterable[str], size_of: Callable[[str], int],
+               policy: MemoryPolicy) -> list[int]:
+    """Live bytes at each of `layers`, run in order, with tensor sizes from `size_of` (0 = not in this memory)."""
+    inputs = list(inputs)
+    buffer_of = _buffers(layers, inputs, policy)
+    last_use = {buffer_of[name]: -1 for name in inputs}
+    for index, layer in enumerate(layers):
+        last_use.setdefault(buffer_of[layer.output], index)
+        for tensor in layer.inputs:
+            last_use[buffer_of[tensor]] = max(last_use.get(buffer_of[tensor], -1), index)
+    for tensor in outputs:
+        last_use[buffer_of[tensor]] = len(layers)
+    size = {buffer: size_of(buffer) for buffer in last_use}
+    alive = {buffer_of[name] for name in inputs}
     rows = []
-    for index, layer in enumerate(graph.layers):
+    for index, layer in enumerate(layers):
         output = buffer_of[layer.output]
         live = sum(size[b] for b in alive | {output})
         source = buffer_of[layer.inputs[0]] if layer.inputs else None
-        if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and last_use[source] == index:
+        if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and last_use.get(source) == index:
             live -= min(size[source], size[output])
-        rows.append(LayerMemory(layer.name, live, size[output]))
+        rows.append(live)
         alive.add(output)
         alive = {b for b in alive if last_use[b] > index}
-    return MemoryProfile(policy, tuple(rows))
+    return rows
+
+
+def activation_memory(graph: Graph, policy: MemoryPolicy = MemoryPolicy()) -> MemoryProfile:
+    """Live activation bytes at every layer of `graph` executed layer by layer in its order."""
+    per_element = DTYPE_BYTES[policy.dtype]
+    buffer_of = _buffers(graph.layers, [s.name for s in graph.inputs], policy)
+
+    def size_of(tensor: str) -> int:
+        return numel(graph.tensor_shape(tensor)) * per_element
+
+    rows = live_bytes(graph.layers, [s.name for s in graph.inputs], graph.outputs, size_of, policy)
+    return MemoryProfile(policy, tuple(LayerMemory(layer.name, live, size_of(buffer_of[layer.output]))
+                                       for layer, live in zip(graph.layers, rows)))

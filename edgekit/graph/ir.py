@@ -8,6 +8,7 @@ the tensor names in `Layer.inputs`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -73,6 +74,21 @@ class Graph:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     layers: tuple[Layer, ...]
+
+    @cached_property
+    def _producer_index(self) -> dict[str, int]:
+        return {layer.output: index for index, layer in enumerate(self.layers)}
+
+    def producer_index(self, tensor: str) -> int | None:
+        """Index of the layer that writes `tensor`, or None for a graph input."""
+        return self._producer_index.get(tensor)
+
+    def tensor_shape(self, tensor: str) -> tuple[int, ...]:
+        """Shape of a layer output or a graph input."""
+        index = self.producer_index(tensor)
+        if index is not None:
+            return self.layers[index].output_shape
+        return next(spec.shape for spec in self.inputs if spec.name == tensor)
 
     @property
     def total_macs(self) -> int:
