@@ -99,6 +99,26 @@ def cmd_compile(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
+def cmd_plan_patch(args: argparse.Namespace) -> None:
+    from edgekit.graph import load_graph
+    from edgekit.memory import MemoryPolicy
+    from edgekit.plan.patch import patched_live_bytes, plan_patches
+    from edgekit.report import render_patch_plan
+    from edgekit.targets import load_target
+
+    budget = load_target(args.target).activation_budget_bytes if args.target else None
+    graph = load_graph(args.model, args.input_shape)
+    policy = MemoryPolicy("int8", not args.no_inplace_depthwise, args.inplace_residual)
+    plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy)
+    data, text = plan.to_dict(), render_patch_plan(plan)
+    if args.plot:
+        from edgekit.plot import plot_patch_plan
+
+        data["plot"] = str(plot_patch_plan(graph, plan, patched_live_bytes(graph, plan), args.plot))
+        text += f"\nplot written to {data['plot']}"
+    _emit(args, data, text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -143,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=_floats, help="image calibration: per-channel std after scaling to [0, 1]")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
     p.add_argument("-o", "--output", required=True, help="output folder (replaced only if an earlier output)")
+
+    plan = commands.add_parser("plan", help="plan patch-based execution").add_subparsers(dest="plan_command",
+                                                                                     required=True)
+    p = command(plan, "patch", cmd_plan_patch, "choose the patch stage and grid (MCUNetV2) under a target's SRAM")
+    p.add_argument("model", help="reference model name, package.module:factory, or a .onnx / .tflite file")
+    p.add_argument("--target", help="device profile: its SRAM (MCU) or RAM is the budget")
+    p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
+    p.add_argument("--max-extra-macs", type=float, default=0.20, help="recompute budget (default 0.20 = 20%%)")
+    p.add_argument("--inplace-residual", action="store_true",
+                   help="residual adds accumulate into their input (TinyEngine; the MCUNetV2 paper's figures)")
+    p.add_argument("--input-resident", action="store_true", help="count the whole input image (default: streamed)")
+    p.add_argument("--no-inplace-depthwise", action="store_true", help="depthwise input and output both counted")
+    p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
     return parser
 
 

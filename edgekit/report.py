@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edgekit.analysis import Analysis
 from edgekit.targets import Device, Link
 from edgekit.units import format_bytes, format_count
+
+if TYPE_CHECKING:
+    from edgekit.plan.patch import PatchPlan
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -81,3 +85,27 @@ def render_profile(profile: Device | Link) -> str:
         elif value not in (None, (), ""):
             rows.append((key, ", ".join(value) if isinstance(value, tuple) else value, ""))
     return table(("field", "value", "source"), rows)
+
+
+def render_patch_plan(plan: PatchPlan) -> str:
+    """The chosen schedule, its peak against layer by layer, and the Pareto frontier."""
+    lines = [f"{plan.model}: layer-by-layer peak {plan.layer_by_layer_peak_bytes:,} B "
+             f"({format_bytes(plan.layer_by_layer_peak_bytes)})"
+             + (f"; budget {plan.budget_bytes:,} B ({format_bytes(plan.budget_bytes)})" if plan.budget_bytes else ""),
+             f"accounting: int8; depthwise in place {'on' if plan.policy.inplace_depthwise else 'off'}; "
+             f"residual add in place {'on' if plan.policy.inplace_residual else 'off'}; input "
+             f"{'resident in SRAM' if plan.input_resident else 'streamed per patch'}"]
+    c = plan.chosen
+    if c is not None:
+        lines.append(f"chosen: patch stage = layers 0..'{c.stage_end}' ({len(plan.stage_layers)} layers), "
+                     f"{c.grid}x{c.grid} patches; peak {c.peak_bytes:,} B ({format_bytes(c.peak_bytes)}), "
+                     f"{plan.layer_by_layer_peak_bytes / c.peak_bytes:.1f}x lower; extra MACs {c.extra_macs:,} "
+                     f"({c.extra_macs_ratio(plan.total_macs):.1%})")
+        lines.append(f"  patch stage {c.patch_stage_bytes:,} B (worst patch + {c.stage_output_bytes:,} B stage "
+                     f"buffer), rest {c.rest_bytes:,} B")
+    lines.append(("why: " if plan.feasible else "") + plan.reason)
+    rows = [(x.stage_end, f"{x.grid}x{x.grid}", f"{x.peak_bytes:,}", f"{x.patch_stage_bytes:,}", f"{x.rest_bytes:,}",
+             f"{x.extra_macs_ratio(plan.total_macs):.1%}", "<- chosen" if x == c else "") for x in plan.pareto]
+    lines += ["", "Pareto frontier (peak bytes vs extra MACs):",
+              table(("stage end", "grid", "peak B", "patch stage B", "rest B", "extra MACs", ""), rows)]
+    return "\n".join(lines)

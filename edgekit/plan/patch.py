@@ -1,0 +1,246 @@
+"""Patch-based inference planning (MCUNetV2): run the memory-heavy first stage patch by patch.
+
+The stage's output is split into an n x n grid of non-overlapping tiles. Each tile is computed
+through the whole stage from its own input window (its receptive field: overlapping "halos"), and
+written into one buffer that holds the full stage output; the rest of the network then runs layer
+by layer. Memory accounting (int8 bytes, the MCUNetV2 convention, see `edgekit.memory`):
+
+- patch stage: the largest per-patch working set (every live tensor cut to the region that patch
+  needs, depthwise in place) + the full stage-output buffer. The input image is streamed patch by
+  patch (camera or flash) unless `input_resident`, when the whole image is counted instead;
+- rest: the layer-by-layer peak of the layers after the stage;
+- extra MACs: what overlapping halos recompute, relative to the whole model.
+
+`plan_patches` is a pure function: graph + budget in, frozen `PatchPlan` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from edgekit.errors import EdgekitError
+from edgekit.graph.ir import SPATIAL_OPS, Graph, Layer
+from edgekit.memory import MemoryPolicy, activation_memory, live_bytes
+
+Region = tuple[int, int, int, int]  # rows [top, bottom), cols [left, right), in a tensor's own H,W
+ELEMENTWISE_OPS = frozenset({"add", "mul", "sub", "concat", "relu", "relu6", "hardswish", "sigmoid", "silu", "tanh",
+                             "gelu", "leaky_relu", "hardsigmoid", "batchnorm"})
+DEFAULT_MAX_EXTRA_MACS = 0.20
+GRIDS = (2, 3, 4, 5, 6, 7, 8)
+
+
+class PlanError(EdgekitError):
+    """A plan was asked for that cannot exist (no valid stage, bad grid)."""
+
+
+@dataclass(frozen=True)
+class PatchCandidate:
+    """One (stage end, grid) choice and what it costs."""
+
+    stage_end: str
+    grid: int
+    peak_bytes: int
+    patch_stage_bytes: int
+    rest_bytes: int
+    stage_output_bytes: int
+    extra_macs: int
+
+    def extra_macs_ratio(self, total_macs: int) -> float:
+        return self.extra_macs / total_macs if total_macs else 0.0
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """The chosen schedule, why, and the alternatives (serialisable: `to_dict` / `from_dict`)."""
+
+    model: str
+    policy: MemoryPolicy
+    budget_bytes: int | None
+    max_extra_macs: float
+    input_resident: bool
+    layer_by_layer_peak_bytes: int
+    total_macs: int
+    chosen: PatchCandidate | None
+    stage_layers: tuple[str, ...]
+    tiles: tuple[Region, ...]  # stage-output tile of each patch, row-major
+    input_windows: tuple[Region, ...]  # each patch's window on the model input (may reach past the border)
+    pareto: tuple[PatchCandidate, ...]
+    reason: str
+
+    @property
+    def feasible(self) -> bool:
+        return self.chosen is not None and (self.budget_bytes is None or self.chosen.peak_bytes <= self.budget_bytes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchPlan":
+        candidate = lambda d: PatchCandidate(**d) if d is not None else None  # noqa: E731
+        return cls(**{**data, "policy": MemoryPolicy(**data["policy"]), "chosen": candidate(data["chosen"]),
+                      "stage_layers": tuple(data["stage_layers"]),
+                      "tiles": tuple(tuple(t) for t in data["tiles"]),
+                      "input_windows": tuple(tuple(w) for w in data["input_windows"]),
+                      "pareto": tuple(candidate(c) for c in data["pareto"])})
+
+
+def split_tiles(height: int, width: int, grid: int) -> tuple[Region, ...]:
+    """n x n non-overlapping tiles covering H x W (row-major); sizes differ by at most one."""
+    rows = [height * i // grid for i in range(grid + 1)]
+    cols = [width * i // grid for i in range(grid + 1)]
+    return tuple((rows[i], cols[j], rows[i + 1], cols[j + 1]) for i in range(grid) for j in range(grid))
+
+
+def _input_region(layer: Layer, out: Region) -> Region:
+    """Rows/cols of the layer's input needed for output region `out` (before clipping: may pass borders)."""
+    if layer.op not in SPATIAL_OPS:
+        return out
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
+    pad_top, pad_left = layer.padding[0], layer.padding[1]
+    top, left, bottom, right = out
+    return (top * sh - pad_top, left * sw - pad_left,
+            (bottom - 1) * sh - pad_top + dh * (kh - 1) + 1, (right - 1) * sw - pad_left + dw * (kw - 1) + 1)
+
+
+def _clip(region: Region, shape: tuple[int, ...]) -> Region:
+    height, width = shape[-2], shape[-1]
+    return (max(region[0], 0), max(region[1], 0), min(region[2], height), min(region[3], width))
+
+
+def _union(a: Region | None, b: Region) -> Region:
+    return b if a is None else (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _area(region: Region) -> int:
+    return max(region[2] - region[0], 0) * max(region[3] - region[1], 0)
+
+
+def patch_regions(graph: Graph, stage: list[Layer], tile: Region) -> tuple[dict[str, Region], Region]:
+    """Region of every stage tensor one patch computes (clipped), and its raw window on the model input."""
+    needed: dict[str, Region] = {stage[-1].output: tile}
+    raw_input: Region | None = None
+    for layer in reversed(stage):
+        out = needed.get(layer.output)
+        if out is None:
+            continue
+        want = _input_region(layer, out)
+        for tensor in layer.inputs:
+            if graph.producer_index(tensor) is None:
+                raw_input = _union(raw_input, want)
+            needed[tensor] = _union(needed.get(tensor), _clip(want, graph.tensor_shape(tensor)))
+    assert raw_input is not None  # a valid stage starts at the graph input
+    return needed, raw_input
+
+
+def stage_ends(graph: Graph) -> list[int]:
+    """Indices of layers that can end a patch stage: all-spatial ops from the input, one tensor crossing."""
+    ends = []
+    for index, layer in enumerate(graph.layers):
+        if layer.op not in SPATIAL_OPS | ELEMENTWISE_OPS or len(layer.output_shape) != 4:
+            break
+        produced = {l.output for l in graph.layers[: index + 1]}
+        crossing = {t for l in graph.layers[index + 1:] for t in l.inputs if t in produced}
+        if crossing <= {layer.output} and layer.output not in graph.outputs:
+            ends.append(index)
+    return ends
+
+
+def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], window: Region,
+                input_resident: bool, policy: MemoryPolicy) -> list[int]:
+    """Live int8 bytes at each stage layer while one patch runs (its output tile goes to the stage buffer)."""
+    inputs = [spec.name for spec in graph.inputs]
+
+    def size_of(tensor: str) -> int:
+        shape = graph.tensor_shape(tensor)
+        if tensor == stage[-1].output:
+            return 0
+        if tensor in inputs:
+            return _area((0, 0, shape[-2], shape[-1]) if input_resident else window) * shape[1]
+        return _area(regions.get(tensor, (0, 0, 0, 0))) * shape[1]
+
+    return live_bytes(stage, inputs, [], size_of, policy)
+
+
+def evaluate(graph: Graph, end: int, grid: int, input_resident: bool = False,
+             policy: MemoryPolicy = MemoryPolicy()) -> tuple[PatchCandidate, tuple[Region, ...], tuple[Region, ...]]:
+    """Cost of running layers 0..end patch by patch on an n x n grid; also its tiles and input windows."""
+    stage = list(graph.layers[: end + 1])
+    out_shape = stage[-1].output_shape
+    if grid < 1 or grid > min(out_shape[-2], out_shape[-1]):
+        raise PlanError(f"{graph.name}: a {grid}x{grid} grid does not fit the {out_shape[-2]}x{out_shape[-1]} "
+                        f"output of '{stage[-1].name}'")
+    tiles = split_tiles(out_shape[-2], out_shape[-1], grid)
+    working, windows, patched_macs = 0, [], 0
+    for tile in tiles:
+        regions, window = patch_regions(graph, stage, tile)
+        windows.append(window)
+        working = max(working, *_patch_live(graph, stage, regions, window, input_resident, policy))
+        for layer in stage:
+            full = layer.output_shape[-2] * layer.output_shape[-1]
+            patched_macs += layer.macs * _area(regions.get(layer.output, tile)) // full
+    stage_output = stage[-1].output_elements
+    profile = activation_memory(graph, policy)
+    rest = max((m.live_bytes for m in profile.layers[end + 1:]), default=0)
+    base = sum(layer.macs for layer in stage)
+    candidate = PatchCandidate(stage[-1].name, grid, max(working + stage_output, rest), working + stage_output,
+                               rest, stage_output, patched_macs - base)
+    return candidate, tiles, tuple(windows)
+
+
+def patched_live_bytes(graph: Graph, plan: PatchPlan) -> list[int]:
+    """Per-layer live int8 bytes under the plan: stage layers take their worst patch plus the stage buffer."""
+    profile = [m.live_bytes for m in activation_memory(graph, plan.policy).layers]
+    if plan.chosen is None:
+        return profile
+    stage = list(graph.layers[: len(plan.stage_layers)])
+    worst = [0] * len(stage)
+    for tile, window in zip(plan.tiles, plan.input_windows):
+        regions, _ = patch_regions(graph, stage, tile)
+        rows = _patch_live(graph, stage, regions, window, plan.input_resident, plan.policy)
+        worst = [max(a, b) for a, b in zip(worst, rows)]
+    return [w + plan.chosen.stage_output_bytes for w in worst] + profile[len(stage):]
+
+
+def pareto_front(candidates: list[PatchCandidate]) -> tuple[PatchCandidate, ...]:
+    """Candidates no other beats on both peak bytes and extra MACs, by ascending peak."""
+    front: list[PatchCandidate] = []
+    for c in sorted(candidates, key=lambda c: (c.peak_bytes, c.extra_macs)):
+        if not front or c.extra_macs < front[-1].extra_macs:
+            front.append(c)
+    return tuple(front)
+
+
+def plan_patches(graph: Graph, budget_bytes: int | None = None, max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS,
+                 input_resident: bool = False, policy: MemoryPolicy = MemoryPolicy(),
+                 grids: tuple[int, ...] = GRIDS) -> PatchPlan:
+    """Search (stage end, grid) for the smallest peak within the recompute budget; say why it was chosen."""
+    baseline = activation_memory(graph, policy).peak_bytes
+    results = {}
+    for end in stage_ends(graph):
+        shape = graph.layers[end].output_shape
+        for grid in grids:
+            if grid <= min(shape[-2], shape[-1]):
+                results[(end, grid)] = evaluate(graph, end, grid, input_resident, policy)
+    if not results:
+        raise PlanError(f"{graph.name}: no layer can end a patch stage (the first layer is not a spatial op "
+                        "with a single tensor leaving it)")
+    total = graph.total_macs
+    candidates = [c for c, _, _ in results.values()]
+    allowed = [c for c in candidates if c.extra_macs_ratio(total) <= max_extra_macs]
+    chosen = min(allowed, key=lambda c: (c.peak_bytes, c.extra_macs), default=None)
+    if chosen is None:
+        reason = f"no candidate stays within {max_extra_macs:.0%} extra MACs"
+    elif chosen.peak_bytes >= baseline:
+        chosen, reason = None, f"patching does not lower the peak below layer-by-layer {baseline:,} B"
+    elif budget_bytes is not None and chosen.peak_bytes > budget_bytes:
+        reason = (f"infeasible: the smallest peak within {max_extra_macs:.0%} extra MACs is {chosen.peak_bytes:,} B, "
+                  f"{chosen.peak_bytes - budget_bytes:,} B over the {budget_bytes:,} B budget")
+    else:
+        bound = "patch stage" if chosen.patch_stage_bytes >= chosen.rest_bytes else "layers after the stage"
+        reason = (f"smallest peak within {max_extra_macs:.0%} extra MACs "
+                  f"({chosen.extra_macs_ratio(total):.1%} used); the peak is set by the {bound}")
+    key = next((k for k, v in results.items() if v[0] == chosen), None)
+    stage_layers = tuple(l.name for l in graph.layers[: key[0] + 1]) if key else ()
+    tiles, windows = (results[key][1], results[key][2]) if key else ((), ())
+    return PatchPlan(graph.name, policy, budget_bytes, max_extra_macs, input_resident, baseline, total, chosen,
+                     stage_layers, tiles, windows, pareto_front(candidates), reason)
