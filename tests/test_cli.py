@@ -152,3 +152,17 @@ def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixtu
                        "-o", str(tmp_path))
     assert code == 2 and "not an earlier compile output" in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_plan_patch_json_and_plot(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    png = tmp_path / "patch.png"
+    code, out, _ = run(capsys, "plan", "patch", "mobilenet_v2", "--target", "stm32f412", "--inplace-residual",
+                       "--plot", str(png), "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["chosen"]["grid"] == 4 and plan["chosen"]["peak_bytes"] <= 172 * 1024
+    assert plan["budget_bytes"] == 256 * 1024 and plan["policy"]["inplace_residual"] is True
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, _ = run(capsys, "plan", "patch", "mobilenet_v2_035_96", "--target", "nrf52840",
+                       "--max-extra-macs", "0.0")
+    assert code == 0 and "no candidate stays within 0% extra MACs" in out

@@ -24,7 +24,7 @@ from edgekit.memory import MemoryPolicy, activation_memory, live_bytes
 
 Region = tuple[int, int, int, int]  # rows [top, bottom), cols [left, right), in a tensor's own H,W
 ELEMENTWISE_OPS = frozenset({"add", "mul", "sub", "concat", "relu", "relu6", "hardswish", "sigmoid", "silu", "tanh",
-                             "gelu", "leaky_relu", "hardsigmoid", "batchnorm"})
+                             "gelu", "leaky_relu", "hardsigmoid", "batchnorm", "quantize", "dequantize"})
 DEFAULT_MAX_EXTRA_MACS = 0.20
 GRIDS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -136,7 +136,8 @@ def stage_ends(graph: Graph) -> list[int]:
     """Indices of layers that can end a patch stage: all-spatial ops from the input, one tensor crossing."""
     ends = []
     for index, layer in enumerate(graph.layers):
-        if layer.op not in SPATIAL_OPS | ELEMENTWISE_OPS or len(layer.output_shape) != 4:
+        layout_only = layer.op == "transpose" and layer.input_shapes[0] == layer.output_shape  # NCHW<->NHWC
+        if not (layer.op in SPATIAL_OPS | ELEMENTWISE_OPS or layout_only) or len(layer.output_shape) != 4:
             break
         produced = {l.output for l in graph.layers[: index + 1]}
         crossing = {t for l in graph.layers[index + 1:] for t in l.inputs if t in produced}
