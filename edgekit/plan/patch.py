@@ -240,6 +240,8 @@ def plan_patches(graph: Graph, budget_bytes: int | None = None, max_extra_macs: 
         bound = "patch stage" if chosen.patch_stage_bytes >= chosen.rest_bytes else "layers after the stage"
         reason = (f"smallest peak within {max_extra_macs:.0%} extra MACs "
                   f"({chosen.extra_macs_ratio(total):.1%} used); the peak is set by the {bound}")
+    if budget_bytes is not None and baseline <= budget_bytes:
+        reason += f" (layer by layer, {baseline:,} B, already fits the budget)"
     key = next((k for k, v in results.items() if v[0] == chosen), None)
     stage_layers = tuple(l.name for l in graph.layers[: key[0] + 1]) if key else ()
     tiles, windows = (results[key][1], results[key][2]) if key else ((), ())
