@@ -64,6 +64,7 @@ class Analysis:
             "peak_activation_bytes": {dtype: {"bytes": p.peak_bytes, "layer": p.peak_layer}
                                       for dtype, p in self.memory.items()},
             "accounting": {"inplace_depthwise": int8.policy.inplace_depthwise,
+                           "inplace_residual": int8.policy.inplace_residual,
                            "residual_inputs_freed": "after their last consumer runs",
                            "params": "after batch-norm folding; weights only, not activations"},
             "target": self.target.name if self.target else None,
@@ -91,8 +92,10 @@ def _weights_are_int8(graph: Graph) -> bool:
     return graph.source == "tflite" and any(layer.dtype == "int8" for layer in graph.layers)
 
 
-def analyze(graph: Graph, target: Device | None = None, inplace_depthwise: bool = True) -> Analysis:
+def analyze(graph: Graph, target: Device | None = None, inplace_depthwise: bool = True,
+            inplace_residual: bool = False) -> Analysis:
     """Per-layer memory under int8 and fp32 accounting and, with a target, fit verdicts."""
-    memory = {dtype: activation_memory(graph, MemoryPolicy(dtype, inplace_depthwise)) for dtype in ("int8", "fp32")}
+    memory = {dtype: activation_memory(graph, MemoryPolicy(dtype, inplace_depthwise, inplace_residual))
+              for dtype in ("int8", "fp32")}
     fits = check_fit(graph, memory, target) if target else ()
     return Analysis(graph, memory, target, fits)

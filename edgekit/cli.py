@@ -52,7 +52,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     target = load_target(args.target) if args.target else None
     graph = load_graph(args.model, args.input_shape)
-    result = analyze(graph, target, inplace_depthwise=not args.no_inplace_depthwise)
+    result = analyze(graph, target, not args.no_inplace_depthwise, args.inplace_residual)
     data = result.to_dict()
     if args.plot:
         from edgekit.plot import plot_memory
@@ -143,8 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--target", help="device profile name or .toml path: adds fits / does-not-fit")
     p.add_argument("--plot", metavar="PNG", help="write a plot of activation memory per layer")
-    p.add_argument("--no-inplace-depthwise", action="store_true",
-                   help="count depthwise input and output separately (default: in place, as MCUNetV2)")
+    _accounting_flags(p)
 
     p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
     p.add_argument("model", help="reference model name or package.module:factory")

@@ -47,8 +47,9 @@ def render_analysis(analysis: Analysis) -> str:
         f"params {format_count(graph.total_params)} ({graph.total_params:,}; {format_bytes(graph.total_param_bytes)})",
         f"peak activations, layer by layer: int8 {int8.peak_bytes:,} B ({format_bytes(int8.peak_bytes)}) at "
         f"{int8.peak_layer}; fp32 {fp32.peak_bytes:,} B ({format_bytes(fp32.peak_bytes)})",
-        f"accounting: depthwise in place {'on' if int8.policy.inplace_depthwise else 'off'}; a residual input is "
-        "freed after its last consumer; reshape aliases; params after batch-norm folding",
+        f"accounting: depthwise in place {'on' if int8.policy.inplace_depthwise else 'off'}; residual add in place "
+        f"{'on' if int8.policy.inplace_residual else 'off'}; a residual input is freed after its last consumer; "
+        "reshape aliases; params after batch-norm folding",
     ]
     if analysis.target is not None:
         lines.append(f"target {analysis.target.name} ({analysis.target.device_class}):")
