@@ -170,12 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="device profile: its SRAM (MCU) or RAM is the budget")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--max-extra-macs", type=float, default=0.20, help="recompute budget (default 0.20 = 20%%)")
-    p.add_argument("--inplace-residual", action="store_true",
-                   help="residual adds accumulate into their input (TinyEngine; the MCUNetV2 paper's figures)")
     p.add_argument("--input-resident", action="store_true", help="count the whole input image (default: streamed)")
-    p.add_argument("--no-inplace-depthwise", action="store_true", help="depthwise input and output both counted")
     p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
+    _accounting_flags(p)
     return parser
+
+
+def _accounting_flags(p: argparse.ArgumentParser) -> None:
+    """The memory-accounting variants (edgekit.memory.MemoryPolicy), shared by analyze and plan."""
+    p.add_argument("--no-inplace-depthwise", action="store_true",
+                   help="count depthwise input and output separately (default: in place, as MCUNetV2)")
+    p.add_argument("--inplace-residual", action="store_true",
+                   help="residual adds accumulate into their input (TinyEngine; the MCUNetV2 paper's 172 kB)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
