@@ -105,17 +105,26 @@ def _translate(node: Any, name: str, inputs: list[str], shape: tuple, dtype: str
     raise UnsupportedOpError(f"torch graph: layer '{name}' uses operator {target}, which edgekit cannot analyse yet")
 
 
-def from_torch(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
-    """Trace `model` with torch.export on a zero input of `input_shape` and build its Graph."""
+def export_program(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> Any:
+    """Trace `model` once with torch.export on a zero input of `input_shape` (host side only)."""
     import torch  # host-side only: the device runtime never imports this module
 
-    model_name = name or type(model).__name__
-    model = model.eval()
     try:
-        program = torch.export.export(model, (torch.zeros(*input_shape),))
+        return torch.export.export(model.eval(), (torch.zeros(*input_shape),))
     except Exception as exc:  # torch raises many types for a shape that does not fit
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{model_name}: tracing with input shape {tuple(input_shape)} failed: {first}") from None
+        raise ModelLoadError(f"{name or type(model).__name__}: tracing with input shape {tuple(input_shape)} "
+                             f"failed: {first}") from None
+
+
+def from_torch(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> Graph:
+    """Trace `model` with torch.export on a zero input of `input_shape` and build its Graph."""
+    model_name = name or type(model).__name__
+    return graph_from_program(export_program(model, input_shape, model_name), model_name)
+
+
+def graph_from_program(program: Any, model_name: str) -> Graph:
+    """The Graph of an ExportedProgram; tensor names are its FX node names."""
     user_inputs = set(program.graph_signature.user_inputs)
     inputs, nodes, outputs = [], [], []
     for node in program.graph.nodes:

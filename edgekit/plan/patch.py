@@ -7,7 +7,8 @@ by layer. Memory accounting (int8 bytes, the MCUNetV2 convention, see `edgekit.m
 
 - patch stage: the largest per-patch working set (every live tensor cut to the region that patch
   needs, depthwise in place) + the full stage-output buffer. The input image is streamed patch by
-  patch (camera or flash) unless `input_resident`, when the whole image is counted instead;
+  patch (camera or flash: the window's pixels inside the image; border padding is not stored)
+  unless `input_resident`, when the whole image is counted instead;
 - rest: the layer-by-layer peak of the layers after the stage;
 - extra MACs: what overlapping halos recompute, relative to the whole model.
 
@@ -156,7 +157,7 @@ def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], wi
         if tensor == stage[-1].output:
             return 0
         if tensor in inputs:
-            return _area((0, 0, shape[-2], shape[-1]) if input_resident else window) * shape[1]
+            return _area((0, 0, shape[-2], shape[-1]) if input_resident else _clip(window, shape)) * shape[1]
         return _area(regions.get(tensor, (0, 0, 0, 0))) * shape[1]
 
     return live_bytes(stage, inputs, [], size_of, policy)
@@ -200,6 +201,20 @@ def patched_live_bytes(graph: Graph, plan: PatchPlan) -> list[int]:
         rows = _patch_live(graph, stage, regions, window, plan.input_resident, plan.policy)
         worst = [max(a, b) for a, b in zip(worst, rows)]
     return [w + plan.chosen.stage_output_bytes for w in worst] + profile[len(stage):]
+
+
+def fixed_plan(graph: Graph, stage_end: str, grid: int, input_resident: bool = False,
+               policy: MemoryPolicy = MemoryPolicy()) -> PatchPlan:
+    """A plan for a stage end and grid chosen by hand (to compare with the search, or to test)."""
+    names = [layer.name for layer in graph.layers]
+    if stage_end not in names or names.index(stage_end) not in stage_ends(graph):
+        valid = ", ".join(graph.layers[i].name for i in stage_ends(graph))
+        raise PlanError(f"{graph.name}: '{stage_end}' cannot end a patch stage (valid: {valid})")
+    end = names.index(stage_end)
+    candidate, tiles, windows = evaluate(graph, end, grid, input_resident, policy)
+    baseline = activation_memory(graph, policy).peak_bytes
+    return PatchPlan(graph.name, policy, None, 1.0, input_resident, baseline, graph.total_macs, candidate,
+                     tuple(names[: end + 1]), tiles, windows, (candidate,), "requested stage end and grid")
 
 
 def pareto_front(candidates: list[PatchCandidate]) -> tuple[PatchCandidate, ...]:
