@@ -130,3 +130,15 @@ def test_channels_last_io_takes_nhwc(tmp_path: Path) -> None:
     assert list(nchw.input["shape"]) == [1, 1, 8, 8] and list(nhwc.input["shape"]) == [1, 8, 8, 1]
     sample = x_test[:1]
     assert np.array_equal(nhwc(sample.transpose(0, 2, 3, 1)), nchw(sample))
+
+
+def test_a_model_that_cannot_be_exported_is_a_conversion_error(tmp_path: Path) -> None:
+    class DataDependent(torch.nn.Module):
+        input_shape = (1, 1, 8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x  # control flow on values: torch.export refuses it
+
+    with pytest.raises(EdgekitError, match="DataDependent: INT8 onnx conversion failed"):
+        quantize(DataDependent(), np.ones((2, 1, 8, 8), np.float32), tmp_path / "m.onnx", Int8Config(format="onnx"))
+    assert list(tmp_path.iterdir()) == []
