@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: 
     out_path = Path(out_path)
     model = model.eval()
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout stays clean for --json
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            # converters print progress (kept, on stderr: stdout stays clean for --json) and torch's
+            # internal deprecation notices (hidden: nothing a user can act on)
+            warnings.simplefilter("ignore", FutureWarning)
             if config.format == "tflite":
                 _tflite(model, calibration, out_path, config)
             else:
@@ -94,6 +98,8 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         for x in progress(calibration, "calibrating", len(calibration)):
             prepared(torch.from_numpy(x[None]))
     quantized = convert_pt2e(prepared, fold_quantize=False)
+    for module in quantized.modules():  # the ops were traced in eval mode; only the flag says otherwise
+        module.training = False
     edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     if not config.int8_io:
         edge.export(str(out_path))
