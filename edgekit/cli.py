@@ -102,14 +102,19 @@ def cmd_compile(args: argparse.Namespace) -> None:
 def cmd_plan_patch(args: argparse.Namespace) -> None:
     from edgekit.graph import load_graph
     from edgekit.memory import MemoryPolicy
-    from edgekit.plan.patch import patched_live_bytes, plan_patches
+    from edgekit.plan.patch import fixed_plan, patched_live_bytes, plan_patches
     from edgekit.report import render_patch_plan
     from edgekit.targets import load_target
 
+    if (args.stage_end is None) != (args.grid is None):
+        raise EdgekitError("--stage-end and --grid go together (a hand-picked schedule), or neither (search)")
     budget = load_target(args.target).activation_budget_bytes if args.target else None
     graph = load_graph(args.model, args.input_shape)
     policy = MemoryPolicy("int8", not args.no_inplace_depthwise, args.inplace_residual)
-    plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy)
+    if args.stage_end is not None:
+        plan = fixed_plan(graph, args.stage_end, args.grid, args.input_resident, policy)
+    else:
+        plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy)
     data, text = plan.to_dict(), render_patch_plan(plan)
     if args.plot:
         from edgekit.plot import plot_patch_plan
@@ -171,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--max-extra-macs", type=float, default=0.20, help="recompute budget (default 0.20 = 20%%)")
     p.add_argument("--input-resident", action="store_true", help="count the whole input image (default: streamed)")
+    p.add_argument("--stage-end", help="hand-pick the last layer of the patch stage (with --grid) instead of searching")
+    p.add_argument("--grid", type=int, help="hand-pick an n x n grid (with --stage-end)")
     p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
     _accounting_flags(p)
     return parser

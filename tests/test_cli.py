@@ -167,3 +167,13 @@ def test_plan_patch_json_and_plot(capsys: pytest.CaptureFixture, tmp_path: Path)
                        "--max-extra-macs", "0.0")
     assert code == 0 and "patching does not lower the peak below layer-by-layer 129,024 B" in out
     assert "already fits the budget" in out
+
+
+def test_plan_patch_by_hand(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(capsys, "plan", "patch", "mobilenet_v2", "--stage-end", "features.4.block.2.0", "--grid", "3",
+                       "--inplace-residual", "--json")
+    assert code == 0 and json.loads(out)["chosen"]["peak_bytes"] == 251_888  # the 3x3 row of the Pareto table
+    code, _, err = run(capsys, "plan", "patch", "mobilenet_v2", "--stage-end", "classifier.fc", "--grid", "2")
+    assert code == 2 and "'classifier.fc' cannot end a patch stage (valid: features.0.0" in err
+    code, _, err = run(capsys, "plan", "patch", "mobilenet_v2", "--grid", "2")
+    assert code == 2 and "--stage-end and --grid go together" in err
