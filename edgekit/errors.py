@@ -23,3 +23,7 @@ class CalibrationError(EdgekitError):
 
 class ConversionError(EdgekitError):
     """A model could not be exported or quantized, or the result failed its fidelity check."""
+
+
+class BundleError(EdgekitError):
+    """A bundle is missing, malformed, unsafe or does not verify against its manifest."""
