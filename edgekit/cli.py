@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_floats, help="image calibration: per-channel mean after scaling to [0, 1]")
     p.add_argument("--std", type=_floats, help="image calibration: per-channel std after scaling to [0, 1]")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
-    p.add_argument("-o", "--output", required=True, help="output folder (replaced only if an earlier output)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output bundle: a folder, or a single .ekb archive (replaced only if an earlier bundle)")
 
     plan = commands.add_parser("plan", help="plan patch-based execution").add_subparsers(dest="plan_command",
                                                                                      required=True)

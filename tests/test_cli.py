@@ -99,8 +99,19 @@ def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path
     assert report["fidelity"]["samples"] == 360 and report["fidelity_drop_points"] <= 1.0
     artifact = f"digits_cnn_int8.{fmt}"
     pack = ["mcu"] if fmt == "tflite" else []
-    assert sorted(p.name for p in out.iterdir()) == [artifact, *pack, "report.json", "report.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [artifact, "manifest.json", *pack, "report.json", "report.txt"]
     assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / artifact).stat().st_size
+    from edgekit.bundle import load_bundle
+
+    manifest = load_bundle(out).manifest  # the output is a verified bundle
+    stage = manifest.stages[0]
+    assert (manifest.model, manifest.target, stage.file) == ("digits_cnn", target, artifact)
+    assert stage.backend == ("tflite-micro" if fmt == "tflite" else "onnxruntime")
+    if fmt == "tflite":  # int8 I/O, NHWC for the MCU, with the scales the runtime needs to quantize
+        assert stage.inputs[0].shape == (1, 8, 8, 1) and stage.inputs[0].dtype == "int8"
+        assert stage.inputs[0].layout == "NHWC" and stage.inputs[0].scale > 0
+    else:
+        assert stage.inputs[0].dtype == "float32" and stage.inputs[0].scale is None
     if fmt == "onnx":  # per-layer SQNR from onnxruntime's QDQ debugging helpers, every tensor well above noise
         assert len(report["layer_sqnr_db"]) >= 5 and min(report["layer_sqnr_db"].values()) > 20
         assert [i["op"] for i in report["float_islands"]] == ["ReduceMean", "Reshape"]
@@ -150,7 +161,7 @@ def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixtu
     (tmp_path / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "--int8", "--calib", str(calib),
                        "-o", str(tmp_path))
-    assert code == 2 and "not an earlier compile output" in err
+    assert code == 2 and "not an earlier bundle" in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bundle import MANIFEST, InputPreprocessing, Manifest, Stage, TensorInfo, write_bundle
 from edgekit.convert.calibration import Preprocessing, load_calibration, load_labelled
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity, measure_fidelity, onnx_layer_sqnr
@@ -93,6 +94,44 @@ def _nchw_runner(runner: Callable[[np.ndarray], np.ndarray], channels_last: bool
     return run
 
 
+def _tensor_infos(artifact: Path, channels_last: bool) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """Input and output tensors of a model file as its own interpreter reports them (with int8 scales)."""
+    def info(name: str, shape: Any, dtype: str, quantization: tuple = (0.0, 0)) -> TensorInfo:
+        shape = tuple(int(d) for d in shape)
+        layout = ("NHWC" if channels_last else "NCHW") if len(shape) == 4 else None
+        scale, zero = quantization
+        return TensorInfo(name, shape, dtype, layout, float(scale) if scale else None, int(zero) if scale else None)
+
+    if artifact.suffix == ".tflite":
+        from edgekit.backends import LiteRTModel
+
+        interpreter = LiteRTModel(artifact).interpreter
+        side = lambda details: tuple(info(d["name"], d["shape"], np.dtype(d["dtype"]).name, d["quantization"])  # noqa: E731
+                                     for d in details)
+        return side(interpreter.get_input_details()), side(interpreter.get_output_details())
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8"}
+    side = lambda args: tuple(info(a.name, a.shape, types.get(a.type, a.type)) for a in args)  # noqa: E731
+    return side(session.get_inputs()), side(session.get_outputs())
+
+
+def _manifest(model: Any, name: str, target: Device, artifact: Path, config: Int8Config,
+              preprocessing: Preprocessing) -> Manifest:
+    """What the bundle runs: one stage on the target's backend, and how images become its input."""
+    backend = "onnxruntime" if config.format == "onnx" else \
+        "tflite-micro" if target.device_class == "mcu" else "litert"
+    inputs, outputs = _tensor_infos(artifact, config.channels_last_io)
+    _, channels, height, width = model.input_shape
+    image = InputPreprocessing("NHWC" if config.channels_last_io else "NCHW", channels, height, width, 1 / 255,
+                               tuple(preprocessing.mean), tuple(preprocessing.std))
+    labels = getattr(model, "labels", None)
+    return Manifest(name, target.name, (Stage("main", backend, artifact.name, inputs, outputs),),
+                    preprocessing=image if len(model.input_shape) == 4 else None,
+                    labels=tuple(labels) if labels else None)
+
+
 def _calibration_samples(model: Any, source: str | Path | None, config: Int8Config,
                          preprocessing: Preprocessing) -> tuple[np.ndarray, str]:
     """Samples and a description of where they came from; no source means data-free synthesis."""
@@ -107,17 +146,19 @@ def _calibration_samples(model: Any, source: str | Path | None, config: Int8Conf
 def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, calibration: str | Path | None,
                  evaluation: str | Path | None = None, config: Int8Config | None = None,
                  max_drop_points: float = 1.0, preprocessing: Preprocessing = Preprocessing()) -> CompileReport:
-    """Quantize `model` for `target` into `out_dir` (model file + report.json + report.txt).
+    """Quantize `model` for `target` into the bundle `out_dir` (a folder, or a `.ekb` archive).
 
-    `calibration=None` calibrates data-free. Fails with a specific error, leaving `out_dir` untouched,
-    on bad data, a float island in an MCU model, or a top-1 drop above `max_drop_points`.
+    The bundle holds the model, report.json, report.txt, mcu/ for MCU targets, and a verified
+    manifest.json. `calibration=None` calibrates data-free. Fails with a specific error, leaving
+    `out_dir` untouched, on bad data, a float island in an MCU model, or a top-1 drop above
+    `max_drop_points`.
     """
     import torch
 
     config = config or Int8Config.for_target(target)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
-        raise ConversionError(f"{out_dir} exists and is not an earlier compile output; choose another output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ConversionError(f"{out_dir} exists and is not an earlier bundle; choose another output folder")
     held_out = load_labelled(evaluation, tuple(model.input_shape)) if evaluation else None
     samples, described = _calibration_samples(model, calibration, config, preprocessing)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +192,9 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
                                len(samples), islands, fidelity, max_drop_points, sqnr, mcu)
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
         (tmp / "report.txt").write_text(report.render() + "\n")
-    except BaseException:
+        write_bundle(tmp, _manifest(model, name, target, artifact, config, preprocessing), out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     return report
 
 
