@@ -124,6 +124,35 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def _bit_rate(text: str) -> float:
+    from edgekit.units import parse_quantity
+
+    try:
+        return parse_quantity(text, "bit_rate")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_plan_split(args: argparse.Namespace) -> None:
+    from edgekit.graph import load_graph
+    from edgekit.plan.split import check_cut, plan_split
+    from edgekit.report import render_split_plan
+    from edgekit.targets import load_link, load_target
+
+    graph = load_graph(args.model, args.input_shape)
+    device, server, link = load_target(args.device), load_target(args.server), load_link(args.link)
+    plan = plan_split(graph, device, server, link, args.bandwidth, args.objective)
+    if args.split:
+        check_cut(plan, args.split)
+    data, text = plan.to_dict(), render_split_plan(plan)
+    if args.plot:
+        from edgekit.plot import plot_split
+
+        data["plot"] = str(plot_split(graph, device, server, link, args.objective, args.plot))
+        text += f"\nplot written to {data['plot']}"
+    _emit(args, data, text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -181,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, help="hand-pick an n x n grid (with --stage-end)")
     p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
     _accounting_flags(p)
+
+    p = command(plan, "split", cmd_plan_split, "choose where to cut the model between device and edge server")
+    p.add_argument("model", help="reference model name, package.module:factory, or a .onnx / .tflite file")
+    p.add_argument("--device", required=True, help="device profile (runs the head)")
+    p.add_argument("--server", required=True, help="server profile (runs the tail)")
+    p.add_argument("--link", required=True, help="link profile between them")
+    p.add_argument("--bandwidth", type=_bit_rate, help="what-if uplink, e.g. '5 Mbit/s' (default: the link's)")
+    p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("--split", metavar="LAYER", help="check that cutting after LAYER is valid (error says why not)")
+    p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
+    p.add_argument("--plot", metavar="PNG", help="write latency per cut at 1, 5, 20 and 100 Mbit/s")
     return parser
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from edgekit.analysis import Analysis
 from edgekit.graph.ir import Graph
 from edgekit.plan.patch import PatchPlan
+from edgekit.targets import Device, Link
 
 
 def _axes(layers: int) -> tuple[Any, Any]:
@@ -20,12 +21,13 @@ def _axes(layers: int) -> tuple[Any, Any]:
     return plt.subplots(figsize=(max(8.0, layers * 0.12), 4.5), dpi=120)
 
 
-def _save(fig: Any, ax: Any, title: str, layers: int, path: str | Path) -> Path:
+def _save(fig: Any, ax: Any, title: str, layers: int, path: str | Path,
+          ylabel: str = "live activations, int8 (KiB)", xlabel: str = "layer (execution order)") -> Path:
     """Common labels, grid and layout; write the PNG and free the figure."""
     import matplotlib.pyplot as plt
 
-    ax.set_xlabel("layer (execution order)")
-    ax.set_ylabel("live activations, int8 (KiB)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlim(-1, layers)
     ax.grid(axis="y", alpha=0.3)
@@ -79,3 +81,22 @@ def plot_patch_plan(graph: Graph, plan: PatchPlan, patched: list[int], path: str
                    label=f"budget {plan.budget_bytes / 1024:.0f} KiB")
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, ax, f"{graph.name}: memory per layer, layer by layer vs patch-based", len(before), path)
+
+
+def plot_split(graph: Graph, device: Device, server: Device, link: Link, objective: str, path: str | Path,
+               bandwidths: tuple[float, ...] = (1e6, 5e6, 20e6, 100e6)) -> Path:
+    """Estimated end-to-end latency of every cut, one line per uplink bandwidth, best cut marked."""
+    from edgekit.plan.split import plan_split
+
+    fig, ax = _axes(len(graph.layers) + 1)
+    for bps in bandwidths:
+        plan = plan_split(graph, device, server, link, bps, objective)
+        xs = [c.device_layers for c in plan.candidates if c.valid]
+        ys = [1000 * c.total_seconds for c in plan.candidates if c.valid]
+        line = ax.plot(xs, ys, marker=".", markersize=3, linewidth=1, label=f"{bps / 1e6:g} Mbit/s")[0]
+        ax.plot([plan.chosen.device_layers], [1000 * plan.chosen.total_seconds], "o", color=line.get_color())
+    ax.set_yscale("log")
+    ax.legend(loc="upper right", fontsize=8, title="uplink (o = best cut)", title_fontsize=8)
+    return _save(fig, ax, f"{graph.name}: {device.name} -> {link.name} -> {server.name}, estimated latency per cut",
+                 len(graph.layers) + 1, path, ylabel="end-to-end latency (ms, log)",
+                 xlabel="layers on the device (0 = send the raw input, right end = all on the device)")

@@ -11,6 +11,7 @@ from edgekit.units import format_bytes, format_count
 
 if TYPE_CHECKING:
     from edgekit.plan.patch import PatchPlan
+    from edgekit.plan.split import SplitCandidate, SplitPlan
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -110,3 +111,34 @@ def render_patch_plan(plan: PatchPlan) -> str:
     lines += ["", "Pareto frontier (peak bytes vs extra MACs):",
               table(("stage end", "grid", "peak B", "patch stage B", "rest B", "extra MACs", ""), rows)]
     return "\n".join(lines)
+
+
+def _bps(bps: float) -> str:
+    for unit, factor in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= factor:
+            return f"{bps / factor:.3g} {unit}"
+    return f"{bps:.3g} bit/s"
+
+
+def _split_row(label: str, c: SplitCandidate) -> tuple:
+    return (label, c.last_device_layer or "(raw input)", c.device_layers, f"{c.payload_bytes:,}",
+            f"{1000 * c.device_seconds:.2f}", f"{1000 * c.transfer_seconds:.2f}", f"{1000 * c.server_seconds:.2f}",
+            f"{1000 * c.total_seconds:.2f}", f"{1000 * c.device_joules:.1f}" if c.device_joules else "-",
+            "" if c.valid else c.why_invalid)
+
+
+def render_split_plan(plan: SplitPlan) -> str:
+    """The chosen cut beside the all-device and all-server baselines, and the bandwidth decision map."""
+    headers = ("", "head ends at", "device layers", "payload B", "device ms", "link ms", "server ms", "total ms",
+               "device mJ", "invalid because")
+    rows = [_split_row("chosen", plan.chosen), _split_row("all device", plan.all_device),
+            _split_row("all server", plan.all_server)]
+    names = {c.device_layers: c.last_device_layer or "(all on server)" for c in plan.candidates}
+    ranges = [(f"{_bps(lo)} .. {_bps(hi)}", names[k], k) for lo, hi, k in plan.decision_map]
+    return "\n".join([
+        f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
+        f"objective {plan.objective}; estimates from the profiles' throughput figures",
+        "", table(headers, rows), "",
+        "decision map (which cut wins as the uplink changes):",
+        table(("uplink", "head ends at", "device layers"), ranges),
+    ])

@@ -188,3 +188,16 @@ def test_plan_patch_by_hand(capsys: pytest.CaptureFixture) -> None:
     assert code == 2 and "'classifier.fc' cannot end a patch stage (valid: features.0.0" in err
     code, _, err = run(capsys, "plan", "patch", "mobilenet_v2", "--grid", "2")
     assert code == 2 and "--stage-end and --grid go together" in err
+
+
+def test_plan_split_json_plot_and_bad_bandwidth(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    png = tmp_path / "split.png"
+    code, out, _ = run(capsys, "plan", "split", "mobilenet_v2", "--device", "rpi4", "--server", "gpu-server",
+                       "--link", "wifi", "--bandwidth", "20 Mbit/s", "--plot", str(png), "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["uplink_bps"] == 20e6 and plan["chosen"]["valid"] and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        main(["plan", "split", "mobilenet_v2", "--device", "rpi4", "--server", "gpu-server", "--link", "wifi",
+              "--bandwidth", "20 MB"])
+    assert "'MB' in '20 MB' is a bytes unit" in capsys.readouterr().err

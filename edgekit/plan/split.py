@@ -1,0 +1,187 @@
+"""Split computing (Neurosurgeon-style): which layers run on the device and which on the edge server.
+
+A cut is the set of tensors crossing from device to server. Cuts are taken along the graph's
+execution order, so a residual branch that is still open crosses too (DAG-aware: the payload is
+every live tensor, not one layer's output). For each cut: device time for the head + uplink of the
+crossing tensors (int8 by default) + server time for the tail + downlink of the result. Cuts whose
+message exceeds the link's maximum payload, or whose head does not fit the device's memory, are
+invalid. `plan_split` is a pure function: graph + profiles in, frozen `SplitPlan` out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from edgekit.cost import PROTOCOL_OVERHEAD_BYTES, Cost, layer_cost, transfer_cost
+from edgekit.errors import EdgekitError
+from edgekit.graph.ir import DTYPE_BYTES, Graph, numel
+from edgekit.memory import MemoryPolicy, activation_memory
+from edgekit.targets import Device, Link, Quantity
+
+OBJECTIVES = ("latency", "energy")
+
+
+class SplitError(EdgekitError):
+    """No valid split exists, or a requested one is not a valid cut."""
+
+
+@dataclass(frozen=True)
+class SplitCandidate:
+    """One cut: the first `device_layers` layers on the device, the rest on the server."""
+
+    device_layers: int
+    last_device_layer: str | None  # None: everything on the server (the raw input is sent)
+    tensors: tuple[str, ...]  # crossing device -> server; empty when everything runs on the device
+    payload_bytes: int
+    device_seconds: float
+    transfer_seconds: float
+    server_seconds: float
+    device_joules: float
+    valid: bool
+    why_invalid: str = ""
+
+    @property
+    def total_seconds(self) -> float:
+        return self.device_seconds + self.transfer_seconds + self.server_seconds
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """All cuts at one uplink bandwidth, the best one, and which cut wins over a bandwidth range."""
+
+    model: str
+    device: str
+    server: str
+    link: str
+    uplink_bps: float
+    objective: str
+    candidates: tuple[SplitCandidate, ...]
+    chosen: SplitCandidate
+    decision_map: tuple[tuple[float, float, int], ...]  # (from bit/s, to bit/s, device_layers)
+
+    @property
+    def all_device(self) -> SplitCandidate:
+        return self.candidates[-1]
+
+    @property
+    def all_server(self) -> SplitCandidate:
+        return self.candidates[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitPlan:
+        candidates = tuple(SplitCandidate(**{**c, "tensors": tuple(c["tensors"])}) for c in data["candidates"])
+        chosen = SplitCandidate(**{**data["chosen"], "tensors": tuple(data["chosen"]["tensors"])})
+        return cls(**{**data, "candidates": candidates, "chosen": chosen,
+                      "decision_map": tuple(tuple(r) for r in data["decision_map"])})
+
+
+def _score(candidate: SplitCandidate, objective: str) -> float:
+    return candidate.total_seconds if objective == "latency" else candidate.device_joules
+
+
+def _crossing(graph: Graph, k: int) -> tuple[str, ...]:
+    """Tensors written before layer k (or graph inputs) and read at or after it."""
+    produced = {spec.name for spec in graph.inputs} | {layer.output for layer in graph.layers[:k]}
+    needed = dict.fromkeys(t for layer in graph.layers[k:] for t in layer.inputs if t in produced)
+    return tuple(needed)
+
+
+def evaluate_cuts(graph: Graph, device: Device, server: Device, link: Link, dtype: str = "int8",
+                  server_dtype: str = "fp32") -> tuple[SplitCandidate, ...]:
+    """Every cut along the execution order, from all-on-server (0 device layers) to all-on-device."""
+    device_costs = [layer_cost(layer, device, dtype) for layer in graph.layers]
+    server_costs = [layer_cost(layer, server, server_dtype) for layer in graph.layers]
+    live = [m.live_bytes for m in activation_memory(graph, MemoryPolicy(dtype)).layers]
+    result_bytes = sum(numel(graph.tensor_shape(t)) * DTYPE_BYTES["fp32"] for t in graph.outputs)
+    n = len(graph.layers)
+    candidates = []
+    for k in range(n + 1):
+        head = sum(device_costs[:k], Cost(0.0))
+        tail = sum(server_costs[k:], Cost(0.0))
+        tensors = _crossing(graph, k) if k < n else ()
+        payload = sum(numel(graph.tensor_shape(t)) for t in tensors) * DTYPE_BYTES[dtype if k else "uint8"]
+        transfer = Cost(0.0)
+        if k < n:
+            transfer = transfer_cost(payload, link, device)
+            transfer = Cost(transfer.seconds + result_bytes * 8 / link.downlink.value, transfer.joules)
+        why = _invalid(graph, device, link, k, payload, live, dtype)
+        candidates.append(SplitCandidate(k, graph.layers[k - 1].name if k else None, tensors, payload,
+                                         head.seconds, transfer.seconds, tail.seconds, head.joules + transfer.joules,
+                                         not why, why))
+    return tuple(candidates)
+
+
+def _invalid(graph: Graph, device: Device, link: Link, k: int, payload: int, live: list[int], dtype: str) -> str:
+    """Why a cut cannot be used, or '' when it can."""
+    n = len(graph.layers)
+    if k < n and payload + PROTOCOL_OVERHEAD_BYTES > link.max_payload.value:
+        return f"{payload:,} B per frame exceeds {link.name}'s {int(link.max_payload.value):,} B maximum payload"
+    if k and max(live[:k]) > device.activation_budget_bytes:
+        return f"head activations ({max(live[:k]):,} B) exceed {device.name}'s {device.activation_budget_bytes:,} B"
+    if k and device.flash is not None:
+        weights = sum(layer.params for layer in graph.layers[:k]) * DTYPE_BYTES[dtype]
+        if weights > device.flash.value:
+            return f"head weights ({weights:,} B) exceed {device.name}'s {int(device.flash.value):,} B flash"
+    return ""
+
+
+def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_bps: float | None = None,
+               objective: str = "latency", dtype: str = "int8", server_dtype: str = "fp32") -> SplitPlan:
+    """The best valid cut at `uplink_bps` (default: the link profile's), and the decision map."""
+    if objective not in OBJECTIVES:
+        raise SplitError(f"objective must be one of {', '.join(OBJECTIVES)}, found {objective!r}")
+    link = _with_uplink(link, uplink_bps) if uplink_bps else link
+    candidates = evaluate_cuts(graph, device, server, link, dtype, server_dtype)
+    chosen = _best(candidates, objective, graph, device, link)
+    grid = [10 ** (3 + 6 * i / 120) for i in range(121)]  # 1 kbit/s .. 1 Gbit/s
+    winners = []
+    for bps in grid:
+        at = evaluate_cuts(graph, device, server, _with_uplink(link, bps), dtype, server_dtype)
+        winners.append(_best(at, objective, graph, device, link).device_layers)
+    ranges: list[tuple[float, float, int]] = []
+    for bps, winner in zip(grid, winners):
+        if ranges and ranges[-1][2] == winner:
+            ranges[-1] = (ranges[-1][0], bps, winner)
+        else:
+            ranges.append((bps, bps, winner))
+    return SplitPlan(graph.name, device.name, server.name, link.name, link.uplink.value, objective, candidates,
+                     chosen, tuple(ranges))
+
+
+def _best(candidates: tuple[SplitCandidate, ...], objective: str, graph: Graph, device: Device,
+          link: Link) -> SplitCandidate:
+    valid = [c for c in candidates if c.valid]
+    if not valid:
+        sent = min(candidates[:-1], key=lambda c: c.payload_bytes)
+        where = f"after '{sent.last_device_layer}'" if sent.last_device_layer else "the raw input"
+        raise SplitError(f"{graph.name}: no cut works for {device.name} over {link.name}: the smallest message "
+                         f"({sent.payload_bytes:,} B, {where}) is refused: {sent.why_invalid}; all on the device: "
+                         f"{candidates[-1].why_invalid}. What would work: a link that carries "
+                         f"{sent.payload_bytes + PROTOCOL_OVERHEAD_BYTES:,} B messages, or a head that fits the device "
+                         "(see `edgekit plan patch`)")
+    return min(valid, key=lambda c: (_score(c, objective), -c.device_layers))
+
+
+def _with_uplink(link: Link, bps: float) -> Link:
+    return replace(link, uplink=Quantity(bps, _format_bps(bps), estimate="what-if bandwidth"))
+
+
+def _format_bps(bps: float) -> str:
+    exponent = min(int(math.log10(max(bps, 1.0)) // 3), 3)
+    unit = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s")[exponent]
+    return f"{bps / 10 ** (3 * exponent):.3g} {unit}"
+
+
+def check_cut(plan: SplitPlan, last_device_layer: str) -> SplitCandidate:
+    """The candidate that ends the head at `last_device_layer`, or a SplitError saying why it cannot."""
+    for candidate in plan.candidates:
+        if candidate.last_device_layer == last_device_layer:
+            if not candidate.valid:
+                raise SplitError(f"cutting after '{last_device_layer}' is not possible: {candidate.why_invalid}; "
+                                 f"the planner's choice is after '{plan.chosen.last_device_layer}'")
+            return candidate
+    raise SplitError(f"{plan.model} has no layer '{last_device_layer}'")

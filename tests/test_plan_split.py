@@ -1,0 +1,102 @@
+"""Split planner: costs by hand, DAG-aware cuts, the decision map, and links that cannot carry tensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_net
+from test_plan_patch import TwoConvs
+
+from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
+from edgekit.graph import load_graph
+from edgekit.plan.split import SplitError, SplitPlan, check_cut, plan_split
+from edgekit.targets import load_link, load_target
+
+
+def device(tmp_path: Path, name: str, int8: str, fp32: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+kind = "device"
+name = "{name}"
+description = "test device with round numbers"
+class = "sbc"
+runtimes = ["litert"]
+[cpu]
+model = "test"
+cores = 1
+clock = {{ value = "1 GHz", estimate = "test" }}
+[memory]
+ram = {{ value = "1 GiB", estimate = "test" }}
+[throughput]
+int8 = {{ value = "{int8}", estimate = "test" }}
+fp32 = {{ value = "{fp32}", estimate = "test" }}
+""")
+    return path
+
+
+def link(tmp_path: Path, uplink: str, max_payload: str = "1 MB") -> Path:
+    path = tmp_path / "link.toml"
+    path.write_text(f"""
+kind = "link"
+name = "testlink"
+description = "test link with round numbers"
+uplink = {{ value = "{uplink}", estimate = "test" }}
+downlink = {{ value = "1 Gbit/s", estimate = "test" }}
+rtt = {{ value = "10 ms", estimate = "test" }}
+max_payload = {{ value = "{max_payload}", estimate = "test" }}
+""")
+    return path
+
+
+def test_cut_costs_by_hand(tmp_path: Path) -> None:
+    graph = load_graph(TwoConvs())  # a: 1->4 3x3 on 16x16 (9,216 MACs); b: 4->4 3x3/2 on 8x8 (9,216 MACs)
+    slow = load_target(device(tmp_path, "slow", "1 MMAC/s", "1 MMAC/s"))
+    fast = load_target(device(tmp_path, "fast", "1 GMAC/s", "1 GMAC/s"))
+    plan = plan_split(graph, slow, fast, load_link(link(tmp_path, "1 Mbit/s")))
+    after_a = plan.candidates[1]
+    assert after_a.last_device_layer == "a" and after_a.payload_bytes == 4 * 16 * 16  # int8 tensor
+    assert after_a.device_seconds == pytest.approx(9216 / 1e6)
+    result = 2 * 4 * 8 / 1e9  # two fp32 logits back over the 1 Gbit/s downlink
+    assert after_a.transfer_seconds == pytest.approx((1024 + PROTOCOL_OVERHEAD_BYTES) * 8 / 1e6 + 0.010 + result)
+    raw = plan.all_server
+    assert raw.payload_bytes == 16 * 16 and raw.device_seconds == 0.0
+    assert plan.chosen == min(plan.candidates, key=lambda c: c.total_seconds)
+
+
+def test_a_residual_branch_crosses_the_cut_too() -> None:
+    graph = load_graph(tiny_net())  # stem -> [dw -> pw] + stem -> add
+    plan = plan_split(graph, load_target("rpi4"), load_target("x86-server"), load_link("wifi"))
+    inside = next(c for c in plan.candidates if c.last_device_layer == "block.dw.0")
+    assert len(inside.tensors) == 2 and inside.payload_bytes == 2 * 8 * 16 * 16  # stem output and dw output
+
+
+def test_decision_map_spans_slow_to_fast_links() -> None:
+    graph = load_graph("mobilenet_v2")
+    plan = plan_split(graph, load_target("rpi4"), load_target("gpu-server"), load_link("wifi"))
+    first, last = plan.decision_map[0], plan.decision_map[-1]
+    assert first[2] == len(graph.layers)  # at 1 kbit/s everything stays on the device
+    assert last[2] < first[2]  # at 1 Gbit/s offloading wins
+    assert all(a[1] < b[0] for a, b in zip(plan.decision_map, plan.decision_map[1:]))
+    assert SplitPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_lora_carries_results_only() -> None:
+    lora = load_link("lora")
+    plan = plan_split(load_graph("digits_cnn"), load_target("stm32f746"), load_target("x86-server"), lora)
+    assert plan.chosen == plan.all_device  # LoRa's 1.1 s RTT makes any offload slower
+    too_big = [c.payload_bytes + PROTOCOL_OVERHEAD_BYTES > lora.max_payload.value for c in plan.candidates[:-1]]
+    assert [not c.valid for c in plan.candidates[:-1]] == too_big and any(too_big) and not all(too_big)
+    assert all("maximum payload" in c.why_invalid for c, big in zip(plan.candidates, too_big) if big)
+    with pytest.raises(SplitError, match="smallest message .* What would work: a link that carries"):
+        plan_split(load_graph("mobilenet_v2"), load_target("stm32h743"), load_target("gpu-server"), lora)
+
+
+def test_a_requested_cut_that_cannot_work_says_why() -> None:
+    plan = plan_split(load_graph("mobilenet_v2"), load_target("stm32h743"), load_target("gpu-server"),
+                      load_link("wifi"))
+    with pytest.raises(SplitError, match="head activations .* exceed stm32h743's 524,288 B; the planner's choice"):
+        check_cut(plan, "features.3.add")
+    with pytest.raises(SplitError, match="has no layer 'nope'"):
+        check_cut(plan, "nope")
