@@ -1,0 +1,280 @@
+"""Backend adapters for the device: model bytes in, one input buffer filled in place, `invoke()` -> raw output.
+
+Each adapter wraps one interpreter (LiteRT, ONNX Runtime, TF Lite Micro) behind the same four members:
+`input_buffer` (a numpy array in the model's own input dtype, allocated once; the session writes the next
+frame into it), `invoke()` (runs the model on that buffer and returns the output in the model's own dtype),
+`model_tensors()` (name, shape, dtype, scale, zero point as the model file declares them, for checking the
+manifest against the file) and `memory()` (what the backend says about its own memory, where it says
+anything). Only numpy and the backend package are imported; never torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+BACKENDS = ("litert", "onnxruntime", "tflite-micro")
+FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
+ORT_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # before CPU, when present
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32"}
+_TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+class BackendError(EdgekitError):
+    """A backend is unknown, not installed, cannot run the stage's model format, or refuses the model."""
+
+
+@dataclass(frozen=True)
+class ModelTensor:
+    """One input or output as the model file itself declares it (shape entries may be None when dynamic)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+def _litert_interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            # tflite-runtime exists for older Raspberry Pi OS images that ship numpy<2: its last release (2.14)
+            # is built against NumPy 1.x, and ai-edge-litert is its maintained successor everywhere else.
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise BackendError("backend 'litert' is not installed: pip install 'edgekit[runtime]' (it brings "
+                               "ai-edge-litert; tflite-runtime is accepted instead where numpy<2)") from None
+    return Interpreter
+
+
+def _quantization(scales: Any, zero_points: Any) -> tuple[float | None, int | None]:
+    """Per-tensor (scale, zero point) from TFLite details, or (None, None) when the tensor is not quantized."""
+    scales, zero_points = np.asarray(scales).ravel(), np.asarray(zero_points).ravel()
+    if scales.size == 0 or (scales.size == 1 and float(scales[0]) == 0.0):
+        return None, None
+    if scales.size > 1:
+        raise BackendError(f"per-channel quantized model input/output ({scales.size} scales); the runtime takes "
+                           "one scale per tensor")
+    return float(scales[0]), int(zero_points[0]) if zero_points.size else 0
+
+
+class LiteRTAdapter:
+    """A .tflite model under LiteRT (default delegates: XNNPACK on CPU)."""
+
+    backend = "litert"
+
+    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                 threads: int | None = None) -> None:
+        interpreter_class = _litert_interpreter_class()
+        self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
+        try:
+            self.interpreter = interpreter_class(model_content=model, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"LiteRT cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; the runtime runs "
+                               "single-input, single-output stages")
+        self._in, self._out = inputs[0], outputs[0]
+        self._in_index, self._out_index = self._in["index"], self._out["index"]
+        self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.output_shape = output_shape
+        self._set, self._invoke, self._get = (self.interpreter.set_tensor, self.interpreter.invoke,
+                                              self.interpreter.get_tensor)
+
+    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
+        def describe(d: dict) -> ModelTensor:
+            q = d.get("quantization_parameters", {})
+            scale, zero = _quantization(q.get("scales", []), q.get("zero_points", []))
+            return ModelTensor(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
+
+        return describe(self._in), describe(self._out)
+
+    def invoke(self) -> np.ndarray:
+        self._set(self._in_index, self.input_buffer)
+        self._invoke()
+        return self._get(self._out_index)
+
+    def memory(self) -> dict[str, Any]:
+        """Bytes of the model's non-constant tensors (summed, before LiteRT's arena reuses memory)."""
+        constant = _tflite_constant_tensors(self._model)
+        total = 0
+        for d in self.interpreter.get_tensor_details():
+            if d["index"] in constant or not len(d["shape"]):
+                continue
+            total += int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+        return {"kind": "activation tensors, summed (LiteRT reuses memory within them)", "bytes": total}
+
+    def describe(self) -> str:
+        return "LiteRT (default delegates)"
+
+
+def _tflite_constant_tensors(model: bytes) -> set[int]:
+    """Indices of subgraph 0's tensors that hold data in the flatbuffer (weights, biases); empty if unreadable."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return set()
+    root = schema.Model.GetRootAs(model, 0)
+    graph = root.Subgraphs(0)
+    constant = set()
+    for i in range(graph.TensorsLength()):
+        buffer = root.Buffers(graph.Tensors(i).Buffer())
+        if buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1):
+            constant.add(i)
+    return constant
+
+
+class OrtAdapter:
+    """An .onnx model under ONNX Runtime, bound once to preallocated input and output buffers (IOBinding)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                 threads: int | None = None, providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("backend 'onnxruntime' is not installed: pip install 'edgekit[runtime]' "
+                               "(on Jetson, NVIDIA's onnxruntime-gpu wheel instead)") from None
+        self.providers = providers or choose_providers(ort.get_available_providers())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(model, options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad models
+            raise BackendError(f"ONNX Runtime cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; the runtime runs "
+                               "single-input, single-output stages")
+        self._in, self._out = inputs[0], outputs[0]
+        self.input_buffer = np.zeros(input_shape, self._numpy_type(self._in.type))
+        self.output_buffer = np.zeros(output_shape, self._numpy_type(self._out.type))
+        self.output_shape = output_shape
+        self._binding = self.session.io_binding()
+        self._binding.bind_cpu_input(self._in.name, self.input_buffer)
+        self._binding.bind_output(self._out.name, "cpu", 0, self.output_buffer.dtype, list(output_shape),
+                                  self.output_buffer.ctypes.data)
+        self._run = self.session.run_with_iobinding
+
+    @staticmethod
+    def _numpy_type(ort_type: str) -> str:
+        if ort_type not in _ORT_TYPES:
+            raise BackendError(f"model input/output type {ort_type} is not one the runtime handles "
+                               f"({', '.join(_ORT_TYPES)})")
+        return _ORT_TYPES[ort_type]
+
+    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
+        def describe(arg: Any) -> ModelTensor:
+            shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+            return ModelTensor(arg.name, shape, self._numpy_type(arg.type))
+
+        return describe(self._in), describe(self._out)
+
+    def invoke(self) -> np.ndarray:
+        self._run(self._binding)
+        return self.output_buffer
+
+    def memory(self) -> dict[str, Any]:
+        return {"kind": "ONNX Runtime does not report its arena", "bytes": None}
+
+    def describe(self) -> str:
+        return "ONNX Runtime (" + ", ".join(self.session.get_providers()) + ")"
+
+
+def choose_providers(available: list[str]) -> list[str]:
+    """TensorRT, then CUDA where this onnxruntime build has them (Jetson, GPU servers), CPU always last."""
+    return [p for p in ORT_PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+
+
+class TflmAdapter:
+    """A .tflite model under the TF Lite Micro interpreter on the host: checks an MCU bundle before flashing."""
+
+    backend = "tflite-micro"
+
+    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                 threads: int | None = None, arena_bytes: int | None = None) -> None:
+        try:
+            from tflite_micro.python.tflite_micro import runtime
+        except ImportError:
+            raise BackendError("backend 'tflite-micro' is not installed: pip install tflite-micro "
+                               "(part of 'edgekit[convert]')") from None
+        self.arena_bytes = arena_bytes or max(10 * len(model), 4 * 1024 * 1024)  # host RAM is cheap
+        try:
+            self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=self.arena_bytes)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f"TF Lite Micro cannot load the model in a {self.arena_bytes:,}-byte arena "
+                               f"({' '.join(str(exc).split())[:300]})") from None
+        self._model = model
+        self._in, self._out = self.interpreter.get_input_details(0), self.interpreter.get_output_details(0)
+        self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.output_shape = output_shape
+        self._arena_used: int | None = None
+
+    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
+        def describe(d: dict, name: str) -> ModelTensor:
+            q = d.get("quantization_parameters", {})
+            scale, zero = _quantization(q.get("scales", []), q.get("zero_points", []))
+            return ModelTensor(name, tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
+
+        return describe(self._in, "input 0"), describe(self._out, "output 0")
+
+    def invoke(self) -> np.ndarray:
+        self.interpreter.set_input(self.input_buffer, 0)
+        self.interpreter.invoke()
+        return self.interpreter.get_output(0)
+
+    def memory(self) -> dict[str, Any]:
+        """The arena TFLM really used, from its allocation report (printed by C++ to fd 2, captured here)."""
+        if self._arena_used is None:
+            self.invoke()
+            text = _capture_fd2(self.interpreter.print_allocations)
+            found = _TFLM_ARENA_TOTAL.search(text)
+            self._arena_used = int(found.group(1)) if found else -1
+        used = self._arena_used if self._arena_used >= 0 else None
+        return {"kind": f"TFLM tensor arena used (of {self.arena_bytes:,} B reserved)", "bytes": used}
+
+    def describe(self) -> str:
+        return "TF Lite Micro (reference kernels, host build)"
+
+
+def _capture_fd2(call: Any) -> str:
+    """Run `call()` with file descriptor 2 sent to a temp file; return what was written there."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            call()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        return sink.read().decode(errors="replace")
+
+
+ADAPTERS = {"litert": LiteRTAdapter, "onnxruntime": OrtAdapter, "tflite-micro": TflmAdapter}
+
+
+def open_backend(backend: str, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                 threads: int | None = None) -> LiteRTAdapter | OrtAdapter | TflmAdapter:
+    """The adapter for `backend` over `model` (the file's bytes), with buffers for the given shapes."""
+    if backend not in ADAPTERS:
+        raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    return ADAPTERS[backend](model, input_shape, output_shape, threads)

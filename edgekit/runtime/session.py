@@ -1,0 +1,310 @@
+"""Run a verified bundle on the device: numpy in, numpy out, with latency and memory figures. Never imports torch.
+
+`load(bundle)` opens every stage with its backend (or one named backend for all), checks the manifest's
+tensors against what each model file declares, and allocates the buffers a frame needs once: the model's
+input buffer, the float32 scratch for quantizing, the finiteness mask, each stage's output buffer. `Session.run`
+validates a frame before anything runs, quantizes float input with the input tensor's scale and zero point
+into the input buffer, runs the stages in order and dequantizes the last output into the caller's `out` (or
+one new array it returns); runs allocate nothing that outlives the call.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
+from edgekit.errors import BundleError, EdgekitError
+from edgekit.runtime.backends import BACKENDS, FORMATS, BackendError, ModelTensor, open_backend
+
+LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
+
+
+class InputError(EdgekitError):
+    """A frame the model cannot take: wrong shape or dtype, NaN or infinity, an unreadable image."""
+
+
+class TargetMismatchError(EdgekitError):
+    """The bundle was built for another target than the one this device expects."""
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _tensor_text(info: TensorInfo) -> str:
+    text = f"{info.dtype} {_shape_text(info.shape)}" + (f" {info.layout}" if info.layout else "")
+    return text + (f" scale {info.scale:g} zero point {info.zero_point}" if info.scale is not None else "")
+
+
+def _check_against_model(where: str, side: str, info: TensorInfo, declared: ModelTensor) -> None:
+    """The manifest's tensor must be the one the model file declares: dtype, static dims, quantization."""
+    problems = []
+    if info.dtype != declared.dtype:
+        problems.append(f"dtype {info.dtype} in the manifest, {declared.dtype} in the model")
+    if len(info.shape) != len(declared.shape) or any(d is not None and d != m
+                                                     for d, m in zip(declared.shape, info.shape)):
+        shown = "(" + ", ".join("?" if d is None else str(d) for d in declared.shape) + ")"
+        problems.append(f"shape {_shape_text(info.shape)} in the manifest, {shown} in the model")
+    if declared.scale is not None and (info.scale is None or info.zero_point != declared.zero_point
+                                       or not math.isclose(info.scale, declared.scale, rel_tol=1e-6)):
+        problems.append(f"quantization scale {info.scale} zero point {info.zero_point} in the manifest, "
+                        f"scale {declared.scale} zero point {declared.zero_point} in the model")
+    if problems:
+        raise BundleError(f"{where}: {side} '{info.name}' does not match the model file: " + "; ".join(problems))
+
+
+def _expects(info: TensorInfo) -> str:
+    return f"input '{info.name}' takes {_tensor_text(info)}"
+
+
+def _not_finite(info: TensorInfo, x: np.ndarray) -> InputError:
+    """The error for a float frame holding NaN or infinity (or values the model's float type cannot hold)."""
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    found = f"{nan} NaN and {inf} infinite values (of {x.size})" if nan or inf else \
+        f"values too large for {'float32 after dividing by the scale' if info.scale else info.dtype}"
+    return InputError(f"{_expects(info)}; got {found}")
+
+
+class _StageRunner:
+    """One stage: its backend adapter, the float scratch for quantizing, the output buffer for chaining."""
+
+    def __init__(self, bundle: Bundle, stage: Stage, backend: str, threads: int | None) -> None:
+        where = f"{bundle.path}: stage '{stage.name}' ({stage.file})"
+        if len(stage.inputs) != 1 or len(stage.outputs) != 1:
+            raise EdgekitError(f"{where}: has {len(stage.inputs)} inputs and {len(stage.outputs)} outputs; the "
+                               "runtime runs single-input, single-output stages")
+        self.stage, self.backend = stage, backend
+        self.input, self.output = stage.inputs[0], stage.outputs[0]
+        try:
+            self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
+                                        threads)
+        except BackendError as exc:
+            raise BackendError(f"{where}: {exc}") from None
+        model_in, model_out = self.adapter.model_tensors()
+        _check_against_model(where, "input", self.input, model_in)
+        _check_against_model(where, "output", self.output, model_out)
+        self._in = self.adapter.input_buffer
+        self._float_in = self._in.dtype.kind == "f"
+        self._finite = np.zeros(self.input.shape, bool)  # the finiteness mask for float inputs, reused
+        self._scratch = np.zeros(self.input.shape, np.float32) if self.input.scale is not None else None
+        if self._scratch is not None:
+            info = np.iinfo(self._in.dtype)
+            self._low, self._high = float(info.min), float(info.max)
+        self.out_dtype = np.dtype(np.float32 if self.output.scale is not None else self.output.dtype)
+        self.out = np.zeros(self.output.shape, self.out_dtype)  # this stage's result when another stage follows
+        self.memory: dict[str, Any] | None = None
+
+    def accepted(self, dtype: np.dtype) -> str | None:
+        """None when frames of `dtype` are accepted, else what to pass instead."""
+        if dtype.kind == "f":
+            return None if self._scratch is not None or self._float_in else str(self._in.dtype)
+        if dtype == self._in.dtype:
+            return None
+        return ("float" + (f" or {self._in.dtype}" if self._scratch is not None else "")
+                if self._scratch is not None or self._float_in else str(self._in.dtype))
+
+    def run(self, x: np.ndarray, target: np.ndarray | None, check: bool) -> np.ndarray:
+        """Fill the input buffer from `x` (shape and dtype checked), invoke, write the output into `target`.
+
+        With `check`, a float frame holding NaN or infinity is an InputError raised before the backend runs;
+        the test rides on the float32 copy the frame needs anyway, while it is still in cache.
+        """
+        if self._scratch is not None and x.dtype.kind == "f":
+            scratch = self._scratch  # q = clip(round(x / scale) + zero_point) in float32, then cast
+            np.divide(x, self.input.scale, out=scratch)
+            np.rint(scratch, out=scratch)
+            np.add(scratch, self.input.zero_point, out=scratch)
+            low, high = scratch.min(), scratch.max()  # NaN and infinity show up here; clip only when needed
+            if not (low >= self._low and high <= self._high):
+                if check and not (np.isfinite(low) and np.isfinite(high)):
+                    raise _not_finite(self.input, x)
+                np.clip(scratch, self._low, self._high, out=scratch)
+            np.copyto(self._in, scratch, casting="unsafe")
+        else:
+            np.copyto(self._in, x, casting="same_kind")
+            if check and self._float_in:
+                np.isfinite(self._in, out=self._finite)
+                if not self._finite.all():
+                    raise _not_finite(self.input, x)
+        raw = self.adapter.invoke()
+        if target is None:
+            target = self.out
+        if self.output.scale is not None:
+            np.subtract(raw, self.output.zero_point, out=target, dtype=np.float32)
+            np.multiply(target, self.output.scale, out=target)
+        else:
+            np.copyto(target, raw)
+        return target
+
+
+class Session:
+    """A loaded bundle ready to run frames; see `load()`."""
+
+    def __init__(self, bundle: Bundle, runners: list[_StageRunner], window: int = LATENCY_WINDOW) -> None:
+        self.bundle, self._runners = bundle, runners
+        self.manifest: Manifest = bundle.manifest
+        self.input: TensorInfo = runners[0].input
+        self.output: TensorInfo = runners[-1].output
+        self._first, self._rest, self._last = runners[0], runners[1:], runners[-1]
+        self._shape = self.input.shape
+        self._unbatched = self._shape[1:] if len(self._shape) > 1 and self._shape[0] == 1 else None
+        self._out_shape, self._out_dtype = self.output.shape, self._last.out_dtype
+        self._latency_ns = np.zeros(max(1, window), np.int64)
+        self._count = 0
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.manifest.labels
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backend each stage runs under, in stage order."""
+        return tuple(r.backend for r in self._runners)
+
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One frame through every stage: the output (float32 when quantized), a new array or written to `out`.
+
+        `x` has the input's shape (a leading batch of 1 may be left off) and either a float dtype (quantized
+        here when the model takes integers) or exactly the model's integer dtype (passed as is). Anything
+        else, NaN or infinity included, is an InputError before the backend runs. With `out` (an array of the
+        output's shape and dtype) a run allocates nothing.
+        """
+        start = time.perf_counter_ns()
+        x = self._validate(x)
+        if out is None:
+            out = np.empty(self._out_shape, self._out_dtype)
+        elif not isinstance(out, np.ndarray) or out.shape != self._out_shape or out.dtype != self._out_dtype:
+            found = f"{out.dtype} {_shape_text(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise InputError(f"out= must be a {self._out_dtype} array of shape {_shape_text(self._out_shape)}, "
+                             f"got {found}")
+        if self._rest:
+            value = self._first.run(x, None, True)
+            for runner in self._rest:
+                value = runner.run(value, out if runner is self._last else None, False)
+        else:
+            self._first.run(x, out, True)
+        self._latency_ns[self._count % len(self._latency_ns)] = time.perf_counter_ns() - start
+        self._count += 1
+        return out
+
+    def _validate(self, x: Any) -> np.ndarray:
+        """`x` in the input's shape, or an InputError naming the input, what it expects and what it got."""
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"{_expects(self.input)}; got a {type(x).__name__}, not a numpy array")
+        if x.shape != self._shape:
+            if x.shape != self._unbatched:
+                raise InputError(f"{_expects(self.input)}; got shape {_shape_text(x.shape)}")
+            x = x.reshape(self._shape)
+        instead = self._first.accepted(x.dtype)
+        if instead is not None:
+            raise InputError(f"{_expects(self.input)}; got dtype {x.dtype} (pass {instead})")
+        return x
+
+    def preprocess_image(self, path: str | Path) -> np.ndarray:
+        """An image file as the first stage's float input, by the manifest's preprocessing.
+
+        Resized to height x width (Pillow's default filter, as calibration from an image folder does), grey
+        or RGB by the channel count, raw 0..255 pixels times `scale`, then (x - mean) / std per channel,
+        laid out NCHW or NHWC, with a batch of 1.
+        """
+        p = self.manifest.preprocessing
+        if p is None:
+            raise InputError(f"{self.bundle.path}: the manifest has no 'preprocessing', so an image cannot be "
+                             "turned into input; pass an array to run() instead")
+        if p.channels not in (1, 3):
+            raise InputError(f"{self.bundle.path}: preprocessing has {p.channels} channels; images give 1 (grey) "
+                             "or 3 (RGB)")
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise EdgekitError("reading images needs Pillow, which the device install leaves out: "
+                               "pip install pillow") from None
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if p.channels == 1 else "RGB").resize((p.width, p.height))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"{path}: not a readable image ({exc})") from None
+        pixels = np.asarray(image, np.float32).reshape(p.height, p.width, p.channels)
+        x = (pixels * np.float32(p.scale) - np.array(p.mean, np.float32)) / np.array(p.std, np.float32)
+        if p.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x[None], np.float32)
+
+    def run_image(self, path: str | Path) -> np.ndarray:
+        """`run(preprocess_image(path))`: Pillow is imported only here (it is optional on the device)."""
+        return self.run(self.preprocess_image(path))
+
+    def reset_stats(self) -> None:
+        """Forget the latencies recorded so far (after warm-up, say)."""
+        self._count = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Latency percentiles (ms) over the last `window` runs, run count, peak RSS and backend memory."""
+        kept = self._latency_ns[:min(self._count, len(self._latency_ns))] / 1e6
+        figures: dict[str, Any] = {"count": self._count, "window": int(kept.size)}
+        for name, q in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99)):
+            figures[name] = float(np.percentile(kept, q)) if kept.size else None
+        figures["mean_ms"] = float(kept.mean()) if kept.size else None
+        figures["peak_rss_bytes"] = peak_rss_bytes()
+        memory = []
+        for r in self._runners:
+            if r.memory is None:
+                r.memory = r.adapter.memory()
+            memory.append({"stage": r.stage.name, "backend": r.backend, **r.memory})
+        figures["backend_memory"] = memory
+        return figures
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded: bundle, model, target, and per stage its backend, engine and tensors."""
+        return {"bundle": str(self.bundle.path), "model": self.manifest.model, "target": self.manifest.target,
+                "stages": [{"name": r.stage.name, "file": r.stage.file, "backend": r.backend,
+                            "engine": r.adapter.describe(), "input": r.input.to_dict(), "output": r.output.to_dict()}
+                           for r in self._runners]}
+
+    def __repr__(self) -> str:
+        return (f"Session({str(self.bundle.path)!r}, model={self.manifest.model!r}, "
+                f"backends={list(self.backends)})")
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident set size (getrusage), or None where the platform has no `resource`."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
+def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_target: str | None = None, *,
+         threads: int | None = None, window: int = LATENCY_WINDOW) -> Session:
+    """Verify a bundle and open its stages for running.
+
+    `backend` overrides the manifest's backend of every stage (it must run the stage's model format:
+    litert or tflite-micro for .tflite, onnxruntime for .onnx). `expected_target` refuses a bundle built
+    for another target. `threads` goes to the backend (None: its default). `window` is how many recent runs
+    the latency percentiles cover.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
+    manifest = bundle.manifest
+    if expected_target is not None and manifest.target != expected_target:
+        raise TargetMismatchError(f"{bundle.path}: built for target '{manifest.target}', but this device expects "
+                                  f"'{expected_target}'; compile the model for '{expected_target}'")
+    for stage in manifest.stages:
+        if backend is not None and FORMATS[backend] != FORMATS[stage.backend]:
+            raise BackendError(f"{bundle.path}: stage '{stage.name}' is a {FORMATS[stage.backend]} model "
+                               f"({stage.file}); backend '{backend}' runs {FORMATS[backend]} models only")
+    for before, after in zip(manifest.stages, manifest.stages[1:]):
+        if before.outputs[0].shape != after.inputs[0].shape:
+            raise BundleError(f"{bundle.path}: stage '{after.name}' takes {_shape_text(after.inputs[0].shape)} but "
+                              f"stage '{before.name}' gives {_shape_text(before.outputs[0].shape)}")
+    runners = [_StageRunner(bundle, stage, backend or stage.backend, threads) for stage in manifest.stages]
+    return Session(bundle, runners, window)

@@ -1,0 +1,157 @@
+"""What `edgekit run` and `edgekit bench` do, as library calls: predict on a file, benchmark a bundle, render both."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.runtime.session import InputError, Session, load
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def read_frames(session: Session, path: str | Path) -> np.ndarray:
+    """Frames from a file: an image (by the manifest's preprocessing), or a .npy/.npz array ('x' or its only key).
+
+    An array of the input's shape (or one sample without the batch of 1) is one frame; (N, *sample) is N.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected an image, or a .npy/.npz array of frames)")
+    if path.suffix.lower() not in ARRAY_SUFFIXES:
+        return session.preprocess_image(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            array = data
+        else:
+            with data:
+                array = _npz_array(data, path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable numpy file ({exc})") from None
+    shape = session.input.shape
+    if array.shape == shape:
+        return array
+    if len(shape) > 1 and shape[0] == 1 and array.shape[1:] == shape[1:]:
+        return array  # N frames, run one by one
+    if len(shape) > 1 and shape[0] == 1 and array.shape == shape[1:]:
+        return array[None]
+    raise InputError(f"{path}: array of shape {array.shape}; input '{session.input.name}' takes {shape} "
+                     f"(or N frames of {shape[1:]})")
+
+
+def _npz_array(data: Any, path: Path) -> np.ndarray:
+    if "x" in data.files:
+        return data["x"]
+    if len(data.files) == 1:
+        return data[data.files[0]]
+    raise InputError(f"{path}: .npz holds {', '.join(data.files)}; expected key 'x' or a single array")
+
+
+def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """The k highest entries of a class-score vector: index, label (or None) and score."""
+    flat = scores.reshape(-1)
+    order = np.argsort(-flat, kind="stable")[:max(1, k)]
+    named = labels is not None and len(labels) == flat.size
+    return [{"index": int(i), "label": labels[i] if named else None, "score": float(flat[i])} for i in order]
+
+
+def summarise_output(output: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype and range of an output that is not a class-score vector."""
+    return {"shape": list(output.shape), "dtype": str(output.dtype), "min": float(output.min()),
+            "max": float(output.max()), "mean": float(output.mean())}
+
+
+def predict(bundle: str | Path, input_path: str | Path, backend: str | None = None, top: int = 5,
+            threads: int | None = None, expected_target: str | None = None) -> dict[str, Any]:
+    """Load `bundle`, run every frame of `input_path`, and give top-k classes (or an output summary) per frame.
+
+    Class-score outputs are those with one non-singleton axis; labels come from the manifest when it has one
+    per score.
+    """
+    session = load(bundle, backend, expected_target, threads=threads)
+    frames = read_frames(session, input_path)
+    batched = frames.shape != session.input.shape
+    results = []
+    for i in range(len(frames) if batched else 1):
+        output = session.run(frames[i:i + 1] if batched else frames)
+        is_vector = sum(d > 1 for d in output.shape) <= 1
+        results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
+                       else {"frame": i, "output": summarise_output(output)})
+    return {"bundle": str(bundle), "model": session.manifest.model, "target": session.manifest.target,
+            "backends": list(session.backends), "input": str(input_path), "results": results,
+            "latency_ms": session.stats()["p50_ms"]}
+
+
+def render_prediction(result: dict[str, Any]) -> str:
+    """The prediction as text: a header, then per frame its top-k or its output summary."""
+    from edgekit.report import table
+
+    lines = [f"{result['model']} ({result['target']}) on {', '.join(result['backends'])}: {result['input']}"]
+    for frame in result["results"]:
+        if len(result["results"]) > 1:
+            lines.append(f"frame {frame['frame']}:")
+        if "top" in frame:
+            lines.append(table(("rank", "class", "score"),
+                               [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
+                                for rank, t in enumerate(frame["top"], 1)]))
+        else:
+            o = frame["output"]
+            lines.append(f"output {o['dtype']} {tuple(o['shape'])}: min {o['min']:.4g} max {o['max']:.4g} "
+                         f"mean {o['mean']:.4g}")
+    lines.append(f"latency (median of {len(result['results'])} frame(s)): {result['latency_ms']:.3f} ms")
+    return "\n".join(lines)
+
+
+def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: str | None = None,
+              threads: int | None = None, show_progress: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Time `runs` frames through `Session.run` after `warmup` untimed ones.
+
+    The frame is uniform [0, 1) float noise of the input's shape (quantized per run when the model takes
+    integers, as a camera frame would be). Latency percentiles come from the session's own timer (the whole
+    `run`: validation, quantization, every stage, dequantization); throughput is runs / wall time of the
+    timed loop, one frame at a time.
+    """
+    if runs < 1 or warmup < 0:
+        raise InputError(f"benchmark needs runs >= 1 and warmup >= 0, found runs {runs}, warmup {warmup}")
+    session = load(bundle, backend, threads=threads, window=runs)
+    frame = np.random.default_rng(seed).random(session.input.shape, dtype=np.float32)
+    if session.input.dtype != "float32" and session.input.scale is None:
+        frame = np.zeros(session.input.shape, session.input.dtype)  # unquantized integer input: zeros
+    out = np.empty_like(session.run(frame))
+    for _ in range(warmup):
+        session.run(frame, out)
+    session.reset_stats()
+    steps: Any = range(runs)
+    if show_progress:
+        from edgekit.progress import progress
+
+        steps = progress(steps, "bench", runs)
+    start = time.perf_counter()
+    for _ in steps:
+        session.run(frame, out)
+    wall = time.perf_counter() - start
+    stats = session.stats()
+    return {"bundle": str(bundle), "model": session.manifest.model, "target": session.manifest.target,
+            "engines": [s["engine"] for s in session.info()["stages"]], "backends": list(session.backends),
+            "runs": runs, "warmup": warmup, "threads": threads, **stats, "throughput_fps": runs / wall}
+
+
+def render_benchmark(result: dict[str, Any]) -> str:
+    """The benchmark as text: latency percentiles, throughput, peak RSS and what the backend reports."""
+    from edgekit.report import table
+    from edgekit.units import format_bytes
+
+    rss = result["peak_rss_bytes"]
+    rows = [("latency p50", f"{result['p50_ms']:.3f} ms"), ("latency p90", f"{result['p90_ms']:.3f} ms"),
+            ("latency p99", f"{result['p99_ms']:.3f} ms"), ("throughput", f"{result['throughput_fps']:.1f} frames/s"),
+            ("peak RSS (process)", "unknown" if rss is None else f"{rss:,} B ({format_bytes(rss)})")]
+    for m in result["backend_memory"]:
+        value = "not reported" if m["bytes"] is None else f"{m['bytes']:,} B ({format_bytes(m['bytes'])})"
+        rows.append((f"{m['stage']}: {m['kind']}", value))
+    header = (f"{result['model']} ({result['target']}) on {'; '.join(result['engines'])}: {result['runs']} runs "
+              f"after {result['warmup']} warm-up, one frame at a time")
+    return header + "\n" + table(("figure", "value"), rows)
