@@ -153,6 +153,30 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from edgekit.runtime.tasks import predict, render_prediction
+
+    result = predict(args.bundle, args.input, args.backend, args.top, args.threads, args.target)
+    _emit(args, result, render_prediction(result))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from edgekit.runtime.tasks import benchmark, render_benchmark
+
+    result = benchmark(args.bundle, args.runs, args.warmup, args.backend, args.threads, show_progress=True)
+    _emit(args, result, render_benchmark(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -178,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="device profile name or .toml path: adds fits / does-not-fit")
     p.add_argument("--plot", metavar="PNG", help="write a plot of activation memory per layer")
     _accounting_flags(p)
+
+    backends = ("litert", "onnxruntime", "tflite-micro")
+    p = command(commands, "run", cmd_run, "run a bundle on an image or .npy/.npz frames (device side, no torch)")
+    p.add_argument("bundle", help="bundle folder or .ekb file")
+    p.add_argument("--input", required=True, help="an image (preprocessed as the manifest says) or a .npy/.npz "
+                                                  "array of frames ('x' in an .npz)")
+    p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
+    p.add_argument("--top", type=_positive, default=5, help="classes shown per frame (default 5)")
+    p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
+    p.add_argument("--target", help="refuse a bundle built for another target profile")
+    p = command(commands, "bench", cmd_bench, "latency p50/p90/p99, throughput and peak memory of a bundle")
+    p.add_argument("bundle", help="bundle folder or .ekb file")
+    p.add_argument("--runs", type=_positive, default=200, help="timed runs (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs first (default 20)")
+    p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
+    p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
 
     p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
     p.add_argument("model", help="reference model name or package.module:factory")

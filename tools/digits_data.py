@@ -1,4 +1,5 @@
-"""Write the digits split as .npz files for `edgekit compile --calib/--eval` (inputs 'x', labels 'y')."""
+"""Write the digits split as .npz files for `edgekit compile --calib/--eval` (inputs 'x', labels 'y'),
+and the first held-out digit as an 8x8 greyscale PNG for `edgekit run --input`."""
 
 import argparse
 from pathlib import Path
@@ -15,4 +16,8 @@ if __name__ == "__main__":
     x_train, y_train, x_test, y_test = load_digits_split()
     np.savez(args.out / "digits_calib.npz", x=x_train, y=y_train)
     np.savez(args.out / "digits_eval.npz", x=x_test, y=y_test)
-    print(f"wrote {args.out}/digits_calib.npz ({len(x_train)}) and digits_eval.npz ({len(x_test)})")
+    from PIL import Image
+
+    png = args.out / f"digit_{y_test[0]}.png"
+    Image.fromarray(np.round(x_test[0, 0] * 255).astype(np.uint8), mode="L").save(png)
+    print(f"wrote {args.out}/digits_calib.npz ({len(x_train)}), digits_eval.npz ({len(x_test)}) and {png}")

@@ -94,7 +94,7 @@ def _nchw_runner(runner: Callable[[np.ndarray], np.ndarray], channels_last: bool
     return run
 
 
-def _tensor_infos(artifact: Path, channels_last: bool) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+def tensor_infos(artifact: Path, channels_last: bool = False) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
     """Input and output tensors of a model file as its own interpreter reports them (with int8 scales)."""
     def info(name: str, shape: Any, dtype: str, quantization: tuple = (0.0, 0)) -> TensorInfo:
         shape = tuple(int(d) for d in shape)
@@ -122,7 +122,7 @@ def _manifest(model: Any, name: str, target: Device, artifact: Path, config: Int
     """What the bundle runs: one stage on the target's backend, and how images become its input."""
     backend = "onnxruntime" if config.format == "onnx" else \
         "tflite-micro" if target.device_class == "mcu" else "litert"
-    inputs, outputs = _tensor_infos(artifact, config.channels_last_io)
+    inputs, outputs = tensor_infos(artifact, config.channels_last_io)
     _, channels, height, width = model.input_shape
     image = InputPreprocessing("NHWC" if config.channels_last_io else "NCHW", channels, height, width, 1 / 255,
                                tuple(preprocessing.mean), tuple(preprocessing.std))
