@@ -179,9 +179,11 @@ def make_call(runtime: str, path: Path, x: np.ndarray) -> Callable[[], Any]:
     return lambda: session.run(None, feed)
 
 
-def time_variants(calls: dict[Any, Callable[[], Any]], rounds: int, reps: int, warmup: int,
-                  label: str) -> dict[Any, list[float]]:
-    """Per-invoke times (ms) for every call, interleaved: each round runs all, in a rotating order."""
+def time_interleaved(calls: dict[Any, Callable[[], Any]], rounds: int, reps: int, warmup: int, label: str,
+                     call_by_call: bool = False, scale: float = 1e3, tool: str = "bench_int8") -> dict[Any, list[float]]:
+    """Per-call times (ms by default; scale=1e6 for us) for every call, interleaved so that drift in machine
+    speed lands on every variant alike: each round runs all calls in a rotating order, `reps` in a row each,
+    or with `call_by_call` one call of each variant per step."""
     keys = list(calls)
     for key in keys:
         for _ in range(warmup):
@@ -190,16 +192,17 @@ def time_variants(calls: dict[Any, Callable[[], Any]], rounds: int, reps: int, w
     clock = time.perf_counter
     start = time.monotonic()
     for r in range(rounds):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        if r % 2:
-            order.reverse()
-        for key in order:
-            call, bucket = calls[key], times[key]
-            for _ in range(reps):
+        if call_by_call:
+            steps = [keys[(r * reps + i) % len(keys):] + keys[:(r * reps + i) % len(keys)] for i in range(reps)]
+        else:
+            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            steps = [[key] * reps for key in (order[::-1] if r % 2 else order)]
+        for step in steps:
+            for key in step:
                 t0 = clock()
-                call()
-                bucket.append((clock() - t0) * 1e3)
-        sys.stderr.write(f"\r[bench_int8] timing {label}: round {r + 1}/{rounds} {time.monotonic() - start:.1f}s")
+                calls[key]()
+                times[key].append((clock() - t0) * scale)
+        sys.stderr.write(f"\r[{tool}] timing {label}: round {r + 1}/{rounds} {time.monotonic() - start:.1f}s")
         sys.stderr.flush()
     sys.stderr.write("\n")
     return times
@@ -240,7 +243,7 @@ def run(models: Sequence[str], rounds: int, reps: int, warmup: int, out: Path, s
         paths = convert_all(name, model, calib, out)
         with stdout_to_stderr():  # LiteRT announces its XNNPACK delegate on load
             calls = {key: make_call(key[0], path, x) for key, path in paths.items()}
-        times = time_variants(calls, rounds, reps, warmup, name)
+        times = time_interleaved(calls, rounds, reps, warmup, name)
         for runtime, fmt in RUNTIMES.items():
             row: dict[str, Any] = {"model": name, "runtime": runtime, "format": fmt, "calibration": calib_note}
             for precision in PRECISIONS:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench_int8 import load_model, machine_info, stdout_to_stderr  # same folder: tools/
+from bench_int8 import load_model, machine_info, stdout_to_stderr, time_interleaved  # same folder: tools/
 from edgekit.bundle import Manifest, Stage, write_bundle
 from edgekit.convert.compile import tensor_infos
 from edgekit.report import table
@@ -128,30 +128,6 @@ def direct_calls(path: Path, x: np.ndarray) -> dict[str, Callable[[], Any]]:
             "hand_written": lambda: sessions[1].run(None, feed)[0]}
 
 
-def time_calls(calls: dict[str, Callable[[], Any]], rounds: int, reps: int, warmup: int,
-               label: str) -> dict[str, list[float]]:
-    """Per-call times (µs), interleaved call by call: every step runs each variant once, in a rotating order,
-    so drift in machine speed (a shared, noisy VM) lands on every variant alike."""
-    keys = list(calls)
-    for key in keys:
-        for _ in range(warmup):
-            calls[key]()
-    times: dict[str, list[float]] = {key: [] for key in keys}
-    clock = time.perf_counter
-    start = time.monotonic()
-    for r in range(rounds):
-        for step in range(reps):
-            shift = (r * reps + step) % len(keys)
-            for key in keys[shift:] + keys[:shift]:
-                t0 = clock()
-                calls[key]()
-                times[key].append((clock() - t0) * 1e6)
-        sys.stderr.write(f"\r[bench_runtime] timing {label}: round {r + 1}/{rounds} {time.monotonic() - start:.1f}s")
-        sys.stderr.flush()
-    sys.stderr.write("\n")
-    return times
-
-
 def run(models: Sequence[str], rounds: int, reps: int, warmup: int, out: Path, seed: int = 0) -> list[dict]:
     rows = []
     for name in models:
@@ -165,7 +141,8 @@ def run(models: Sequence[str], rounds: int, reps: int, warmup: int, out: Path, s
                 session = load(bundle, threads=1)
                 calls = dict(direct_calls(path, x), session=lambda s=session: s.run(x))
             np.testing.assert_array_equal(calls["session"](), calls["hand_written"]())  # same job, same numbers
-            times = time_calls(calls, rounds, reps, warmup, f"{name} {fmt}")
+            times = time_interleaved(calls, rounds, reps, warmup, f"{name} {fmt}", call_by_call=True, scale=1e6,
+                                     tool="bench_runtime")
             medians = {key: statistics.median(times[key]) for key in CALLS}
             rows.append({"model": name, "format": fmt, "backend": FORMATS[fmt],
                          **{f"{key}_us": medians[key] for key in CALLS},
