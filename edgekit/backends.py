@@ -11,17 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import ModelLoadError
+from edgekit.runtime.backends import litert_interpreter_class
 
 
 def _litert_interpreter(path: Path):  # type: ignore[no-untyped-def]
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            raise ModelLoadError("running .tflite needs ai-edge-litert (or tflite-runtime where numpy<2)") from None
-    return Interpreter(model_path=str(path), num_threads=1)
+    return litert_interpreter_class()(model_path=str(path), num_threads=1)
 
 
 class LiteRTModel:

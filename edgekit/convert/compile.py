@@ -112,8 +112,9 @@ def tensor_infos(artifact: Path, channels_last: bool = False) -> tuple[tuple[Ten
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8"}
-    side = lambda args: tuple(info(a.name, a.shape, types.get(a.type, a.type)) for a in args)  # noqa: E731
+    from edgekit.runtime.backends import ORT_TYPES
+
+    side = lambda args: tuple(info(a.name, a.shape, ORT_TYPES.get(a.type, a.type)) for a in args)  # noqa: E731
     return side(session.get_inputs()), side(session.get_outputs())
 
 

@@ -8,13 +8,8 @@ The arena is measured, not estimated: the model runs once under the real tflite-
 from __future__ import annotations
 
 import math
-import os
-import re
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -22,6 +17,7 @@ import numpy as np
 from edgekit.analysis import Fit
 from edgekit.errors import ConversionError, ProfileError
 from edgekit.graph.from_tflite import op_name, read_model
+from edgekit.runtime.backends import TFLM_ARENA_TOTAL, CapturedStderr, generous_arena_bytes
 from edgekit.targets import Device, load_target
 
 # Builtin operator -> the MicroMutableOpResolver method that registers it. Transcribed from the Add*
@@ -82,7 +78,6 @@ KERNEL_FLASH_BYTES: dict[str, int] = {
 }
 DEFAULT_KERNEL_FLASH_BYTES = 2 * 1024
 
-_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
 def model_ops(tflite_path: str | Path) -> list[str]:
@@ -111,32 +106,6 @@ def _tflm_ops(path: Path) -> list[str]:
     return ops
 
 
-class _CapturedStderr:
-    """Redirect file descriptor 2 to a temp file, since TFLM's C++ code prints there, not to sys.stderr."""
-
-    text = ""
-
-    def __enter__(self) -> _CapturedStderr:
-        sys.stderr.flush()
-        self._sink = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._sink.fileno(), 2)
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._sink.seek(0)
-        self.text = self._sink.read().decode(errors="replace")
-        self._sink.close()
-
-
-def generous_arena_bytes(model_bytes: int) -> int:
-    """The arena measure_arena starts from: 10x the model or 4 MiB, whichever is larger (host RAM is cheap)."""
-    return max(10 * model_bytes, 4 * 1024 * 1024)
-
-
 def _run_tflm(data: bytes, input_count: int, arena_size: int) -> Any:
     """Build a TFLM interpreter over `data` with an `arena_size` arena, invoke it once on zeros, return it."""
     try:
@@ -156,7 +125,7 @@ def measure_arena(tflite_path: str | Path, arena_size: int | None = None) -> int
     path = Path(tflite_path)
     model, data = read_model(path)
     arena_size = arena_size or generous_arena_bytes(len(data))
-    captured = _CapturedStderr()
+    captured = CapturedStderr()
     try:
         with captured:
             _run_tflm(data, len(model.subgraphs[0].inputs or []), arena_size).print_allocations()
@@ -164,7 +133,7 @@ def measure_arena(tflite_path: str | Path, arena_size: int | None = None) -> int
         reason = "; ".join(" ".join(text.split()) for text in (str(exc), captured.text) if text.strip())
         raise ConversionError(f"{path}: TF Lite Micro could not run the model in a {arena_size:,}-byte arena "
                               f"({reason[:300] or type(exc).__name__})") from None
-    found = _ARENA_TOTAL.search(captured.text)
+    found = TFLM_ARENA_TOTAL.search(captured.text)
     if not found:
         raise ConversionError(f"{path}: TF Lite Micro's allocation report has no 'Arena allocation total' line "
                               f"(got: {captured.text.strip()[:200]!r})")

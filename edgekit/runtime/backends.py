@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,9 @@ from edgekit.errors import EdgekitError
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
 ORT_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # before CPU, when present
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32"}
-_TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
 class BackendError(EdgekitError):
@@ -43,7 +44,7 @@ class ModelTensor:
     zero_point: int | None = None
 
 
-def _litert_interpreter_class() -> Any:
+def litert_interpreter_class() -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -75,7 +76,7 @@ class LiteRTAdapter:
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
                  threads: int | None = None) -> None:
-        interpreter_class = _litert_interpreter_class()
+        interpreter_class = litert_interpreter_class()
         self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
         try:
             self.interpreter = interpreter_class(model_content=model, num_threads=threads)
@@ -172,10 +173,10 @@ class OrtAdapter:
 
     @staticmethod
     def _numpy_type(ort_type: str) -> str:
-        if ort_type not in _ORT_TYPES:
+        if ort_type not in ORT_TYPES:
             raise BackendError(f"model input/output type {ort_type} is not one the runtime handles "
-                               f"({', '.join(_ORT_TYPES)})")
-        return _ORT_TYPES[ort_type]
+                               f"({', '.join(ORT_TYPES)})")
+        return ORT_TYPES[ort_type]
 
     def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
         def describe(arg: Any) -> ModelTensor:
@@ -212,7 +213,7 @@ class TflmAdapter:
         except ImportError:
             raise BackendError("backend 'tflite-micro' is not installed: pip install tflite-micro "
                                "(part of 'edgekit[convert]')") from None
-        self.arena_bytes = arena_bytes or max(10 * len(model), 4 * 1024 * 1024)  # host RAM is cheap
+        self.arena_bytes = arena_bytes or generous_arena_bytes(len(model))
         try:
             self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=self.arena_bytes)
         except (RuntimeError, ValueError) as exc:
@@ -241,8 +242,9 @@ class TflmAdapter:
         """The arena TFLM really used, from its allocation report (printed by C++ to fd 2, captured here)."""
         if self._arena_used is None:
             self.invoke()
-            text = _capture_fd2(self.interpreter.print_allocations)
-            found = _TFLM_ARENA_TOTAL.search(text)
+            with CapturedStderr() as captured:
+                self.interpreter.print_allocations()
+            found = TFLM_ARENA_TOTAL.search(captured.text)
             self._arena_used = int(found.group(1)) if found else -1
         used = self._arena_used if self._arena_used >= 0 else None
         return {"kind": f"TFLM tensor arena used (of {self.arena_bytes:,} B reserved)", "bytes": used}
@@ -251,22 +253,33 @@ class TflmAdapter:
         return "TF Lite Micro (reference kernels, host build)"
 
 
-def _capture_fd2(call: Any) -> str:
-    """Run `call()` with file descriptor 2 sent to a temp file; return what was written there."""
-    import sys
+class CapturedStderr:
+    """Redirect file descriptor 2 to a temp file, since TFLM's C++ code prints there, not to sys.stderr.
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            call()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        sink.seek(0)
-        return sink.read().decode(errors="replace")
+    `text` holds what was written once the block exits, also when it exits with an exception.
+    """
+
+    text = ""
+
+    def __enter__(self) -> CapturedStderr:
+        sys.stderr.flush()
+        self._sink = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._sink.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._sink.seek(0)
+        self.text = self._sink.read().decode(errors="replace")
+        self._sink.close()
+
+
+def generous_arena_bytes(model_bytes: int) -> int:
+    """A TFLM arena to load with on a host: 10x the model or 4 MiB, whichever is larger (host RAM is cheap)."""
+    return max(10 * model_bytes, 4 * 1024 * 1024)
 
 
 ADAPTERS = {"litert": LiteRTAdapter, "onnxruntime": OrtAdapter, "tflite-micro": TflmAdapter}
