@@ -92,7 +92,7 @@ def split_tiles(height: int, width: int, grid: int) -> tuple[Region, ...]:
     return tuple((rows[i], cols[j], rows[i + 1], cols[j + 1]) for i in range(grid) for j in range(grid))
 
 
-def _input_region(layer: Layer, out: Region) -> Region:
+def input_region(layer: Layer, out: Region) -> Region:
     """Rows/cols of the layer's input needed for output region `out` (before clipping: may pass borders)."""
     if layer.op not in SPATIAL_OPS:
         return out
@@ -103,7 +103,7 @@ def _input_region(layer: Layer, out: Region) -> Region:
             (bottom - 1) * sh - pad_top + dh * (kh - 1) + 1, (right - 1) * sw - pad_left + dw * (kw - 1) + 1)
 
 
-def _clip(region: Region, shape: tuple[int, ...]) -> Region:
+def clip_region(region: Region, shape: tuple[int, ...]) -> Region:
     height, width = shape[-2], shape[-1]
     return (max(region[0], 0), max(region[1], 0), min(region[2], height), min(region[3], width))
 
@@ -124,11 +124,11 @@ def patch_regions(graph: Graph, stage: list[Layer], tile: Region) -> tuple[dict[
         out = needed.get(layer.output)
         if out is None:
             continue
-        want = _input_region(layer, out)
+        want = input_region(layer, out)
         for tensor in layer.inputs:
             if graph.producer_index(tensor) is None:
                 raw_input = _union(raw_input, want)
-            needed[tensor] = _union(needed.get(tensor), _clip(want, graph.tensor_shape(tensor)))
+            needed[tensor] = _union(needed.get(tensor), clip_region(want, graph.tensor_shape(tensor)))
     assert raw_input is not None  # a valid stage starts at the graph input
     return needed, raw_input
 
@@ -157,7 +157,7 @@ def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], wi
         if tensor == stage[-1].output:
             return 0
         if tensor in inputs:
-            return _area((0, 0, shape[-2], shape[-1]) if input_resident else _clip(window, shape)) * shape[1]
+            return _area((0, 0, shape[-2], shape[-1]) if input_resident else clip_region(window, shape)) * shape[1]
         return _area(regions.get(tensor, (0, 0, 0, 0))) * shape[1]
 
     return live_bytes(stage, inputs, [], size_of, policy)

@@ -17,7 +17,7 @@ import numpy as np
 from edgekit.graph.from_torch import export_program, graph_from_program
 from edgekit.graph.ir import Graph, Layer
 from edgekit.memory import live_bytes
-from edgekit.plan.patch import PatchPlan, PlanError, Region, _clip, _input_region, patch_regions
+from edgekit.plan.patch import PatchPlan, PlanError, Region, clip_region, input_region, patch_regions
 
 _CONV = {"aten.conv2d.default", "aten.convolution.default"}
 _POOL = {"aten.max_pool2d.default", "aten.avg_pool2d.default"}
@@ -67,8 +67,8 @@ def _windowed(node: Any, layer: Layer, args: list, value: Any, have: Region, out
     """Run a conv/pool on exactly the input region `out` needs, padding only at the true border."""
     import torch.nn.functional as F
 
-    want = _input_region(layer, out)
-    clipped = _clip(want, full)
+    want = input_region(layer, out)
+    clipped = clip_region(want, full)
     pad = (clipped[1] - want[1], want[3] - clipped[3], clipped[0] - want[0], want[2] - clipped[2])
     target = str(node.target)
     fill = float("-inf") if "max_pool" in target else 0.0
@@ -111,7 +111,7 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
     with torch.no_grad():
         for tile, window in zip(plan.tiles, plan.input_windows):
             regions, _ = patch_regions(graph, stage, tile)
-            first = _clip(window, x.shape)
+            first = clip_region(window, x.shape)
             env = {input_name: (_crop(full_input, (0, 0, x.shape[2], x.shape[3]), first), first)}
             for node in stage_nodes:
                 out = regions.get(head[node.name])
