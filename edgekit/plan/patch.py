@@ -104,6 +104,7 @@ def input_region(layer: Layer, out: Region) -> Region:
 
 
 def clip_region(region: Region, shape: tuple[int, ...]) -> Region:
+    """The part of `region` inside a tensor of `shape` (what padding does not cover)."""
     height, width = shape[-2], shape[-1]
     return (max(region[0], 0), max(region[1], 0), min(region[2], height), min(region[3], width))
 
