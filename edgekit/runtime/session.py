@@ -21,6 +21,8 @@ import numpy as np
 from edgekit.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
 from edgekit.errors import BundleError, EdgekitError
 from edgekit.runtime.backends import BACKENDS, FORMATS, BackendError, ModelTensor, open_backend
+from edgekit.runtime.split_exec import SplitLayout, SplitRunner
+from edgekit.runtime.transport import SOURCES, Reply, Transport
 
 LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
 
@@ -115,6 +117,10 @@ class _StageRunner:
         With `check`, a float frame holding NaN or infinity is an InputError raised before the backend runs;
         the test rides on the float32 copy the frame needs anyway, while it is still in cache.
         """
+        return self.dequantize(self.run_raw(x, check), target)
+
+    def run_raw(self, x: np.ndarray, check: bool) -> np.ndarray:
+        """Fill the input buffer from `x` and invoke: the model's own output (int8 when quantized), not a copy."""
         if self._scratch is not None and x.dtype.kind == "f":
             scratch = self._scratch  # q = clip(round(x / scale) + zero_point) in float32, then cast
             np.divide(x, self.input.scale, out=scratch)
@@ -132,7 +138,10 @@ class _StageRunner:
                 np.isfinite(self._in, out=self._finite)
                 if not self._finite.all():
                     raise _not_finite(self.input, x)
-        raw = self.adapter.invoke()
+        return self.adapter.invoke()
+
+    def dequantize(self, raw: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        """The model's raw output as float32 (or as is when not quantized), into `target` or this stage's buffer."""
         if target is None:
             target = self.out
         if self.output.scale is not None:
@@ -146,15 +155,19 @@ class _StageRunner:
 class Session:
     """A loaded bundle ready to run frames; see `load()`."""
 
-    def __init__(self, bundle: Bundle, runners: list[_StageRunner], window: int = LATENCY_WINDOW) -> None:
-        self.bundle, self._runners = bundle, runners
+    def __init__(self, bundle: Bundle, runners: list[_StageRunner], window: int = LATENCY_WINDOW,
+                 split: SplitRunner | None = None, output: TensorInfo | None = None) -> None:
+        self.bundle, self._runners, self._split = bundle, runners, split
         self.manifest: Manifest = bundle.manifest
         self.input: TensorInfo = runners[0].input
-        self.output: TensorInfo = runners[-1].output
+        self.output: TensorInfo = output or runners[-1].output
+        self.last_reply: Reply | None = None  # how the last split frame was answered
+        self._sources = dict.fromkeys(SOURCES, 0)
         self._first, self._rest, self._last = runners[0], runners[1:], runners[-1]
         self._shape = self.input.shape
         self._unbatched = self._shape[1:] if len(self._shape) > 1 and self._shape[0] == 1 else None
-        self._out_shape, self._out_dtype = self.output.shape, self._last.out_dtype
+        self._out_shape = self.output.shape
+        self._out_dtype = np.dtype(np.float32 if self.output.scale is not None else self.output.dtype)
         self._latency_ns = np.zeros(max(1, window), np.int64)
         self._count = 0
 
@@ -183,7 +196,10 @@ class Session:
             found = f"{out.dtype} {_shape_text(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
             raise InputError(f"out= must be a {self._out_dtype} array of shape {_shape_text(self._out_shape)}, "
                              f"got {found}")
-        if self._rest:
+        if self._split is not None:
+            self.last_reply = self._split.run(x, out)
+            self._sources[self.last_reply.source] += 1
+        elif self._rest:
             value = self._first.run(x, None, True)
             for runner in self._rest:
                 value = runner.run(value, out if runner is self._last else None, False)
@@ -241,8 +257,9 @@ class Session:
         return self.run(self.preprocess_image(path))
 
     def reset_stats(self) -> None:
-        """Forget the latencies recorded so far (after warm-up, say)."""
+        """Forget the latencies and answer counts recorded so far (after warm-up, say)."""
         self._count = 0
+        self._sources = dict.fromkeys(SOURCES, 0)
 
     def stats(self) -> dict[str, Any]:
         """Latency percentiles (ms) over the last `window` runs, run count, peak RSS and backend memory."""
@@ -258,6 +275,8 @@ class Session:
                 r.memory = r.adapter.memory()
             memory.append({"stage": r.stage.name, "backend": r.backend, **r.memory})
         figures["backend_memory"] = memory
+        if self._split is not None:
+            figures["answers"] = dict(self._sources)  # split frames by who answered: remote, fallback, ...
         return figures
 
     def info(self) -> dict[str, Any]:
@@ -283,13 +302,18 @@ def peak_rss_bytes() -> int | None:
 
 
 def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_target: str | None = None, *,
-         threads: int | None = None, window: int = LATENCY_WINDOW) -> Session:
+         threads: int | None = None, window: int = LATENCY_WINDOW, transport: Transport | None = None,
+         deadline_s: float = 1.0, local_tail: bool = True) -> Session:
     """Verify a bundle and open its stages for running.
 
     `backend` overrides the manifest's backend of every stage (it must run the stage's model format:
     litert or tflite-micro for .tflite, onnxruntime for .onnx). `expected_target` refuses a bundle built
     for another target. `threads` goes to the backend (None: its default). `window` is how many recent runs
     the latency percentiles cover.
+
+    A split bundle runs every stage here unless a `transport` is given; then the device stages run here, the
+    boundary tensor goes to the server through the transport, and each frame is answered within `deadline_s`
+    seconds by the server or, when `local_tail` (the server stages loaded here too), by the local fallback.
     """
     if backend is not None and backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -306,5 +330,16 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         if before.outputs[0].shape != after.inputs[0].shape:
             raise BundleError(f"{bundle.path}: stage '{after.name}' takes {_shape_text(after.inputs[0].shape)} but "
                               f"stage '{before.name}' gives {_shape_text(before.outputs[0].shape)}")
-    runners = [_StageRunner(bundle, stage, backend or stage.backend, threads) for stage in manifest.stages]
-    return Session(bundle, runners, window)
+    layout = SplitLayout.from_plan(manifest.plan, tuple(s.name for s in manifest.stages), str(bundle.path))
+    if transport is not None and layout is None:
+        raise BundleError(f"{bundle.path}: a transport was given but the bundle is not split (its plan has no "
+                          "device and server stages); load it without one")
+    offloaded = set(layout.server_stages) if transport is not None and layout and not local_tail else set()
+    runners = [_StageRunner(bundle, stage, backend or stage.backend, threads)
+               for stage in manifest.stages if stage.name not in offloaded]
+    if transport is None or layout is None:
+        return Session(bundle, runners, window)
+    head = [r for r in runners if r.stage.name in layout.device_stages]
+    tail = [r for r in runners if r.stage.name in layout.server_stages]
+    split = SplitRunner(head, tail, transport, deadline_s)
+    return Session(bundle, head + tail, window, split, manifest.stages[-1].outputs[0])

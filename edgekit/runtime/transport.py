@@ -8,11 +8,15 @@ for a network problem and never hangs; only bad arguments raise.
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+from edgekit.offload import frame
 from edgekit.offload.frame import Tensor
 
 SOURCES = ("remote", "fallback", "timeout", "error")
@@ -40,3 +44,43 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release the connection; requests after this are answered from the fallback."""
         ...
+
+
+def dequantize(tensor: Tensor) -> np.ndarray:
+    """A frame tensor as float32: (q - zero point) * scale when it carries a scale, else the values as float32."""
+    if tensor.scale:
+        value = np.subtract(tensor.array, tensor.zero_point, dtype=np.float32)
+        return np.multiply(value, np.float32(tensor.scale), out=value)
+    return tensor.array.astype(np.float32)
+
+
+class InProcessTransport:
+    """The whole wire path without a network: encode the request frame, hand the bytes to `handler` (the
+    server's frame handler), decode its answer. For tests and for a tail that lives in the same process."""
+
+    def __init__(self, handler: Callable[[bytes], bytes], model_id: str, model_version: str,
+                 codec: str = "raw") -> None:
+        self.handler, self.model_id, self.model_version, self.codec = handler, model_id, model_version, codec
+        self.closed = False
+
+    def request(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
+        start = time.monotonic()
+        request_id = uuid.uuid4().bytes
+        deadline_ms = int(time.time() * 1000 + deadline_s * 1000)
+        detail = "transport closed"
+        if not self.closed:
+            try:
+                raw = self.handler(frame.encode(frame.Frame(request_id, deadline_ms, self.model_id,
+                                                            self.model_version, (tensor,)), self.codec))
+                answer = frame.decode(raw)
+                if answer.request_id != request_id or len(answer.tensors) != 1:
+                    raise frame.FrameError(f"answer for another request or with {len(answer.tensors)} tensors")
+                return Reply(dequantize(answer.tensors[0]), "remote", time.monotonic() - start)
+            except EdgekitError as exc:
+                detail = f"server failed: {exc}"
+        if fallback is None:
+            return Reply(None, "error", time.monotonic() - start, detail)
+        return Reply(fallback(tensor), "fallback", time.monotonic() - start, detail)
+
+    def close(self) -> None:
+        self.closed = True

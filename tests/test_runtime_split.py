@@ -1,0 +1,143 @@
+"""The split executor behind Session: an INT8 TFLite head here, a float ONNX tail "on the server" through a
+Transport, the local tail as the fallback. Every frame gets exactly one answer: the server's (equal to the local
+tail's numbers, since the wire carries the head's own int8 and quantization) or the fallback's."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.bundle import Manifest, Stage, write_bundle
+from edgekit.convert.compile import tensor_infos
+from edgekit.errors import BundleError
+from edgekit.offload import frame
+from edgekit.runtime import load
+from edgekit.runtime.split_exec import OffloadError
+from edgekit.runtime.transport import InProcessTransport, dequantize
+
+pytestmark = pytest.mark.slow  # one litert conversion
+
+
+class Head(nn.Module):
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Tail(nn.Module):
+    input_shape = (1, 8, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))
+
+
+def _tail_session_handler(tail_bundle: Path):
+    """A minimal server: decode, dequantize, run the tail bundle, answer with float32."""
+    session = load(tail_bundle)
+
+    def handle(raw: bytes) -> bytes:
+        request = frame.decode(raw)
+        out = session.run(dequantize(request.tensors[0]))
+        return frame.encode(frame.Frame(request.request_id, request.deadline_ms, request.model_id,
+                                        request.model_version, (frame.Tensor("logits", out),)))
+    return handle
+
+
+@pytest.fixture(scope="module")
+def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from conftest import export_onnx
+    from edgekit.convert.config import Int8Config
+    from edgekit.convert.quantize import quantize
+
+    torch.manual_seed(0)
+    head, tail = Head().eval(), Tail().eval()
+    root = tmp_path_factory.mktemp("split")
+    samples = np.random.default_rng(0).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32)
+    source = root / "src"
+    source.mkdir()
+    quantize(head, samples, source / "head.tflite", Int8Config(format="tflite"))
+    export_onnx(tail, source / "tail.onnx")
+    (h_in,), (h_out,) = tensor_infos(source / "head.tflite")
+    (t_in,), (t_out,) = tensor_infos(source / "tail.onnx")
+    stages = (Stage("head", "litert", "head.tflite", (h_in,), (h_out,)),
+              Stage("tail", "onnxruntime", "tail.onnx", (t_in,), (t_out,)))
+    plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": "toy",
+            "model_version": "1"}
+    bundle = write_bundle(source, Manifest("toy", "rpi4", stages, plan=plan), root / "toy_split")
+    tail_src = root / "tail_src"
+    tail_src.mkdir()
+    shutil.copy(source / "tail.onnx", tail_src / "tail.onnx")
+    tail_bundle = write_bundle(tail_src, Manifest("toy_tail", "x86-server", (stages[1],)), root / "toy_tail")
+    return {"bundle": bundle, "tail": tail_bundle, "x": samples[:8], "source": source, "stages": stages}
+
+
+def test_split_bundle_without_transport_runs_every_stage_here(split_bundle: dict) -> None:
+    session = load(split_bundle["bundle"])
+    head, tail = load(split_bundle["bundle"]), load(split_bundle["tail"])
+    x = split_bundle["x"][:1]
+    boundary = head._runners[0].run(x, None, True)  # the head's dequantized output
+    np.testing.assert_array_equal(session.run(x), tail.run(boundary))
+    assert session.output.shape == (1, 5) and session.stats().get("answers") is None
+
+
+def test_remote_answers_equal_the_local_tail_bit_for_bit(split_bundle: dict) -> None:
+    local = load(split_bundle["bundle"])
+    transport = InProcessTransport(_tail_session_handler(split_bundle["tail"]), "toy", "1")
+    remote = load(split_bundle["bundle"], transport=transport, deadline_s=5.0)
+    for x in split_bundle["x"]:
+        np.testing.assert_array_equal(remote.run(x[None]), local.run(x[None]))
+        assert remote.last_reply.source == "remote"
+    assert remote.stats()["answers"] == {"remote": 8, "fallback": 0, "timeout": 0, "error": 0}
+
+
+def test_a_failing_server_is_answered_by_the_local_tail(split_bundle: dict) -> None:
+    def broken(raw: bytes) -> bytes:
+        return raw[:10]  # a truncated answer: the client's decoder refuses it
+
+    local = load(split_bundle["bundle"])
+    session = load(split_bundle["bundle"], transport=InProcessTransport(broken, "toy", "1"))
+    x = split_bundle["x"][:1]
+    np.testing.assert_array_equal(session.run(x), local.run(x))
+    assert session.last_reply.source == "fallback" and "shorter than" in session.last_reply.detail
+
+
+def test_wrong_shaped_answers_never_reach_the_caller(split_bundle: dict) -> None:
+    def wrong(raw: bytes) -> bytes:
+        request = frame.decode(raw)
+        return frame.encode(frame.Frame(request.request_id, 0, "toy", "1",
+                                        (frame.Tensor("logits", np.zeros((1, 7), np.float32)),)))
+
+    x = split_bundle["x"][:1]
+    session = load(split_bundle["bundle"], transport=InProcessTransport(wrong, "toy", "1"))
+    np.testing.assert_array_equal(session.run(x), load(split_bundle["bundle"]).run(x))
+    assert session.last_reply.source == "fallback" and "(1, 7)" in session.last_reply.detail
+    no_tail = load(split_bundle["bundle"], transport=InProcessTransport(wrong, "toy", "1"), local_tail=False)
+    assert [r.stage.name for r in no_tail._runners] == ["head"]  # the tail is not even loaded
+    with pytest.raises(OffloadError, match=r"server answered float32 \(1, 7\), expected float32 \(1, 5\)"):
+        no_tail.run(x)
+
+
+def test_malformed_split_plans_and_misplaced_transports_are_refused(split_bundle: dict, tmp_path: Path) -> None:
+    transport = InProcessTransport(lambda raw: raw, "toy", "1")
+    with pytest.raises(BundleError, match="is not split"):
+        load(split_bundle["tail"], transport=transport)
+    plan = {"kind": "split", "device_stages": ["tail"], "server_stages": ["head"], "model_id": "toy",
+            "model_version": "1"}
+    bad = write_bundle(split_bundle["source"], Manifest("toy", "rpi4", split_bundle["stages"], plan=plan),
+                       tmp_path / "bad")
+    with pytest.raises(BundleError, match=r"runs \['tail'\] on the device and \['head'\] on the server"):
+        load(bad)
