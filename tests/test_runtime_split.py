@@ -45,9 +45,9 @@ class Tail(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _tail_session_handler(tail_bundle: Path):
-    """A minimal server: decode, dequantize, run the tail bundle, answer with float32."""
-    session = load(tail_bundle)
+def _tail_session_handler(bundle: Path):
+    """A minimal server: decode, dequantize, run the bundle's server stages, answer with float32."""
+    session = load(bundle, part="server")
 
     def handle(raw: bytes) -> bytes:
         request = frame.decode(raw)
@@ -87,16 +87,19 @@ def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_split_bundle_without_transport_runs_every_stage_here(split_bundle: dict) -> None:
     session = load(split_bundle["bundle"])
-    head, tail = load(split_bundle["bundle"]), load(split_bundle["tail"])
+    head, tail = load(split_bundle["bundle"], part="device"), load(split_bundle["bundle"], part="server")
     x = split_bundle["x"][:1]
-    boundary = head._runners[0].run(x, None, True)  # the head's dequantized output
+    boundary = head.run(x)  # the head's dequantized output
+    assert boundary.shape == (1, 8, 8, 8) and tail.input.dtype == "float32"
     np.testing.assert_array_equal(session.run(x), tail.run(boundary))
     assert session.output.shape == (1, 5) and session.stats().get("answers") is None
+    with pytest.raises(BundleError, match="not split"):
+        load(split_bundle["tail"], part="server")
 
 
 def test_remote_answers_equal_the_local_tail_bit_for_bit(split_bundle: dict) -> None:
     local = load(split_bundle["bundle"])
-    transport = InProcessTransport(_tail_session_handler(split_bundle["tail"]), "toy", "1")
+    transport = InProcessTransport(_tail_session_handler(split_bundle["bundle"]), "toy", "1")
     remote = load(split_bundle["bundle"], transport=transport, deadline_s=5.0)
     for x in split_bundle["x"]:
         np.testing.assert_array_equal(remote.run(x[None]), local.run(x[None]))

@@ -25,6 +25,7 @@ from edgekit.runtime.split_exec import SplitLayout, SplitRunner
 from edgekit.runtime.transport import SOURCES, Reply, Transport
 
 LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
+PARTS = ("device", "server")  # the sides of a split bundle that load(part=...) opens alone
 
 
 class InputError(EdgekitError):
@@ -303,7 +304,7 @@ def peak_rss_bytes() -> int | None:
 
 def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_target: str | None = None, *,
          threads: int | None = None, window: int = LATENCY_WINDOW, transport: Transport | None = None,
-         deadline_s: float = 1.0, local_tail: bool = True) -> Session:
+         deadline_s: float = 1.0, local_tail: bool = True, part: str | None = None) -> Session:
     """Verify a bundle and open its stages for running.
 
     `backend` overrides the manifest's backend of every stage (it must run the stage's model format:
@@ -314,6 +315,7 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
     A split bundle runs every stage here unless a `transport` is given; then the device stages run here, the
     boundary tensor goes to the server through the transport, and each frame is answered within `deadline_s`
     seconds by the server or, when `local_tail` (the server stages loaded here too), by the local fallback.
+    `part` "server" (or "device") opens only that side's stages of a split bundle: what a tail server runs.
     """
     if backend is not None and backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -334,9 +336,16 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
     if transport is not None and layout is None:
         raise BundleError(f"{bundle.path}: a transport was given but the bundle is not split (its plan has no "
                           "device and server stages); load it without one")
-    offloaded = set(layout.server_stages) if transport is not None and layout and not local_tail else set()
+    if part is not None:
+        if part not in PARTS or layout is None or transport is not None:
+            raise BundleError(f"{bundle.path}: part={part!r} needs a split bundle, no transport, and one of "
+                              f"{', '.join(PARTS)}" + ("" if layout else "; this bundle is not split"))
+        chosen = set(layout.device_stages if part == "device" else layout.server_stages)
+    else:
+        offloaded = set(layout.server_stages) if transport is not None and layout and not local_tail else set()
+        chosen = {stage.name for stage in manifest.stages} - offloaded
     runners = [_StageRunner(bundle, stage, backend or stage.backend, threads)
-               for stage in manifest.stages if stage.name not in offloaded]
+               for stage in manifest.stages if stage.name in chosen]
     if transport is None or layout is None:
         return Session(bundle, runners, window)
     head = [r for r in runners if r.stage.name in layout.device_stages]
