@@ -1,0 +1,446 @@
+"""Real-link split benchmark: does the planner pick the cut that is really fastest on a shaped link?
+
+Device and server are separate processes in separate network namespaces joined by a veth pair
+(tools/netlab.py); the link is shaped with `tc tbf` at each bandwidth; the device process runs under a
+cgroup v1 CPU quota (tools/cpulimit.py) to emulate a slow device. Every candidate single-tensor cut of the
+model becomes a real split bundle (float ONNX head and tail, cut by `edgekit.convert.split_export`), run by
+`edgekit.runtime` with the boundary tensor sent through a transport (a plain TCP socket, or MQTT through a
+Mosquitto broker in the server namespace). The device and server profiles are calibrated in place
+(`edgekit.calibrate`, the device under its quota), then `plan_split` picks a cut per bandwidth, which is
+compared with the measured oracle and with all-device, all-server (raw pixels) and all-server (JPEG).
+
+Run (root; ~10 min): python tools/bench_split_link.py [--quick] [--transport socket|mqtt] [--plot out/split_link.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import socketserver
+import struct
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edgekit.offload import frame  # noqa: E402
+from edgekit.runtime.transport import Fallback, Reply, dequantize  # noqa: E402
+
+MODEL, RESOLUTION = "mobilenet_v2", 128  # ~98 M MACs: many quota periods per frame on the device
+RATES_MBIT = (1.0, 5.0, 20.0, 100.0)
+JPEG_QUALITY = 90
+LENGTH = struct.Struct("<I")
+MAX_FRAME = 16 * 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------ socket transport
+
+
+def _recv_exact(sock: socket.socket, count: int) -> bytes:
+    chunks, left = [], count
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ConnectionError("peer closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    (size,) = LENGTH.unpack(_recv_exact(sock, LENGTH.size))
+    if size > MAX_FRAME:
+        raise ConnectionError(f"frame of {size:,} bytes exceeds {MAX_FRAME:,}")
+    return _recv_exact(sock, size)
+
+
+class SocketTransport:
+    """Length-prefixed frames over one TCP connection: the benchmark's transport before MQTT."""
+
+    def __init__(self, host: str, port: int, model_id: str) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.model_id = model_id
+
+    def request(self, tensor: frame.Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
+        start = time.monotonic()
+        request_id = uuid.uuid4().bytes
+        payload = frame.encode(frame.Frame(request_id, int((time.time() + deadline_s) * 1000), self.model_id, "1",
+                                           (tensor,)))
+        self.sock.settimeout(deadline_s)
+        self.sock.sendall(LENGTH.pack(len(payload)) + payload)
+        answer = frame.decode(_recv_frame(self.sock))
+        return Reply(dequantize(answer.tensors[0]), "remote", time.monotonic() - start)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ------------------------------------------------------------------------------------------------- server
+
+
+def _jpeg_to_pixels(request: frame.Frame) -> frame.Frame:
+    """A JPEG request turned into the raw-pixel request the full model's handler takes (decoded on the server)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(request.tensors[0].array.tobytes())) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return replace(request, model_id="all-server", tensors=(pixel_tensor(pixels),))
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Load every cut's server stages and the full model, and answer length-prefixed frames until killed."""
+    from edgekit.offload.handler import TailHandler
+    from edgekit.runtime import load
+
+    work = Path(args.work)
+    handlers = {c["id"]: TailHandler(load(work / c["id"], part="server", threads=1), c["id"])
+                for c in json.loads((work / "cuts.json").read_text()) if c["kind"] == "split"}
+    handlers["all-server"] = TailHandler(load(work / "full", threads=1), "all-server")
+
+    def answer(raw: bytes) -> bytes:
+        request = frame.decode(raw)
+        if request.model_id == "echo":  # the link's round trip with a tiny frame
+            return frame.encode(replace(request, kind="response"))
+        if request.model_id == "all-server-jpeg":
+            return handlers["all-server"](frame.encode(_jpeg_to_pixels(request)))
+        return handlers[request.model_id](raw)
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                try:
+                    reply = answer(_recv_frame(self.request))
+                except ConnectionError:
+                    return
+                self.request.sendall(LENGTH.pack(len(reply)) + reply)
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    with socketserver.ThreadingTCPServer((args.host, args.port), Handler) as server:
+        print("ready", flush=True)
+        server.serve_forever()
+
+
+# ------------------------------------------------------------------------------------------------- device
+
+
+def test_image(size: int = RESOLUTION) -> np.ndarray:
+    """A deterministic camera-like RGB frame (smooth shapes and texture), uint8 HxWx3: JPEG sizes are realistic."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    channels = [0.5 + 0.3 * np.sin(6 * xx + 2 * c) * np.cos(4 * yy - c) for c in range(3)]
+    image = np.stack(channels, -1)
+    for _ in range(6):  # a few discs of flat colour
+        cy, cx, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.05, 0.2)]
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    image += rng.normal(0, 0.02, image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def pixel_tensor(pixels: np.ndarray) -> frame.Tensor:
+    """Raw uint8 pixels as the model's NCHW input, quantized with scale 1/255: dequantizing gives x / 255."""
+    return frame.Tensor("pixels", np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), 1 / 255, 0)
+
+
+def _measure(run, frames: int, hopeless_s: float = float("inf")) -> dict:  # type: ignore[no-untyped-def]
+    """Median wall time of `frames` runs after a warm-up; a candidate slower than `hopeless_s` gets one run."""
+    run()  # warm-up: first-run allocations, TCP slow start
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if times[-1] > hopeless_s:
+            break
+    return {"median_s": float(np.median(times)), "min_s": float(min(times)), "frames": len(times)}
+
+
+def device(args: argparse.Namespace) -> None:
+    """Run every candidate (cuts, all-device, all-server raw and JPEG) for `--frames` frames; print JSON."""
+    from PIL import Image
+
+    from edgekit.runtime import load
+
+    work = Path(args.work)
+    pixels = test_image()
+    x = dequantize(pixel_tensor(pixels))
+    echo = SocketTransport(args.host, args.port, "echo")
+    results = {"rtt": _measure(lambda: echo.request(frame.Tensor("ping", np.zeros(1, np.int8)), 60), 20)}
+    echo.close()
+    cuts = json.loads((work / "cuts.json").read_text())
+    for cut in sorted(cuts, key=lambda c: (c["kind"] == "split", -c["k"])):  # the baselines set the bar first
+        transport = SocketTransport(args.host, args.port, cut["id"]) if cut["kind"] != "all-device" else None
+        if cut["kind"] == "split":
+            session = load(work / cut["id"], transport=transport, deadline_s=60, local_tail=False, threads=1)
+            run = lambda session=session: session.run(x)  # noqa: E731
+        elif cut["kind"] == "all-device":
+            full = load(work / "full", threads=1)
+            run = lambda: full.run(x)  # noqa: E731
+        elif cut["kind"] == "all-server":
+            run = lambda transport=transport: transport.request(pixel_tensor(pixels), 60)  # noqa: E731
+        else:  # JPEG, encoded here on the device
+
+            def run(transport: SocketTransport = transport) -> Reply:
+                data = io.BytesIO()
+                Image.fromarray(pixels).save(data, "JPEG", quality=JPEG_QUALITY)
+                jpeg = np.frombuffer(data.getvalue(), np.uint8)
+                return transport.request(frame.Tensor("jpeg", jpeg), 60)
+        best = min((r["median_s"] for key, r in results.items() if key != "rtt"), default=float("inf"))
+        results[cut["id"]] = _measure(run, args.frames, 3 * best)  # 3x the best so far cannot be the oracle
+        if transport is not None:
+            transport.close()
+    print(json.dumps(results), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ host side
+
+
+def reference_model() -> tuple[object, object]:
+    """The benchmarked model (random weights: latency does not depend on them) and its graph."""
+    from edgekit.graph.from_torch import from_torch
+    from edgekit.models import create_model
+
+    model = create_model(MODEL, resolution=RESOLUTION).eval()
+    return model, from_torch(model, (1, 3, RESOLUTION, RESOLUTION), MODEL)
+
+
+def candidate_cuts(graph: object, planned: set[int], max_cuts: int) -> list[int]:
+    """Evenly spread single-tensor cuts (at most `max_cuts`) plus every cut the planner chose."""
+    from edgekit.plan.split import crossing_tensors
+
+    n = len(graph.layers)  # type: ignore[attr-defined]
+    single = [k for k in range(1, n) if len(crossing_tensors(graph, k)) == 1]
+    spread = [single[round(i * (len(single) - 1) / (max_cuts - 1))] for i in range(max_cuts)] \
+        if len(single) > max_cuts else single
+    return sorted(set(spread) | (planned & set(single)))
+
+
+def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]:
+    """Each cut in `ks` as a float ONNX split bundle, the full model as a one-stage bundle; cached in `work`."""
+    import torch
+
+    from edgekit.bundle import Manifest, Stage, write_bundle
+    from edgekit.convert.compile import tensor_infos
+    from edgekit.convert.split_export import split_model
+    from edgekit.progress import progress
+
+    example = torch.zeros(1, 3, RESOLUTION, RESOLUTION)
+    n = len(graph.layers)  # type: ignore[attr-defined]
+    cached = work / "cuts.json"
+    cuts = [{"id": f"cut{k:03d}", "kind": "split", "k": k, "layer": graph.layers[k - 1].name} for k in ks]  # type: ignore[attr-defined]
+    cuts += [{"id": "all-device", "kind": "all-device", "k": n}, {"id": "all-server", "kind": "all-server", "k": 0},
+             {"id": "all-server-jpeg", "kind": "jpeg", "k": 0}]
+    if cached.exists() and json.loads(cached.read_text()) == cuts:
+        return cuts
+    work.mkdir(parents=True, exist_ok=True)
+
+    def onnx(module: object, shape: tuple, path: Path) -> Path:
+        torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=True, external_data=False, verbose=False)
+        return path
+
+    def bundle(name: str, source: Path, stages: list[tuple[str, Path]], plan: dict | None) -> None:
+        parts = []
+        for stage, path in stages:
+            (inputs,), (outputs,) = tensor_infos(path)
+            parts.append(Stage(stage, "onnxruntime", path.name, (inputs,), (outputs,)))
+        write_bundle(source, Manifest(MODEL, "bench-device", tuple(parts), plan=plan), work / name)
+
+    source = work / "src-full"
+    source.mkdir(exist_ok=True)
+    bundle("full", source, [("main", onnx(model, tuple(example.shape), source / "full.onnx"))], None)
+    splits = [c for c in cuts if c["kind"] == "split"]
+    for cut in progress(splits, "exporting cuts", len(splits)):
+        head, tail = split_model(model, example, graph.layers[cut["k"] - 1].output)  # type: ignore[attr-defined]
+        source = work / f"src-{cut['id']}"
+        source.mkdir(exist_ok=True)
+        plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": cut["id"],
+                "model_version": "1"}
+        bundle(cut["id"], source, [("head", onnx(head, head.input_shape, source / "head.onnx")),
+                           ("tail", onnx(tail, tail.input_shape, source / "tail.onnx"))], plan)
+    cached.write_text(json.dumps(cuts))
+    return cuts
+
+
+def calibrate_side(args: argparse.Namespace) -> None:
+    """Calibrate this process's share of the machine (under the quota, for the device) into `--out`."""
+    from edgekit.calibrate import calibrate
+
+    model, _ = reference_model()
+    calibrate(model, MODEL, args.base, backend="onnxruntime", threads=1, out=Path(args.out),
+              command=f"tools/bench_split_link.py calibrate-side --base {args.base}")
+
+
+def _link(rate_mbit: float, rtt_s: float) -> object:
+    """The ethernet profile with the shaped rate both ways and the measured round trip."""
+    from edgekit.targets import Quantity, load_link
+
+    bps = Quantity(rate_mbit * 1e6, f"{rate_mbit:g} Mbit/s", estimate="tc tbf rate")
+    return replace(load_link("ethernet"), uplink=bps, downlink=bps,
+                   rtt=Quantity(rtt_s, f"{rtt_s * 1e3:.2f} ms", estimate="measured with an echo frame"))
+
+
+def plan_all(graph: object, work: Path, rates: tuple[float, ...], rtt_s: float) -> dict[float, object]:
+    """The planner's split plan at each bandwidth, from the two calibrated profiles (fp32 on both sides)."""
+    from edgekit.plan.split import plan_split
+    from edgekit.targets import load_target
+
+    device, server = load_target(work / "device.toml"), load_target(work / "server.toml")
+    return {rate: plan_split(graph, device, server, _link(rate, rtt_s), dtype="fp32", server_dtype="fp32")
+            for rate in rates}
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """Calibrate both sides, plan, build the cuts, then measure every candidate at every bandwidth."""
+    import subprocess
+
+    from cpulimit import CpuQuota
+    from netlab import NetLab
+
+    from edgekit.plan.split import deployable_cut
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model, graph = reference_model()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    with NetLab("eksplit") as lab, CpuQuota("edgekit-bench-device", args.quota) as quota:
+        def side(name: str, argv: list[str], limited: bool) -> subprocess.Popen:
+            proc = lab.popen(name, me + argv + ["--work", str(work)], stdout=subprocess.PIPE, text=True)
+            if limited:
+                quota.add(proc.pid)
+            return proc
+
+        for name, base, where in (("device", "rpi4", "dev"), ("server", "x86-server", "srv")):
+            print(f"calibrating the {name} ...", file=sys.stderr, flush=True)
+            proc = side(where, ["calibrate-side", "--base", base, "--out", str(work / f"{name}.toml")], where == "dev")
+            if proc.wait() != 0:
+                raise SystemExit(f"calibrating the {name} failed")
+        first = plan_all(graph, work, tuple(args.rates), 0.0)  # before the RTT is known: which cuts to build
+        cuts = build(work, model, graph, candidate_cuts(graph, {deployable_cut(p).device_layers
+                                                                for p in first.values()}, args.max_cuts))
+        server = side("srv", ["serve", "--host", lab.server_ip, "--port", str(args.port)], False)
+        try:
+            if server.stdout.readline().strip() != "ready":
+                raise SystemExit("the server did not start")
+            measured, rtts = {}, []
+            for rate in args.rates:
+                lab.shape(rate)
+                print(f"measuring at {rate:g} Mbit/s ...", file=sys.stderr, flush=True)
+                proc = side("dev", ["device", "--host", lab.server_ip, "--port", str(args.port),
+                                    "--frames", str(args.frames)], True)
+                out, _ = proc.communicate()
+                if proc.returncode != 0:
+                    raise SystemExit(f"the device run at {rate} Mbit/s failed")
+                result = json.loads(out.strip().splitlines()[-1])
+                rtts.append(result.pop("rtt")["median_s"])
+                measured[rate] = result
+        finally:
+            server.terminate()
+            server.wait()
+    rtt = min(rtts)  # the unloaded round trip; the model adds the serialisation time itself
+    plans = plan_all(graph, work, tuple(args.rates), rtt)
+    ids = {c["k"]: c["id"] for c in cuts if c["kind"] != "jpeg"}
+    planned = {}
+    for rate, plan in plans.items():
+        choice = deployable_cut(plan)
+        planned[str(rate)] = {"choice": ids.get(choice.device_layers, f"cut{choice.device_layers:03d}"),
+                              "predicted": {ids[c.device_layers]: c.total_seconds for c in plan.candidates
+                                            if c.device_layers in ids}}
+    return {"cuts": cuts, "measured": {str(r): m for r, m in measured.items()}, "planned": planned,
+            "rtt_s": rtt, "quota": args.quota}
+
+
+def render(result: dict) -> str:
+    """One row per bandwidth: oracle, planner's choice (measured), ratio, and the three baselines."""
+    from edgekit.report import table
+
+    names = {c["id"]: (c["layer"] if c["kind"] == "split" else c["id"]) for c in result["cuts"]}
+    rows = []
+    for rate, measured in result["measured"].items():
+        latency = {cid: m["median_s"] for cid, m in measured.items()}
+        best = min((cid for cid in latency if cid != "all-server-jpeg"), key=latency.get)
+        choice = result["planned"][rate]["choice"]
+        if choice not in latency:  # the final plan (with the measured RTT) chose a cut that was not built
+            rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}", f"{choice} (not measured)",
+                         "", "", f"{latency['all-device'] * 1e3:.1f}", f"{latency['all-server'] * 1e3:.1f}",
+                         f"{latency['all-server-jpeg'] * 1e3:.1f}"])
+            continue
+        rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}",
+                     f"{names[choice]} {latency[choice] * 1e3:.1f}",
+                     f"{result['planned'][rate]['predicted'][choice] * 1e3:.1f}",
+                     f"{latency[choice] / latency[best]:.3f}", f"{latency['all-device'] * 1e3:.1f}",
+                     f"{latency['all-server'] * 1e3:.1f}", f"{latency['all-server-jpeg'] * 1e3:.1f}"])
+    header = ["Mbit/s", "measured best (ms)", "planner's choice, measured (ms)", "predicted (ms)",
+              "choice / best", "all-device", "all-server raw", "all-server JPEG"]
+    return table(header, rows) + (f"\nRTT {result['rtt_s'] * 1e3:.2f} ms (echo); device CPU quota "
+                                  f"{result['quota']:g} core; {len(result['cuts']) - 3} deployable cuts measured")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Measured (solid) and predicted (dashed) latency vs split point, one colour per bandwidth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cuts = sorted((c for c in result["cuts"] if c["kind"] != "jpeg"), key=lambda c: c["k"])
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for i, (rate, measured) in enumerate(result["measured"].items()):
+        colour = f"C{i}"
+        ks = [c["k"] for c in cuts]
+        ax.plot(ks, [measured[c["id"]]["median_s"] * 1e3 for c in cuts], "o-", color=colour,
+                label=f"{float(rate):g} Mbit/s measured")
+        predicted = result["planned"][rate]["predicted"]
+        ax.plot(ks, [predicted[c["id"]] * 1e3 for c in cuts], "--", color=colour, alpha=0.7,
+                label=f"{float(rate):g} Mbit/s predicted")
+        choice = next((c for c in cuts if c["id"] == result["planned"][rate]["choice"]), None)
+        if choice is None:
+            continue
+        ax.plot([choice["k"]], [measured[choice["id"]]["median_s"] * 1e3], "*", color=colour, markersize=16,
+                markeredgecolor="black")
+    ax.set_yscale("log")
+    ax.set_xlabel("layers on the device (0 = send the raw image, right end = all on the device)")
+    ax.set_ylabel("end-to-end latency per frame (ms, log)")
+    ax.set_title(f"{MODEL}: split point vs latency over a tc-tbf shaped veth link (star: planner's choice)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", nargs="?", default="run", choices=("run", "serve", "device", "calibrate-side"))
+    parser.add_argument("--work", default="out/split_link")
+    parser.add_argument("--quick", action="store_true", help="fewer cuts and frames")
+    parser.add_argument("--rates", type=lambda v: tuple(float(r) for r in v.split(",")), default=RATES_MBIT)
+    parser.add_argument("--quota", type=float, default=0.1, help="device CPU share (cores)")
+    parser.add_argument("--max-cuts", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=7)
+    parser.add_argument("--host"), parser.add_argument("--port", type=int, default=47800)
+    parser.add_argument("--base"), parser.add_argument("--out")
+    parser.add_argument("--plot", default="out/split_link.png")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.role != "run":
+        {"serve": serve, "device": device, "calibrate-side": calibrate_side}[args.role](args)
+        return
+    if args.quick:
+        args.max_cuts, args.frames = min(args.max_cuts, 6), min(args.frames, 3)
+    result = run_all(args)
+    (Path(args.work) / "result.json").write_text(json.dumps(result, indent=1))
+    plot(result, Path(args.plot))
+    print(json.dumps(result) if args.json else render(result))
+
+
+if __name__ == "__main__":
+    main()
