@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from edgekit.convert.compile import tensor_infos
 from edgekit.errors import BundleError
 from edgekit.offload import frame
 from edgekit.runtime import load
-from edgekit.runtime.split_exec import OffloadError
+from edgekit.runtime.split_exec import OffloadError, Resplit
 from edgekit.runtime.transport import InProcessTransport, dequantize
 
 pytestmark = pytest.mark.slow  # one litert conversion
@@ -53,7 +54,7 @@ def _tail_session_handler(bundle: Path):
         request = frame.decode(raw)
         out = session.run(dequantize(request.tensors[0]))
         return frame.encode(frame.Frame(request.request_id, request.deadline_ms, request.model_id,
-                                        request.model_version, (frame.Tensor("logits", out),)))
+                                        request.model_version, (frame.Tensor("logits", out),), kind="response"))
     return handle
 
 
@@ -104,7 +105,7 @@ def test_remote_answers_equal_the_local_tail_bit_for_bit(split_bundle: dict) -> 
     for x in split_bundle["x"]:
         np.testing.assert_array_equal(remote.run(x[None]), local.run(x[None]))
         assert remote.last_reply.source == "remote"
-    assert remote.stats()["answers"] == {"remote": 8, "fallback": 0, "timeout": 0, "error": 0}
+    assert remote.stats()["answers"] == {"remote": 8, "fallback": 0, "local": 0, "timeout": 0, "error": 0}
 
 
 def test_a_failing_server_is_answered_by_the_local_tail(split_bundle: dict) -> None:
@@ -122,7 +123,7 @@ def test_wrong_shaped_answers_never_reach_the_caller(split_bundle: dict) -> None
     def wrong(raw: bytes) -> bytes:
         request = frame.decode(raw)
         return frame.encode(frame.Frame(request.request_id, 0, "toy", "1",
-                                        (frame.Tensor("logits", np.zeros((1, 7), np.float32)),)))
+                                        (frame.Tensor("logits", np.zeros((1, 7), np.float32)),), kind="response"))
 
     x = split_bundle["x"][:1]
     session = load(split_bundle["bundle"], transport=InProcessTransport(wrong, "toy", "1"))
@@ -144,3 +145,44 @@ def test_malformed_split_plans_and_misplaced_transports_are_refused(split_bundle
                        tmp_path / "bad")
     with pytest.raises(BundleError, match=r"runs \['tail'\] on the device and \['head'\] on the server"):
         load(bad)
+
+
+def test_resplit_reads_the_plans_figures() -> None:
+    split = {"chosen": {"device_seconds": 0.010, "payload_bytes": 512, "server_seconds": 0.001},
+             "all_device": {"device_seconds": 0.020}, "decision_map": [[1e3, 2e5, 9], [2e5, 1e9, 4]]}
+    resplit = Resplit.from_plan({"kind": "split", "split": split})
+    # 0.010 + (512 + 128) * 8 / bps + rtt + 0.001 against 0.020 all on the device
+    assert resplit.offload(1e6, 0.0, frame=1) and not resplit.offload(1e5, 0.0, frame=1)
+    assert not resplit.offload(1e6, 0.005, frame=1)  # 0.0211 with a 5 ms round trip
+    assert resplit.offload(1e5, 0.0, frame=20) and resplit.offload(None, None, frame=1)  # probe; no estimate yet
+    assert resplit.winner(5e4) == 9 and resplit.winner(1e6) == 4 and resplit.winner(10.0) is None
+    assert Resplit.from_plan({"kind": "split"}) is None
+
+
+class _MeteredTransport(InProcessTransport):
+    """An in-process transport that claims a measured uplink, as the MQTT client does."""
+
+    uplink_bps = 1e9
+
+    def link_estimate(self) -> SimpleNamespace:
+        return SimpleNamespace(uplink_bps=self.uplink_bps, rtt_s=0.0)
+
+
+def test_a_slow_link_runs_frames_here_but_keeps_probing(split_bundle: dict, tmp_path: Path) -> None:
+    split = {"chosen": {"device_seconds": 0.010, "payload_bytes": 512, "server_seconds": 0.001},
+             "all_device": {"device_seconds": 0.020}, "decision_map": [[1e3, 1e9, 1]]}
+    plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": "toy",
+            "model_version": "1", "split": split}
+    bundle = write_bundle(split_bundle["source"], Manifest("toy", "rpi4", split_bundle["stages"], plan=plan),
+                          tmp_path / "planned")
+    transport = _MeteredTransport(_tail_session_handler(bundle), "toy", "1")
+    session, local = load(bundle, transport=transport), load(bundle)
+    x = split_bundle["x"][:1]
+    for _ in range(5):
+        np.testing.assert_array_equal(session.run(x), local.run(x))
+    transport.uplink_bps = 1e4  # the link collapses: 0.5 s per message against 20 ms here
+    for _ in range(40):
+        np.testing.assert_array_equal(session.run(x), local.run(x))
+    answers = session.stats()["answers"]
+    assert answers["local"] == 38 and answers["remote"] == 5 + 2  # frames 20 and 40 probe the link
+    assert "all-device is faster" in session.last_reply.detail

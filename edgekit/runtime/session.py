@@ -21,7 +21,7 @@ import numpy as np
 from edgekit.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
 from edgekit.errors import BundleError, EdgekitError
 from edgekit.runtime.backends import BACKENDS, FORMATS, BackendError, ModelTensor, open_backend
-from edgekit.runtime.split_exec import SplitLayout, SplitRunner
+from edgekit.runtime.split_exec import Resplit, SplitLayout, SplitRunner
 from edgekit.runtime.transport import SOURCES, Reply, Transport
 
 LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
@@ -304,7 +304,7 @@ def peak_rss_bytes() -> int | None:
 
 def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_target: str | None = None, *,
          threads: int | None = None, window: int = LATENCY_WINDOW, transport: Transport | None = None,
-         deadline_s: float = 1.0, local_tail: bool = True, part: str | None = None) -> Session:
+         deadline_s: float = 1.0, local_tail: bool = True, part: str | None = None, resplit: bool = True) -> Session:
     """Verify a bundle and open its stages for running.
 
     `backend` overrides the manifest's backend of every stage (it must run the stage's model format:
@@ -315,6 +315,8 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
     A split bundle runs every stage here unless a `transport` is given; then the device stages run here, the
     boundary tensor goes to the server through the transport, and each frame is answered within `deadline_s`
     seconds by the server or, when `local_tail` (the server stages loaded here too), by the local fallback.
+    With `resplit` and a transport that measures the link (`link_estimate()`), frames run all here while
+    the plan's figures say the measured uplink makes offloading slower (see `split_exec.Resplit`).
     `part` "server" (or "device") opens only that side's stages of a split bundle: what a tail server runs.
     """
     if backend is not None and backend not in BACKENDS:
@@ -350,5 +352,5 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         return Session(bundle, runners, window)
     head = [r for r in runners if r.stage.name in layout.device_stages]
     tail = [r for r in runners if r.stage.name in layout.server_stages]
-    split = SplitRunner(head, tail, transport, deadline_s)
+    split = SplitRunner(head, tail, transport, deadline_s, Resplit.from_plan(manifest.plan) if resplit else None)
     return Session(bundle, head + tail, window, split, manifest.stages[-1].outputs[0])

@@ -8,11 +8,13 @@ fallback that answers a frame the server cannot answer before its deadline.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
 from edgekit.errors import BundleError, EdgekitError
 from edgekit.offload.frame import Tensor
 from edgekit.runtime.transport import Reply, Transport
@@ -60,13 +62,58 @@ class SplitLayout:
         return cls(fields["device_stages"], fields["server_stages"], plan["model_id"], plan["model_version"])
 
 
+@dataclass(frozen=True)
+class Resplit:
+    """Offload or run the tail here, by the plan's own cost figures at the link's measured bandwidth and RTT.
+
+    The bundle holds one cut, so the choice is between that cut and everything on the device: offload when
+    head + message + tail (from the plan, with the measured uplink and RTT) beats the plan's all-device time.
+    `winner()` reads the decision map: the cut the planner would deploy at that bandwidth, for a re-compile.
+    Every `probe_every`-th frame is offloaded anyway, so the estimate keeps up with a link that recovers.
+    """
+
+    device_s: float  # the head at the bundle's cut
+    payload_bytes: int
+    server_s: float
+    all_device_s: float
+    decision_map: tuple[tuple[float, float, int], ...]
+    probe_every: int = 20
+
+    @classmethod
+    def from_plan(cls, plan: dict | None) -> Resplit | None:
+        """From a split manifest plan's `split` object; None when it lacks the figures (a hand-made bundle)."""
+        split = (plan or {}).get("split")
+        try:
+            chosen, all_device = split["chosen"], split["all_device"]
+            ranges = tuple((float(lo), float(hi), int(k)) for lo, hi, k in split["decision_map"])
+            return cls(float(chosen["device_seconds"]), int(chosen["payload_bytes"]),
+                       float(chosen["server_seconds"]), float(all_device["device_seconds"]), ranges)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def offload(self, uplink_bps: float | None, rtt_s: float | None, frame: int) -> bool:
+        """Whether frame number `frame` should go to the server at this link estimate (unknown: yes)."""
+        if uplink_bps is None or frame % self.probe_every == 0:
+            return True
+        remote = self.device_s + (self.payload_bytes + PROTOCOL_OVERHEAD_BYTES) * 8 / uplink_bps + \
+            (rtt_s or 0.0) + self.server_s
+        return remote < self.all_device_s
+
+    def winner(self, uplink_bps: float) -> int | None:
+        """Layers on the device of the cut the decision map picks at `uplink_bps` (None outside the map)."""
+        return next((k for lo, hi, k in self.decision_map if lo <= uplink_bps <= hi), None)
+
+
 class SplitRunner:
     """Head here, tail over `transport` (or here, as the fallback); every frame gets one Reply."""
 
-    def __init__(self, head: list[_Runner], tail: list[_Runner], transport: Transport, deadline_s: float) -> None:
+    def __init__(self, head: list[_Runner], tail: list[_Runner], transport: Transport, deadline_s: float,
+                 resplit: Resplit | None = None) -> None:
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {deadline_s}")
         self.head, self.tail, self.transport, self.deadline_s = head, tail, transport, deadline_s
+        self.resplit = resplit if tail else None  # running here needs the tail here
+        self._frames = 0
         boundary = head[-1].output
         self._scale, self._zero_point = boundary.scale or 0.0, boundary.zero_point or 0
         self._name = boundary.name
@@ -83,6 +130,15 @@ class SplitRunner:
             value = runner.run(value, None, value is x)
         raw = self.head[-1].run_raw(value, value is x)
         tensor = Tensor(self._name, raw, self._scale, self._zero_point)
+        self._frames += 1
+        estimate = getattr(self.transport, "link_estimate", lambda: None)()
+        uplink = getattr(estimate, "uplink_bps", None)
+        if self.resplit and not self.resplit.offload(uplink, getattr(estimate, "rtt_s", None), self._frames):
+            start = time.monotonic()
+            output = self._local_tail(tensor)
+            np.copyto(out, output)
+            return Reply(output, "local", time.monotonic() - start,
+                         f"all-device is faster at the measured {uplink / 1e6:.3g} Mbit/s uplink")
         reply = self.transport.request(tensor, self.deadline_s, self._local_tail if self.tail else None)
         output = reply.output
         if output is not None and (output.shape != out.shape or output.dtype != out.dtype):

@@ -2,7 +2,8 @@
 
 A transport takes the head's boundary tensor and a deadline and must answer by the deadline: the tail's
 output from the server ("remote"), the local fallback's output when the server cannot answer in time
-("fallback"), or no output with the reason ("timeout"/"error") when there is no fallback. It never raises
+("fallback"), or no output with the reason ("timeout"/"error") when there is no fallback. ("local" is the
+split executor's own answer when the plan says the measured link is too slow to offload at all.) It never raises
 for a network problem and never hangs; only bad arguments raise.
 """
 
@@ -19,7 +20,7 @@ from edgekit.errors import EdgekitError
 from edgekit.offload import frame
 from edgekit.offload.frame import Tensor
 
-SOURCES = ("remote", "fallback", "timeout", "error")
+SOURCES = ("remote", "fallback", "local", "timeout", "error")  # local: the link is too slow, by the plan
 
 Fallback = Callable[[Tensor], np.ndarray]  # runs the tail locally on the boundary tensor
 
@@ -73,8 +74,13 @@ class InProcessTransport:
                 raw = self.handler(frame.encode(frame.Frame(request_id, deadline_ms, self.model_id,
                                                             self.model_version, (tensor,)), self.codec))
                 answer = frame.decode(raw)
-                if answer.request_id != request_id or len(answer.tensors) != 1:
-                    raise frame.FrameError(f"answer for another request or with {len(answer.tensors)} tensors")
+                if answer.request_id != request_id:
+                    raise frame.FrameError("the answer is for another request")
+                if answer.kind == "error":
+                    raise frame.FrameError(answer.error)
+                if answer.kind != "response" or len(answer.tensors) != 1:
+                    raise frame.FrameError(f"expected a response with one tensor, found a {answer.kind} frame "
+                                           f"with {len(answer.tensors)}")
                 return Reply(dequantize(answer.tensors[0]), "remote", time.monotonic() - start)
             except EdgekitError as exc:
                 detail = f"server failed: {exc}"
