@@ -27,3 +27,7 @@ class ConversionError(EdgekitError):
 
 class BundleError(EdgekitError):
     """A bundle is missing, malformed, unsafe or does not verify against its manifest."""
+
+
+class OffloadError(EdgekitError):
+    """Offloading failed: the broker refused or is unreachable, a payload is too large, or no answer came."""

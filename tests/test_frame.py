@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode
+from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode, peek_request_id
 
 
 def sample_frame() -> Frame:
@@ -35,8 +36,8 @@ def test_int8_frame_is_a_quarter_of_fp32_plus_a_small_header() -> None:
     activation = np.zeros((1, 32, 28, 28), np.int8)
     int8 = encode(Frame(bytes(16), 0, "m", "1", (Tensor("a", activation, 0.05, 0),)))
     fp32 = encode(Frame(bytes(16), 0, "m", "1", (Tensor("a", activation.astype(np.float32)),)))
-    # header 28 + model id 2 + version 2 + count 1; tensor: name 2 + codes 3 + 4 dims 16 + quantization 12; CRC 4
-    assert len(int8) - activation.size == 70
+    # header 29 + model id 2 + version 2 + count 1; tensor: name 2 + codes 3 + 4 dims 16 + quantization 12; CRC 4
+    assert len(int8) - activation.size == 71
     assert len(fp32) / len(int8) > 3.9
 
 
@@ -47,7 +48,8 @@ def resealed(body: bytes) -> bytes:
 @pytest.mark.parametrize("mangle, message", [
     (lambda f: f[:10], "shorter than"),
     (lambda f: b"XYZ" + f[3:], "not an edgekit frame"),
-    (lambda f: resealed(f[:3] + b"\x02" + f[4:-4]), "frame version 2 is not supported"),
+    (lambda f: resealed(f[:3] + b"\x01" + f[4:-4]), "frame version 1 is not supported"),
+    (lambda f: resealed(f[:4] + b"\x07" + f[5:-4]), "frame kind 7 is unknown"),
     (lambda f: f[:-5] + bytes([f[-5] ^ 1]) + f[-4:], "CRC mismatch"),
     (lambda f: resealed(f[:-4] + b"junk"), "unexpected bytes after the last tensor"),
     (lambda f: resealed(f[:-40]), "truncated"),
@@ -74,6 +76,19 @@ def test_a_zlib_bomb_is_refused() -> None:
     body = data[:length_at] + struct.pack("<I", len(bomb)) + bomb
     with pytest.raises(FrameError, match="does not inflate to 16 bytes"):
         decode(resealed(body))
+
+
+def test_error_answers_carry_their_reason_and_no_tensors() -> None:
+    answer = Frame(bytes(range(16)), 5, "m", "1", (), kind="error", error="deadline passed 12 ms ago")
+    data = encode(answer)
+    assert decode(data) == answer and peek_request_id(data) == bytes(range(16))
+    assert decode(encode(Frame(bytes(16), 5, "m", "1", (), kind="error", error="é" * 200))).error == "é" * 127
+    assert decode(encode(replace(sample_frame(), kind="response"))).kind == "response"
+    assert peek_request_id(b"EKF\x01" + bytes(30)) is None and peek_request_id(b"junk") is None
+    with pytest.raises(FrameError, match="an error frame has error text and no tensors"):
+        encode(Frame(bytes(16), 0, "m", "1", (), kind="error"))
+    with pytest.raises(FrameError, match="frame kind must be one of request, response, error, found 'reply'"):
+        encode(Frame(bytes(16), 0, "m", "1", (), kind="reply"))
 
 
 def test_encoder_refuses_what_the_frame_cannot_hold() -> None:

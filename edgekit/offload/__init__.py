@@ -1,1 +1,5 @@
-"""Offloading boundary tensors to an edge server: the binary frame (the MQTT client and server come later)."""
+"""Offloading a split model's tail to an edge server over MQTT (docs/protocol.md).
+
+`frame` the bytes, `protocol` topic names and limits, `client.OffloadClient` the device's Transport,
+`handler.TailHandler` and `server` the edge server, `broker` and `security` a Mosquitto of one's own.
+"""

@@ -15,13 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
-from edgekit.errors import BundleError, EdgekitError
+from edgekit.errors import BundleError, OffloadError
 from edgekit.offload.frame import Tensor
 from edgekit.runtime.transport import Reply, Transport
-
-
-class OffloadError(EdgekitError):
-    """A split frame got no output: the server did not answer in time and there is no local tail to fall back on."""
 
 
 class _Runner(Protocol):

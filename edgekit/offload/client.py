@@ -1,0 +1,257 @@
+"""The device side of offloading: `OffloadClient`, an MQTT Transport with deadlines and a local fallback.
+
+`request()` publishes the boundary tensor as a frame (QoS 1) and waits for the answer with the same request
+id until the deadline minus `fallback_reserve_s`, leaving the fallback time to finish by the deadline. When the
+broker is known to be down it falls back at once instead of waiting. Answers are matched by request id only:
+one that arrives late, twice, or for another request is counted and dropped, never delivered. paho's network
+thread reconnects with exponential backoff; at most `max_in_flight` requests wait at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from edgekit.offload.connection import BrokerConfig, packed_properties
+from edgekit.offload.frame import CODECS, Frame, FrameError, Tensor, decode, encode
+from edgekit.offload.link import LinkEstimate, LinkMeter
+from edgekit.offload.protocol import CONTENT_TYPE, OffloadError, Topics, check_publish_size, publish_properties
+from edgekit.runtime.transport import Fallback, Reply, dequantize
+
+log = logging.getLogger(__name__)
+
+
+class _Waiter:
+    """One request in flight: set once, by its answer or by the link going down."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: Frame | None = None
+        self.link_down = False
+
+
+class OffloadClient:
+    """Send boundary tensors to the tail workers serving `model_id`; implements the runtime's Transport."""
+
+    def __init__(self, broker: str | BrokerConfig, model_id: str, device_id: str | None = None, *,
+                 model_version: str = "", prefix: str = "edgekit", codec: str = "raw",
+                 fallback_reserve_s: float = 0.02, max_in_flight: int = 16, max_packet_bytes: int | None = None,
+                 connect_timeout_s: float = 5.0, reconnect_s: tuple[float, float] = (0.1, 5.0)) -> None:
+        """Connect in the background; waits up to `connect_timeout_s` for the first connection.
+
+        `device_id` defaults to the broker username (what an ACL with %u expects), else a random name.
+        `max_packet_bytes` caps frames on brokers that do not announce a limit (EMQX: 1 MB by default).
+        A broker that refuses the login is an OffloadError; one that cannot be reached is retried quietly
+        and requests fall back meanwhile.
+        """
+        self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
+        self.topics = Topics(prefix)
+        self.model_id, self.model_version, self.codec = model_id, model_version, codec
+        self.device_id = device_id or self.config.username or f"dev-{uuid.uuid4().hex[:12]}"
+        self.request_topic = self.topics.request(model_id, self.device_id)
+        self.response_topic = self.topics.response(self.device_id)
+        if fallback_reserve_s < 0 or max_in_flight < 1 or codec not in CODECS.values():
+            raise OffloadError(f"fallback_reserve_s must be >= 0, max_in_flight >= 1 and codec one of "
+                               f"{', '.join(CODECS.values())}; found {fallback_reserve_s}, {max_in_flight}, {codec!r}")
+        self.fallback_reserve_s = fallback_reserve_s
+        self._configured_max, self._broker_max = max_packet_bytes, None
+        self._window = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()  # guards the dicts below; never held while calling paho
+        self._pending: dict[bytes, _Waiter] = {}
+        self._answered: deque[bytes] = deque(maxlen=4096)  # recent ids, to tell a duplicate answer
+        self._gave_up: deque[bytes] = deque(maxlen=4096)  # ids given up on, to tell a late answer from a stray
+        self._sent: dict[int, tuple[float, int, int]] = {}  # publish mid -> (time, bytes, meter.delivered)
+        self._acks: dict[int, float] = {}  # PUBACKs that overtook their _sent entry
+        self.meter = LinkMeter()
+        self.counts = {"sent": 0, "remote": 0, "fallback": 0, "timeout": 0, "error": 0, "late": 0, "duplicate": 0,
+                       "unknown": 0, "bad_answer": 0, "reconnects": 0}
+        self._ready = threading.Event()  # connected and subscribed to the answer topic
+        self._outcome = threading.Event()  # the first connection attempt finished, either way
+        self._refused: str | None = None
+        self._closed = False
+        self._mqtt = self.config.client(f"{self.device_id}-{uuid.uuid4().hex[:6]}", reconnect_s)
+        self._mqtt.on_connect, self._mqtt.on_disconnect = self._on_connect, self._on_disconnect
+        self._mqtt.on_subscribe, self._mqtt.on_message = self._on_subscribe, self._on_message
+        self._mqtt.on_publish = self._on_publish
+        self.config.connect_async(self._mqtt)
+        self._outcome.wait(connect_timeout_s)
+        if self._refused is not None:
+            self.close()
+            raise OffloadError(f"broker {self.config.url} refused device '{self.device_id}': {self._refused}")
+        if not self._ready.is_set():
+            log.warning("broker %s not reachable yet; requests fall back until it is", self.config.url)
+
+    # paho callbacks (its network thread)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            self._outcome.set()
+            return
+        self._refused = None
+        self._broker_max = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        client.subscribe(self.response_topic, qos=1)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list, properties: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            self._refused = f"may not subscribe to {self.response_topic} ({reasons[0]})"
+        else:
+            if self._outcome.is_set():  # not the first connection
+                self.counts["reconnects"] += 1
+            self._ready.set()
+        self._outcome.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._ready.clear()
+        with self._lock:
+            waiters = list(self._pending.values())
+            self._sent.clear()
+            self._acks.clear()
+        for waiter in waiters:  # waiting any longer is pointless: fall back now
+            waiter.link_down = True
+            waiter.done.set()
+        if not self._closed:
+            log.warning("lost broker %s (%s); reconnecting", self.config.url, reason)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            sent = self._sent.pop(mid, None)
+            if sent is None:
+                self._acks[mid] = now
+        if sent is not None:
+            self.meter.acked(sent[1], now - sent[0], sent[2])
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            answer = decode(message.payload)
+        except FrameError as exc:
+            self.counts["bad_answer"] += 1
+            log.warning("dropped an unreadable answer on %s: %s", message.topic, exc)
+            return
+        with self._lock:
+            waiter = self._pending.pop(answer.request_id, None)
+            if waiter is None:
+                key = "duplicate" if answer.request_id in self._answered else \
+                    "late" if answer.request_id in self._gave_up else "unknown"
+                self.counts[key] += 1
+                return
+            self._answered.append(answer.request_id)
+        waiter.answer = answer
+        waiter.done.set()
+
+    # the Transport
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and subscribed to the answer topic."""
+        return self._ready.is_set()
+
+    @property
+    def max_packet_bytes(self) -> int | None:
+        """The largest MQTT packet the broker takes (its CONNACK limit or the configured one), None if unknown."""
+        known = [m for m in (self._broker_max, self._configured_max) if m is not None]
+        return min(known) if known else None
+
+    def link_estimate(self) -> LinkEstimate:
+        """Measured base RTT and uplink bandwidth (feed `uplink_bps` to the split plan's decision map)."""
+        return self.meter.estimate(self.connected)
+
+    def request(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
+        """The tail's output for `tensor` within `deadline_s`, or the fallback's, or a Reply saying why not.
+
+        Raises only for bad arguments: a non-positive deadline, or a frame larger than the broker accepts
+        (PayloadTooLargeError), which no retry can fix.
+        """
+        start = time.monotonic()
+        if not deadline_s > 0:
+            raise OffloadError(f"deadline_s must be a positive number of seconds, found {deadline_s}")
+        give_up = start + deadline_s - (self.fallback_reserve_s if fallback is not None else 0.0)
+        if self._closed:
+            return self._fall_back(tensor, fallback, start, "error", "client closed")
+        if not self._ready.is_set():
+            return self._fall_back(tensor, fallback, start, "error", f"broker {self.config.url} unreachable")
+        if not self._window.acquire(timeout=max(0.0, give_up - time.monotonic())):
+            return self._fall_back(tensor, fallback, start, "timeout", "in-flight window full until the deadline")
+        try:
+            return self._round_trip(tensor, deadline_s, fallback, start, give_up)
+        finally:
+            self._window.release()
+
+    def _round_trip(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None, start: float,
+                    give_up: float) -> Reply:
+        request_id = uuid.uuid4().bytes
+        deadline_ms = int(time.time() * 1000 + deadline_s * 1000)
+        data = encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (tensor,)), self.codec)
+        check_publish_size(len(data), self.request_topic, self.response_topic, self.max_packet_bytes)
+        waiter = _Waiter()
+        with self._lock:
+            self._pending[request_id] = waiter
+        sent_at, delivered = time.monotonic(), self.meter.delivered
+        info = self._mqtt.publish(self.request_topic, data, qos=1, properties=self._properties(request_id, deadline_s))
+        self.counts["sent"] += 1
+        with self._lock:
+            acked_at = self._acks.pop(info.mid, None)
+            if acked_at is None:
+                self._sent[info.mid] = (sent_at, len(data), delivered)
+        if acked_at is not None:
+            self.meter.acked(len(data), acked_at - sent_at, delivered)
+        if info.rc == 0:
+            waiter.done.wait(max(0.0, give_up - time.monotonic()))
+        with self._lock:
+            if self._pending.pop(request_id, None) is not None:
+                self._gave_up.append(request_id)
+        answer = waiter.answer
+        if answer is None:
+            if info.rc != 0:
+                return self._fall_back(tensor, fallback, start, "error", f"publish failed (paho error {info.rc})")
+            if waiter.link_down:
+                return self._fall_back(tensor, fallback, start, "error", "link to the broker went down")
+            return self._fall_back(tensor, fallback, start, "timeout",
+                                   f"no answer within {(give_up - start) * 1000:.0f} ms")
+        if answer.kind == "error":
+            return self._fall_back(tensor, fallback, start, "error", f"server: {answer.error}")
+        if answer.kind != "response" or len(answer.tensors) != 1:
+            return self._fall_back(tensor, fallback, start, "error",
+                                   f"server sent a {answer.kind} frame with {len(answer.tensors)} tensors")
+        latency = time.monotonic() - start
+        self.meter.answered(latency)
+        self.counts["remote"] += 1
+        return Reply(dequantize(answer.tensors[0]), "remote", latency)
+
+    def _properties(self, request_id: bytes, deadline_s: float) -> Any:
+        """MQTT v5 request properties (None on 3.1.1, where the frame and topic carry everything)."""
+        if self.config.protocol != 5:
+            return None
+        return packed_properties(publish_properties(request_id, self.response_topic, max(1, math.ceil(deadline_s)),
+                                                    CONTENT_TYPE))
+
+    def _fall_back(self, tensor: Tensor, fallback: Fallback | None, start: float, source: str, detail: str) -> Reply:
+        if fallback is None:
+            self.counts[source] += 1
+            return Reply(None, source, time.monotonic() - start, detail)
+        output = np.asarray(fallback(tensor), np.float32)
+        self.counts["fallback"] += 1
+        return Reply(output, "fallback", time.monotonic() - start, detail)
+
+    def close(self) -> None:
+        """Disconnect; waiting requests fall back now and later ones at once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mqtt.disconnect()
+        self._mqtt.loop_stop()
+        self._on_disconnect(self._mqtt, None, None, None, None)
+
+    def __enter__(self) -> OffloadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

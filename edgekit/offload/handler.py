@@ -1,0 +1,114 @@
+"""The tail server's job for one request, as a pure function of bytes: frame in, answer frame out.
+
+Decode strictly, refuse what is not for this model, drop work whose deadline has passed, feed the tensor to
+the tail Session (as is when it already has the model's integer dtype and quantization, else dequantized to
+float32 for the session to quantize), and answer with the output: float32, or, when the tail's output is
+quantized, its integers with their scale and zero point (a quarter of the bytes; dequantizing them gives the
+session's float output bit for bit). Anything wrong becomes an error answer naming the problem; no input
+makes it raise. Testable without a broker; the MQTT server wraps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode, peek_request_id
+from edgekit.runtime.session import Session
+from edgekit.runtime.transport import dequantize
+
+log = logging.getLogger(__name__)
+STATUSES = ("ok", "error", "expired")
+
+
+class TailHandler:
+    """Answers request frames with a loaded tail Session; `handle()` gives (status, answer bytes)."""
+
+    def __init__(self, session: Session, model_id: str | None = None, model_version: str = "",
+                 clock: Callable[[], float] = time.time, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> None:
+        """`model_id` defaults to the bundle's model name; `clock` gives unix seconds (for deadlines)."""
+        self.session, self.clock, self.max_tensor_bytes = session, clock, max_tensor_bytes
+        self.model_id = model_id or session.manifest.model
+        self.model_version = model_version
+        info, out = session.input, session.output
+        self._raw_dtype = np.dtype(info.dtype) if info.scale is not None else None
+        self._raw_quant = (info.scale, info.zero_point)
+        self._out_dtype = np.dtype(out.dtype) if out.scale is not None else None
+
+    def handle(self, payload: bytes, correlation: bytes | None = None) -> tuple[str, bytes]:
+        """The status ('ok', 'error' or 'expired': drop it, the device has moved on) and the answer frame.
+
+        `correlation` (MQTT v5 CorrelationData) addresses the error answer to a frame too broken to read.
+        """
+        request_id = correlation if correlation is not None and len(correlation) == 16 else None
+        try:
+            request = decode(payload, self.max_tensor_bytes)
+        except FrameError as exc:
+            return "error", self._error(request_id or peek_request_id(payload) or bytes(16), 0, str(exc))
+        if request.kind != "request":
+            return "error", self._error(request.request_id, request.deadline_ms, f"expected a request frame, "
+                                                                                 f"found a {request.kind} frame")
+        late_ms = self.clock() * 1000 - request.deadline_ms
+        if late_ms > 0:
+            return "expired", self._error(request.request_id, request.deadline_ms,
+                                          f"deadline passed {late_ms:.0f} ms before the tail could start")
+        problem = self._refusal(request)
+        if problem:
+            return "error", self._error(request.request_id, request.deadline_ms, problem)
+        try:
+            output = self.session.run(self._input(request.tensors[0]))
+        except EdgekitError as exc:
+            return "error", self._error(request.request_id, request.deadline_ms, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a backend failure must not stop the server
+            log.exception("tail failed on request %s", request.request_id.hex())
+            return "error", self._error(request.request_id, request.deadline_ms,
+                                        f"tail failed: {type(exc).__name__}: {exc}")
+        answer = Frame(request.request_id, request.deadline_ms, self.model_id, self.model_version,
+                       (self._output(output),), kind="response")
+        return "ok", encode(answer)
+
+    def __call__(self, payload: bytes) -> bytes:
+        """`handle(payload)`'s answer frame: the `bytes -> bytes` handler an in-process transport takes."""
+        return self.handle(payload)[1]
+
+    def _refusal(self, request: Frame) -> str:
+        if request.model_id != self.model_id:
+            return f"this server runs model '{self.model_id}', the request is for '{request.model_id}'"
+        if request.model_version and self.model_version and request.model_version != self.model_version:
+            return f"this server runs version '{self.model_version}', the request is for '{request.model_version}'"
+        if len(request.tensors) != 1:
+            return f"the tail takes 1 tensor, the request has {len(request.tensors)}"
+        return ""
+
+    def _input(self, tensor: Tensor) -> np.ndarray:
+        """The tensor as the session takes it: raw when dtype and quantization match exactly, else float32."""
+        array = tensor.array
+        if array.dtype.kind == "f":
+            return array.astype(np.float32, copy=False)
+        scale, zero_point = self._raw_quant
+        if array.dtype == self._raw_dtype and tensor.zero_point == zero_point and \
+                math.isclose(tensor.scale, scale, rel_tol=1e-6):
+            return array
+        if not tensor.scale:
+            raise FrameError(f"tensor '{tensor.name}' is {array.dtype} without a scale; integer tensors need "
+                             "their quantization to be dequantized")
+        return dequantize(tensor)
+
+    def _output(self, output: np.ndarray) -> Tensor:
+        """The session's float output, back in the tail's integers when its output is quantized (exact: the
+        session made the floats from those integers)."""
+        info = self.session.output
+        if self._out_dtype is None:
+            return Tensor(info.name, output)
+        limits = np.iinfo(self._out_dtype)
+        q = np.clip(np.rint(output / np.float32(info.scale)) + info.zero_point, limits.min, limits.max)
+        return Tensor(info.name, q.astype(self._out_dtype), info.scale, info.zero_point)
+
+    def _error(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
+        return encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (), kind="error",
+                            error=text))

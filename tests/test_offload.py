@@ -1,0 +1,417 @@
+"""Offload over MQTT on real Mosquitto brokers: exact round trips, deadlines and fallback, broker and server
+faults, duplicate suppression, hostile frames, shared-subscription workers and the `serve` command."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.offload.broker import Broker, BrokerError, find_mosquitto
+from edgekit.offload.client import OffloadClient
+from edgekit.offload.connection import BrokerConfig
+from edgekit.offload.frame import Frame, Tensor, decode, encode
+from edgekit.offload.handler import TailHandler
+from edgekit.offload.link import LinkEstimate, LinkMeter
+from edgekit.offload.protocol import OffloadError, PayloadTooLargeError, Topics, publish_properties
+from edgekit.offload.server import OffloadServer, serve
+from edgekit.runtime import load
+from edgekit.runtime.session import Session
+from edgekit.runtime.transport import InProcessTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from bench_offload import SCALE, SHAPE, ZERO_POINT, activation, tiny_tail_bundle  # noqa: E402
+
+try:
+    find_mosquitto()
+except BrokerError as exc:
+    pytestmark = pytest.mark.skip(reason=str(exc))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_tail_bundle(tmp_path_factory.mktemp("offload"))
+
+
+@pytest.fixture(scope="module")
+def session(bundle: Path) -> Session:
+    return load(bundle)
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    with Broker() as running:
+        yield running
+
+
+def local_tail(session: Session) -> Callable[[Tensor], np.ndarray]:
+    return lambda tensor: session.run(tensor.array) * 0 - 1  # recognisable: all -1
+
+
+def request_frame(tensor: Tensor, deadline_s: float = 5.0, model_id: str = "tiny_tail",
+                  request_id: bytes = b"") -> bytes:
+    return encode(Frame(request_id or os.urandom(16), int(time.time() * 1000 + deadline_s * 1000), model_id, "",
+                        (tensor,)))
+
+
+# protocol
+
+
+def test_topics_follow_the_documented_layout() -> None:
+    topics = Topics("fleet/a")
+    assert topics.request("mbv2", "cam-7") == "fleet/a/req/mbv2/cam-7"
+    assert topics.response("cam-7") == "fleet/a/res/cam-7"
+    assert topics.shared_requests("mbv2", "tail") == "$share/tail/fleet/a/req/mbv2/+"
+    assert topics.device_of("fleet/a/req/mbv2/cam-7") == "cam-7"
+    for bad in ("fleet/a/res/cam-7", "fleet/a/req/cam-7", "other/req/m/d"):
+        with pytest.raises(OffloadError, match="request topic must be fleet/a/req/MODEL/DEVICE"):
+            topics.device_of(bad)
+    for bad in ("a+b", "#", "", "x/y", "$SYS"):
+        with pytest.raises(OffloadError, match="device id must be a non-empty topic level"):
+            topics.response(bad)
+
+
+def test_broker_urls() -> None:
+    config = BrokerConfig.parse("mqtts://cam-7@edge.local", ca_certs="ca.crt", password="s3cret")
+    assert (config.host, config.port, config.tls, config.username, config.ca_certs) == \
+        ("edge.local", 8883, True, "cam-7", "ca.crt")
+    assert config.url == "mqtts://cam-7@edge.local:8883" and "s3cret" not in repr(config)
+    assert BrokerConfig.parse("mqtt://10.0.0.2").port == 1883
+    for bad in ("http://x", "mqtt://u:p@x", "mqtt://x/path", "mqtt://x:99999"):
+        with pytest.raises(OffloadError, match="broker URL"):
+            BrokerConfig.parse(bad)
+
+
+def test_v5_properties_are_what_paho_reads() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.unpack(publish_properties(bytes(range(16)), "edgekit/res/d", 3, "application/x-edgekit-frame; v=2"))
+    assert (props.CorrelationData, props.ResponseTopic, props.MessageExpiryInterval, props.ContentType) == \
+        (bytes(range(16)), "edgekit/res/d", 3, "application/x-edgekit-frame; v=2")
+
+
+def test_link_meter_sees_rtt_and_bandwidth_even_behind_a_backlog() -> None:
+    meter = LinkMeter(min_bytes=1000)
+    meter.acked(100, 0.010, meter.delivered)  # a small frame: the base RTT
+    meter.acked(10_000, 0.090, meter.delivered)  # 80,000 bits in 90 - 10 ms: 1 Mbit/s
+    assert meter.estimate(True) == LinkEstimate(True, 0.010, 1e6, None, 2)
+    first = second = meter.delivered  # two frames sent back to back: the second waits for the first
+    meter.acked(10_000, 0.090, first)
+    meter.acked(10_000, 0.170, second)  # 160,000 bits delivered in 160 ms: still 1 Mbit/s, not half
+    assert meter.estimate(True).uplink_bps == pytest.approx(1e6)
+
+
+# the handler, without a broker
+
+
+def test_handler_gives_exactly_what_the_local_tail_gives(session: Session) -> None:
+    handler = TailHandler(session)
+    tensor = activation(3)
+    expected = session.run(tensor.array)
+    status, answer = handler.handle(request_frame(tensor))
+    assert status == "ok" and decode(answer).kind == "response"
+    assert np.array_equal(decode(answer).tensors[0].array, expected)  # int8 with the model's quantization: as is
+    floats = (tensor.array.astype(np.float32) - ZERO_POINT) * SCALE
+    assert np.array_equal(decode(handler(request_frame(Tensor("x", floats)))).tensors[0].array, expected)
+    requantized = Tensor("x", (tensor.array // 2).astype(np.int8), SCALE * 2, ZERO_POINT // 2)  # dequantized first
+    assert decode(handler(request_frame(requantized))).kind == "response"
+
+
+def test_a_quantized_tail_output_travels_as_int8_and_arrives_exact(tmp_path: Path) -> None:
+    session = load(tiny_tail_bundle(tmp_path, int8_output=True))
+    handler = TailHandler(session)
+    for seed in range(20):
+        tensor = activation(seed)
+        got = InProcessTransport(handler, "tiny_tail", "").request(tensor, 1.0)
+        assert got.source == "remote" and np.array_equal(got.output, session.run(tensor.array))
+    answer = decode(handler(request_frame(activation(0)))).tensors[0]
+    assert answer.array.dtype == np.int8 and (answer.scale, answer.zero_point) == (pytest.approx(0.1), 2)
+
+
+@pytest.mark.parametrize("frame, status, message", [
+    (lambda: request_frame(activation(0), -1.0), "expired", "deadline passed"),
+    (lambda: request_frame(activation(0), model_id="resnet"), "error", "runs model 'tiny_tail', the request is "
+                                                                       "for 'resnet'"),
+    (lambda: request_frame(Tensor("x", np.zeros((1, 3), np.float32))), "error", r"input 'x' takes int8 \(1, 8, 4, 4\)"),
+    (lambda: request_frame(Tensor("x", np.zeros(SHAPE, np.int8))), "error", "int8 without a scale"),
+    (lambda: b"EKF\x02\x00" + bytes(range(16)) + bytes(20), "error", "CRC mismatch"),
+    (lambda: b"hello", "error", "shorter than"),
+])
+def test_handler_answers_bad_requests_with_the_reason(session: Session, frame: Callable[[], bytes], status: str,
+                                                      message: str) -> None:
+    got, answer = TailHandler(session).handle(frame())
+    assert got == status
+    assert decode(answer).kind == "error"
+    assert re.search(message, decode(answer).error)
+    if message == "CRC mismatch":  # addressed to the id where a frame keeps it, readable or not
+        assert decode(answer).request_id == bytes(range(16))
+
+
+def test_an_unreadable_frame_is_answered_to_its_correlation_data(session: Session) -> None:
+    status, answer = TailHandler(session).handle(b"garbage", correlation=bytes(range(16)))
+    assert status == "error" and decode(answer).request_id == bytes(range(16))
+
+
+# through a broker
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+def test_round_trip_through_a_broker_is_bit_exact(broker: Broker, bundle: Path, session: Session,
+                                                  protocol: int) -> None:
+    config = broker.client_config(protocol=protocol)
+    with OffloadServer(bundle, config), OffloadClient(config, "tiny_tail", "cam-1") as client:
+        for seed in range(20):
+            tensor = activation(seed)
+            reply = client.request(tensor, 2.0)
+            assert reply.source == "remote", reply.detail
+            assert reply.output.dtype == np.float32 and np.array_equal(reply.output, session.run(tensor.array))
+        estimate = client.link_estimate()
+        assert estimate.connected and estimate.samples == 20 and 0 < estimate.rtt_s < 1
+        assert client.counts["remote"] == 20 and client.counts["sent"] == 20
+
+
+def test_no_server_means_fallback_by_the_deadline(broker: Broker, session: Session) -> None:
+    with OffloadClient(broker.url, "tiny_tail", "cam-1", fallback_reserve_s=0.05) as client:
+        reply = client.request(activation(0), 0.3, local_tail(session))
+        assert reply.source == "fallback" and (reply.output == -1).all()
+        assert 0.2 < reply.latency_s <= 0.3 and "no answer within 250 ms" in reply.detail
+        reply = client.request(activation(0), 0.2)
+        assert (reply.source, reply.output) == ("timeout", None) and 0.19 < reply.latency_s < 0.25
+
+
+def test_broker_killed_then_restarted(broker: Broker, bundle: Path, session: Session) -> None:
+    with OffloadServer(bundle, broker.url), \
+            OffloadClient(broker.url, "tiny_tail", "cam-1", reconnect_s=(0.05, 0.2)) as client:
+        assert client.request(activation(0), 1.0).source == "remote"
+        broker.kill()
+        deadline = time.monotonic() + 2
+        while client.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reply = client.request(activation(0), 1.0, local_tail(session))
+        assert reply.source == "fallback" and reply.latency_s < 0.05  # known down: no waiting for the deadline
+        assert "unreachable" in reply.detail
+        broker.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and \
+                client.request(activation(0), 0.5, local_tail(session)).source != "remote":
+            time.sleep(0.05)
+        reply = client.request(activation(1), 1.0, local_tail(session))
+        assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(1).array))
+        assert client.counts["reconnects"] >= 1
+
+
+def test_server_killed_mid_request_then_restarted(broker: Broker, bundle: Path, session: Session) -> None:
+    def start_server() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--broker", broker.url],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                return proc
+        raise AssertionError(f"server did not start: {proc.wait()}")
+
+    server = start_server()
+    try:
+        with OffloadClient(broker.url, "tiny_tail", "cam-1") as client:
+            assert client.request(activation(0), 2.0).source == "remote"
+            for child in _children(server.pid):
+                os.kill(child, signal.SIGSTOP)  # the worker holds the request and never answers...
+            threading.Timer(0.1, lambda: [os.kill(c, signal.SIGKILL) for c in _children(server.pid)]).start()
+            reply = client.request(activation(0), 0.5, local_tail(session))  # ...and is killed meanwhile
+            assert reply.source == "fallback" and reply.latency_s <= 0.5 and (reply.output == -1).all()
+            server.kill()
+            server.wait()
+            server = start_server()
+            reply = client.request(activation(2), 2.0, local_tail(session))
+            assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(2).array))
+    finally:
+        server.terminate()  # a graceful stop: the workers go with it
+        server.wait(30)
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def test_duplicate_late_and_stray_answers_are_never_delivered(broker: Broker) -> None:
+    """A rogue tail answers every request twice, a wrong output first for ids it saw before, plus noise."""
+    config = broker.client_config()
+    seen: list[bytes] = []
+    rogue = config.client("rogue")
+
+    def answer(client, userdata, message) -> None:
+        request = decode(message.payload)
+        value = float(len(seen))
+        seen.append(request.request_id)
+        reply = Frame(request.request_id, 0, "tiny_tail", "", (Tensor("y", np.full((1, 10), value, np.float32)),),
+                      kind="response")
+        if value == 0:  # the first request gets no answer in time: its answer comes late, with the second's
+            return
+        stale = Frame(seen[0], 0, "tiny_tail", "", (Tensor("y", np.full((1, 10), -5, np.float32)),), kind="response")
+        stray = Frame(os.urandom(16), 0, "tiny_tail", "", (Tensor("y", np.full((1, 10), -7, np.float32)),),
+                      kind="response")
+        for frame in (stale, reply, reply, stray):
+            client.publish("edgekit/res/cam-1", encode(frame), qos=1)
+        client.publish("edgekit/res/cam-1", b"not a frame", qos=1)
+
+    rogue.on_message = answer
+    rogue.connect(config.host, config.port)
+    rogue.subscribe("edgekit/req/tiny_tail/+", qos=1)
+    rogue.loop_start()
+    try:
+        time.sleep(0.2)
+        with OffloadClient(config, "tiny_tail", "cam-1") as client:
+            assert client.request(activation(0), 0.2).source == "timeout"
+            outputs = [client.request(activation(0), 1.0) for _ in range(3)]
+            assert [r.source for r in outputs] == ["remote"] * 3
+            assert [float(r.output[0, 0]) for r in outputs] == [1.0, 2.0, 3.0]  # each its own answer, once
+            time.sleep(0.2)
+            assert (client.counts["late"], client.counts["duplicate"], client.counts["unknown"],
+                    client.counts["bad_answer"]) == (3, 3, 3, 3)
+    finally:
+        rogue.disconnect()
+        rogue.loop_stop()
+
+
+def test_oversized_frames_are_refused_before_the_broker_drops_us(bundle: Path) -> None:
+    with Broker(max_packet_size=2000) as broker, OffloadServer(bundle, broker.url), \
+            OffloadClient(broker.url, "tiny_tail", "cam-1") as client:
+        assert client.max_packet_bytes == 2000
+        with pytest.raises(PayloadTooLargeError, match=r"a frame of 4,1\d\d bytes makes a 4,\d+-byte MQTT packet; the "
+                                                       r"broker accepts at most 2,000"):
+            client.request(activation(0, (1, 4096)), 1.0)
+        assert client.connected and client.request(activation(0), 1.0).source == "remote"
+
+
+def test_the_in_flight_window_is_bounded(broker: Broker, session: Session) -> None:
+    with OffloadClient(broker.url, "tiny_tail", "cam-1", max_in_flight=1, fallback_reserve_s=0.0) as client:
+        first = threading.Thread(target=client.request, args=(activation(0), 0.5))
+        first.start()
+        time.sleep(0.05)
+        reply = client.request(activation(1), 0.1, local_tail(session))
+        first.join()
+        assert reply.source == "fallback" and "in-flight window full" in reply.detail
+
+
+def mutated(valid: bytes, rng: random.Random) -> bytes:
+    """A valid frame with flipped bits, cut short, spliced with noise, or re-sealed with a correct CRC."""
+    data = bytearray(valid)
+    kind = rng.randrange(5)
+    if kind == 0:
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:
+        data[rng.randrange(len(data)):rng.randrange(len(data))] = rng.randbytes(rng.randint(1, 64))
+    elif kind == 3:
+        body = bytearray(valid[:-4])
+        body[rng.randrange(len(body))] = rng.randrange(256)
+        data = body + struct.pack("<I", zlib.crc32(bytes(body)))
+    else:
+        data = bytearray(rng.randbytes(rng.randint(0, 300)))
+    return bytes(data)
+
+
+def test_hostile_frames_get_one_answer_each_and_the_server_keeps_serving(broker: Broker, bundle: Path,
+                                                                         session: Session) -> None:
+    """2,000 mutated and random frames: each answered once (error, or a result for the few that stay valid)
+    or dropped as expired, nothing crashes, and a valid request afterwards gets the right answer."""
+    rng = random.Random(0)
+    frames = [mutated(request_frame(activation(i % 7), 30.0, request_id=i.to_bytes(16, "big")), rng)
+              for i in range(2000)]
+    config = broker.client_config(protocol=4)  # no correlation data: only what the frames say
+    answers: list[bytes] = []
+    attacker = config.client("attacker")
+    attacker.on_message = lambda client, userdata, message: answers.append(message.payload)
+    attacker.connect(config.host, config.port)
+    attacker.subscribe("edgekit/res/attacker", qos=1)
+    attacker.loop_start()
+    with OffloadServer(bundle, config) as server:
+        time.sleep(0.2)
+        for i, data in enumerate(frames):
+            attacker.publish("edgekit/req/tiny_tail/attacker", data, qos=1)
+            while i - server.metrics.snapshot()["requests"] > 500:  # stay under Mosquitto's queue of 1,000
+                time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            metrics = server.metrics.snapshot()
+            if metrics["requests"] == len(frames) and len(answers) >= metrics["ok"] + metrics["error"]:
+                break
+            time.sleep(0.05)
+        time.sleep(0.1)  # nothing more may come
+        assert metrics["requests"] == len(frames) and metrics["dropped"] == 0, metrics
+        assert len(answers) == metrics["ok"] + metrics["error"]  # every frame not expired got exactly one answer
+        kinds = [decode(a).kind for a in answers]
+        assert kinds.count("response") == metrics["ok"] and kinds.count("error") == metrics["error"] > 1500
+        with OffloadClient(broker.url, "tiny_tail", "cam-1") as client:
+            reply = client.request(activation(5), 2.0)
+            assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(5).array))
+    attacker.disconnect()
+    attacker.loop_stop()
+
+
+def test_two_workers_share_one_subscription(broker: Broker, bundle: Path) -> None:
+    stop, lines = threading.Event(), []
+    runner = threading.Thread(target=lambda: lines.append(serve(bundle, broker.url, workers=2, stop=stop,
+                                                                announce=lines.append)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in lines and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ready" in lines, lines
+        clients = [OffloadClient(broker.url, "tiny_tail", f"cam-{i}") for i in range(4)]
+        replies = [c.request(activation(i), 2.0) for i in range(50) for c in clients]
+        assert all(r.source == "remote" for r in replies)
+        for c in clients:
+            c.close()
+    finally:
+        stop.set()
+        runner.join(30)
+    metrics = lines[-1]
+    assert metrics["workers"] == 2 and metrics["requests"] == metrics["ok"] == 200
+    assert min(metrics["per_worker_requests"]) > 20  # the broker spread the work
+
+
+def test_serve_without_a_broker_starts_one_and_shuts_down_cleanly(bundle: Path, session: Session) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(bundle), "--listen", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.strip() == "ready":
+                break
+        url = lines[0].split()[2]
+        assert lines[0].startswith("embedded broker: mqtt://127.0.0.1:"), lines
+        assert "devices publish to edgekit/req/tiny_tail/DEVICE_ID, answers on edgekit/res/DEVICE_ID" in lines[1]
+        with OffloadClient(url, "tiny_tail", "cam-1") as client:
+            reply = client.request(activation(4), 2.0)
+            assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(4).array))
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, out
+        assert "served 1 requests with 1 worker(s) (per worker [1]): 1 answered" in out
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError):  # the embedded broker went with it
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,114 @@
+"""A locked-down broker: TLS with our own CA, passwords, and the per-device ACL. Authorised devices get their
+answers; strangers are refused; a device can neither read another's answers nor make requests in its name."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.offload.broker import Broker, BrokerError, find_mosquitto
+from edgekit.offload.client import OffloadClient
+from edgekit.offload.protocol import OffloadError, Topics
+from edgekit.offload.security import acl_text, make_dev_pki, write_acl, write_password_file
+from edgekit.offload.server import OffloadServer
+from edgekit.runtime import load
+from edgekit.runtime.session import Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_offload import activation, tiny_tail_bundle  # noqa: E402
+
+try:
+    find_mosquitto()
+except BrokerError as exc:
+    pytestmark = pytest.mark.skip(reason=str(exc))
+
+Secured = tuple[Broker, Session, OffloadServer]  # broker (TLS, passwords, ACL), the tail locally, its server
+PASSWORDS = {"tail": "tail-secret", "cam-1": "one-secret", "cam-2": "two-secret"}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    root = tmp_path_factory.mktemp("secured")
+    tls, _ = make_dev_pki(root / "pki")
+    broker = Broker(tls=tls, password_file=write_password_file(root / "passwd", PASSWORDS),
+                    acl_file=write_acl(root / "acl", Topics()), workdir=root / "broker").start()
+    bundle = tiny_tail_bundle(root)
+    server = OffloadServer(bundle, broker.client_config(username="tail", password=PASSWORDS["tail"])).start()
+    yield broker, load(bundle), server
+    server.stop()
+    broker.close()
+
+
+def device(broker: Broker, name: str, password: str | None = None, **options: object) -> OffloadClient:
+    return OffloadClient(broker.client_config(username=name, password=password or PASSWORDS[name]), "tiny_tail",
+                         connect_timeout_s=3, **options)
+
+
+def test_acl_follows_the_topic_layout() -> None:
+    assert acl_text(Topics("fleet")).splitlines()[1:] == [
+        "pattern write fleet/req/+/%u", "pattern read fleet/res/%u", "",
+        "user tail", "topic read fleet/req/#", "topic write fleet/res/+"]
+
+
+def test_an_authorised_device_gets_exact_answers_over_tls(secured: Secured) -> None:
+    broker, session, _ = secured
+    assert broker.url.startswith("mqtts://")
+    with device(broker, "cam-1") as client:
+        assert client.device_id == "cam-1"  # the username, as the ACL's %u expects
+        reply = client.request(activation(1), 2.0)
+        assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(1).array))
+
+
+@pytest.mark.parametrize("name, password", [("cam-1", "wrong"), ("stranger", "whatever")])
+def test_wrong_credentials_are_refused(secured: Secured, name: str, password: str) -> None:
+    with pytest.raises(OffloadError, match=f"refused device '{name}': Not authorized"):
+        device(secured[0], name, password)
+
+
+def test_a_client_without_credentials_is_refused(secured: Secured) -> None:
+    broker = secured[0]
+    with pytest.raises(OffloadError, match="refused device 'anon': Not authorized"):
+        OffloadClient(broker.client_config(), "tiny_tail", "anon", connect_timeout_s=3)
+
+
+def test_plain_tcp_to_the_tls_port_never_connects(secured: Secured) -> None:
+    broker = secured[0]
+    with OffloadClient(f"mqtt://cam-1@127.0.0.1:{broker.port}", "tiny_tail", connect_timeout_s=1) as client:
+        assert not client.connected
+        assert client.request(activation(0), 1.0).source == "error"
+
+
+def test_a_device_cannot_read_another_devices_answers(secured: Secured) -> None:
+    broker = secured[0]
+    stolen: list[bytes] = []
+    config = broker.client_config(username="cam-2", password=PASSWORDS["cam-2"])
+    spy = config.client("spy")
+    subscribed = threading.Event()
+    spy.on_message = lambda client, userdata, message: stolen.append(message.payload)
+    spy.on_subscribe = lambda client, userdata, mid, reasons, properties: subscribed.set()
+    spy.on_connect = lambda client, userdata, flags, reason, properties: client.subscribe("edgekit/res/#", qos=1)
+    config.connect_async(spy)
+    try:
+        assert subscribed.wait(5)
+        with device(broker, "cam-1") as victim:
+            assert victim.request(activation(2), 2.0).source == "remote"
+        time.sleep(0.3)
+        assert stolen == []
+    finally:
+        spy.disconnect()
+        spy.loop_stop()
+
+
+def test_a_device_cannot_request_in_another_devices_name(secured: Secured) -> None:
+    broker, _, server = secured
+    before = server.metrics.snapshot()["requests"]
+    with device(broker, "cam-2", device_id="cam-1") as impostor:  # publishes to .../cam-1, not its own name
+        reply = impostor.request(activation(3), 0.4)
+        assert reply.source == "timeout"
+    assert server.metrics.snapshot()["requests"] == before  # the broker dropped it: no server ever saw it
