@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,13 @@ class CompileReport:
         return "\n".join(lines)
 
 
-def _drop_points(fidelity: Fidelity) -> float:
+def drop_points(fidelity: Fidelity) -> float:
     """Accuracy drop when labels exist; otherwise top-1 disagreement, a bound on it."""
     drop = fidelity.accuracy_drop_points
     return drop if drop is not None else 100.0 * (1.0 - fidelity.top1_agreement)
 
 
-def _nchw_runner(runner: Callable[[np.ndarray], np.ndarray], channels_last: bool) -> Callable:
+def nchw_runner(runner: Callable[[np.ndarray], np.ndarray], channels_last: bool) -> Callable:
     """Feed N,C,H,W data to a model with NHWC I/O, and give 4-D outputs back as N,C,H,W."""
     if not channels_last:
         return runner
@@ -118,22 +119,34 @@ def tensor_infos(artifact: Path, channels_last: bool = False) -> tuple[tuple[Ten
     return side(session.get_inputs()), side(session.get_outputs())
 
 
+def stage_backend(target: Device, config: Int8Config) -> str:
+    """The bundle backend that runs a model quantized with `config` on `target`."""
+    if config.format == "onnx":
+        return "onnxruntime"
+    return "tflite-micro" if target.device_class == "mcu" else "litert"
+
+
+def image_preprocessing(model: Any, config: Int8Config, preprocessing: Preprocessing) -> InputPreprocessing | None:
+    """How an image becomes the first stage's input; None for models that do not take images."""
+    if len(model.input_shape) != 4:
+        return None
+    _, channels, height, width = model.input_shape
+    return InputPreprocessing("NHWC" if config.channels_last_io else "NCHW", channels, height, width, 1 / 255,
+                              tuple(preprocessing.mean), tuple(preprocessing.std))
+
+
 def _manifest(model: Any, name: str, target: Device, artifact: Path, config: Int8Config,
               preprocessing: Preprocessing) -> Manifest:
     """What the bundle runs: one stage on the target's backend, and how images become its input."""
-    backend = "onnxruntime" if config.format == "onnx" else \
-        "tflite-micro" if target.device_class == "mcu" else "litert"
     inputs, outputs = tensor_infos(artifact, config.channels_last_io)
-    _, channels, height, width = model.input_shape
-    image = InputPreprocessing("NHWC" if config.channels_last_io else "NCHW", channels, height, width, 1 / 255,
-                               tuple(preprocessing.mean), tuple(preprocessing.std))
     labels = getattr(model, "labels", None)
-    return Manifest(name, target.name, (Stage("main", backend, artifact.name, inputs, outputs),),
-                    preprocessing=image if len(model.input_shape) == 4 else None,
+    stage = Stage("main", stage_backend(target, config), artifact.name, inputs, outputs)
+    return Manifest(name, target.name, (stage,),
+                    preprocessing=image_preprocessing(model, config, preprocessing),
                     labels=tuple(labels) if labels else None)
 
 
-def _calibration_samples(model: Any, source: str | Path | None, config: Int8Config,
+def calibration_samples(model: Any, source: str | Path | None, config: Int8Config,
                          preprocessing: Preprocessing) -> tuple[np.ndarray, str]:
     """Samples and a description of where they came from; no source means data-free synthesis."""
     shape = tuple(model.input_shape)
@@ -142,6 +155,43 @@ def _calibration_samples(model: Any, source: str | Path | None, config: Int8Conf
     synthetic = synthesize_calibration(model, shape, samples=min(config.max_samples, 32))
     return synthetic.inputs, (f"data-free: synthetic ZeroQ-style inputs (batch-norm statistics gap "
                               f"{synthetic.initial_gap:.2f} -> {synthetic.final_gap:.2f}); not real data")
+
+
+def check_output(out_dir: str | Path) -> Path:
+    """`out_dir` as a Path, refused when it holds something other than an earlier bundle."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ConversionError(f"{out_dir} exists and is not an earlier bundle; choose another output folder")
+    return out_dir
+
+
+@contextlib.contextmanager
+def staging(out_dir: Path) -> Iterator[Path]:
+    """A scratch folder beside `out_dir` for the bundle's files; removed afterwards, whatever happens."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def full_integer_check(artifact: Path, name: str, target: Device) -> tuple[FloatIsland, ...]:
+    """The model's float islands; a ConversionError for an MCU target, whose runtime has no float kernels."""
+    islands = tuple(float_islands(artifact))
+    if islands and target.device_class == "mcu":
+        raise ConversionError(f"{name}: {len(islands)} operators stayed float "
+                              f"({', '.join(i.layer for i in islands[:5])}); an MCU model must be full integer")
+    return islands
+
+
+def fidelity_vs_float(model: Any, runner: Callable[[np.ndarray], np.ndarray],
+                      held_out: tuple[np.ndarray, np.ndarray | None]) -> Fidelity:
+    """`runner` (a deployed model, N,C,H,W in) against the float torch `model` on held-out data."""
+    import torch
+
+    with torch.no_grad():
+        return measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), runner, *held_out)
 
 
 def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, calibration: str | Path | None,
@@ -154,33 +204,22 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
     `out_dir` untouched, on bad data, a float island in an MCU model, or a top-1 drop above
     `max_drop_points`.
     """
-    import torch
-
     config = config or Int8Config.for_target(target)
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise ConversionError(f"{out_dir} exists and is not an earlier bundle; choose another output folder")
+    out_dir = check_output(out_dir)
     held_out = load_labelled(evaluation, tuple(model.input_shape)) if evaluation else None
-    samples, described = _calibration_samples(model, calibration, config, preprocessing)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    samples, described = calibration_samples(model, calibration, config, preprocessing)
+    with staging(out_dir) as tmp:
         artifact = tmp / f"{name}_int8.{config.format}"
         float_reference = tmp / "reference_fp32.onnx"
         quantize(model, samples, artifact, config, float_copy=float_reference if config.format == "onnx" else None)
-        islands = tuple(float_islands(artifact))
-        if islands and target.device_class == "mcu":
-            raise ConversionError(f"{name}: {len(islands)} operators stayed float "
-                                  f"({', '.join(i.layer for i in islands[:5])}); an MCU model must be full integer")
+        islands = full_integer_check(artifact, name, target)
         fidelity, sqnr = None, {}
         if held_out is not None:
             from edgekit.backends import load_backend
 
-            runner = _nchw_runner(load_backend(artifact), config.channels_last_io)
-            with torch.no_grad():
-                fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), runner, *held_out)
-            if _drop_points(fidelity) > max_drop_points:
-                raise ConversionError(f"{name}: INT8 loses {_drop_points(fidelity):.2f} top-1 points on "
+            fidelity = fidelity_vs_float(model, nchw_runner(load_backend(artifact), config.channels_last_io), held_out)
+            if drop_points(fidelity) > max_drop_points:
+                raise ConversionError(f"{name}: INT8 loses {drop_points(fidelity):.2f} top-1 points on "
                                       f"{evaluation} (limit {max_drop_points}); nothing written to {out_dir}")
             if config.format == "onnx":
                 sqnr = onnx_layer_sqnr(float_reference, artifact, held_out[0][:SQNR_SAMPLES])
@@ -191,13 +230,11 @@ def compile_int8(model: Any, name: str, target: Device, out_dir: str | Path, cal
             write_mcu_pack(artifact, tmp / "mcu", mcu.arena_bytes)
         report = CompileReport(name, target.name, config, artifact.name, artifact.stat().st_size, described,
                                len(samples), islands, fidelity, max_drop_points, sqnr, mcu)
-        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=json_default))
         (tmp / "report.txt").write_text(report.render() + "\n")
         write_bundle(tmp, _manifest(model, name, target, artifact, config, preprocessing), out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else str(value)

@@ -83,8 +83,8 @@ def _score(candidate: SplitCandidate, objective: str) -> float:
     return candidate.total_seconds if objective == "latency" else candidate.device_joules
 
 
-def _crossing(graph: Graph, k: int) -> tuple[str, ...]:
-    """Tensors written before layer k (or graph inputs) and read at or after it."""
+def crossing_tensors(graph: Graph, k: int) -> tuple[str, ...]:
+    """Tensors written before layer k (or graph inputs) and read at or after it: what a cut after k layers sends."""
     produced = {spec.name for spec in graph.inputs} | {layer.output for layer in graph.layers[:k]}
     needed = dict.fromkeys(t for layer in graph.layers[k:] for t in layer.inputs if t in produced)
     return tuple(needed)
@@ -102,7 +102,7 @@ def evaluate_cuts(graph: Graph, device: Device, server: Device, link: Link, dtyp
     for k in range(n + 1):
         head = sum(device_costs[:k], Cost(0.0))
         tail = sum(server_costs[k:], Cost(0.0))
-        tensors = _crossing(graph, k) if k < n else ()
+        tensors = crossing_tensors(graph, k) if k < n else ()
         payload = sum(numel(graph.tensor_shape(t)) for t in tensors) * DTYPE_BYTES[dtype if k else "uint8"]
         transfer = Cost(0.0)
         if k < n:
@@ -164,6 +164,15 @@ def _best(candidates: tuple[SplitCandidate, ...], objective: str, graph: Graph, 
                          f"{sent.payload_bytes + PROTOCOL_OVERHEAD_BYTES:,} B messages, or a head that fits the device "
                          "(see `edgekit plan patch`)")
     return min(valid, key=lambda c: (_score(c, objective), -c.device_layers))
+
+
+def deployable_cut(plan: SplitPlan) -> SplitCandidate:
+    """The best valid cut that at most one tensor crosses: what a two-stage bundle can run (one input per stage)."""
+    usable = [c for c in plan.candidates if c.valid and len(c.tensors) <= 1]
+    if not usable:
+        raise SplitError(f"{plan.model}: every valid cut for {plan.device} over {plan.link} is crossed by several "
+                         "tensors; a split bundle needs a cut crossed by one (between blocks)")
+    return min(usable, key=lambda c: (_score(c, plan.objective), -c.device_layers))
 
 
 def _with_uplink(link: Link, bps: float) -> Link:
