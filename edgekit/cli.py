@@ -94,8 +94,21 @@ def cmd_compile(args: argparse.Namespace) -> None:
     model = resolve_module(args.model, **({"pretrained": True} if args.pretrained else {}))
     name = args.model.rpartition(":")[2]
     preprocessing = Preprocessing(args.mean or (0.0,), args.std or (1.0,))
-    report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
-                          preprocessing)
+    if args.split:
+        from edgekit.convert.compile_split import compile_split
+        from edgekit.targets import load_link
+
+        if not (args.server and args.link):
+            raise EdgekitError("--split needs --server SERVER (runs the tail) and --link LINK (between device and "
+                               "server), e.g. --server x86-server --link wifi")
+        report = compile_split(model, name, target, load_target(args.server), load_link(args.link), args.output,
+                               args.calib, args.eval, args.split, args.bandwidth, config=config,
+                               max_drop_points=args.max_drop, preprocessing=preprocessing)
+    elif args.server or args.link or args.bandwidth:
+        raise EdgekitError("--server, --link and --bandwidth describe a split: pass them with --split auto|LAYER")
+    else:
+        report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
+                              preprocessing)
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
@@ -121,6 +134,12 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
 
         data["plot"] = str(plot_patch_plan(graph, plan, patched_live_bytes(graph, plan), args.plot))
         text += f"\nplot written to {data['plot']}"
+    if args.emit:
+        from edgekit.convert.patch_pack import emit_patch_artifacts
+
+        mcu = bool(args.target) and load_target(args.target).device_class == "mcu"
+        data["emitted"] = emit_patch_artifacts(args.model, plan, args.emit, mcu)
+        text += f"\npatch artifacts ({len(data['emitted']['files'])} files) written to {args.emit}/"
     _emit(args, data, text)
 
 
@@ -141,7 +160,7 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
 
     graph = load_graph(args.model, args.input_shape)
     device, server, link = load_target(args.device), load_target(args.server), load_link(args.link)
-    plan = plan_split(graph, device, server, link, args.bandwidth, args.objective)
+    plan = plan_split(graph, device, server, link, args.bandwidth, args.objective, args.dtype)
     if args.split:
         check_cut(plan, args.split)
     data, text = plan.to_dict(), render_split_plan(plan)
@@ -166,7 +185,8 @@ def _positive(text: str) -> int:
 def cmd_run(args: argparse.Namespace) -> None:
     from edgekit.runtime.tasks import predict, render_prediction
 
-    result = predict(args.bundle, args.input, args.backend, args.top, args.threads, args.target)
+    result = predict(args.bundle, args.input, args.backend, args.top, args.threads, args.target, args.broker,
+                     args.deadline_ms / 1000)
     _emit(args, result, render_prediction(result))
 
 
@@ -175,6 +195,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = benchmark(args.bundle, args.runs, args.warmup, args.backend, args.threads, show_progress=True)
     _emit(args, result, render_benchmark(result))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from edgekit.calibrate import calibrate, evaluate, render_errors
+
+    name = args.model.rpartition(":")[2]
+    command = (f"edgekit calibrate {args.model} --target {args.target} --backend {args.backend} "
+               f"--threads {args.threads} --repeats {args.repeats}" + (f" --artifact {args.artifact}" * bool(args.artifact)))
+    calibration = calibrate(args.model, name, args.target, args.backend, args.threads, args.repeats, args.out, command,
+                            args.artifact)
+    holdouts = [spec.partition("=") for spec in args.holdout]
+    rows = evaluate(calibration, [(args.model, name, args.artifact),
+                                  *((m, m.rpartition(":")[2], path or None) for m, _, path in holdouts)])
+    data = {"profile": calibration.profile_path, "fit": dataclasses.asdict(calibration.fit),
+            "timings": dataclasses.asdict(calibration.timings), "errors": [dataclasses.asdict(r) for r in rows]}
+    _emit(args, data, render_errors(calibration, rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,12 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive, default=5, help="classes shown per frame (default 5)")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
     p.add_argument("--target", help="refuse a bundle built for another target profile")
+    p.add_argument("--broker", help="split bundle: run the tail on the edge server behind this MQTT broker "
+                                    "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
+    p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
+                                                                       "this many ms (default 1000)")
     p = command(commands, "bench", cmd_bench, "latency p50/p90/p99, throughput and peak memory of a bundle")
     p.add_argument("bundle", help="bundle folder or .ekb file")
     p.add_argument("--runs", type=_positive, default=200, help="timed runs (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed runs first (default 20)")
     p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
+
+    p = command(commands, "calibrate", cmd_calibrate, "measure per-layer latency on this machine with the device's "
+                "backend, fit the cost model, report its error and write a calibrated profile")
+    p.add_argument("model", help="reference model name or package.module:factory")
+    p.add_argument("--target", required=True, help="device profile name or .toml path to calibrate")
+    p.add_argument("--backend", choices=("onnxruntime", "litert"), default="onnxruntime",
+                   help="runtime that measures: onnxruntime (per-kernel profiler, fp32 ONNX export) or litert "
+                        "(timed prefixes of --artifact, or of an fp32 conversion)")
+    p.add_argument("--artifact", metavar="MODEL.tflite", help="litert: the .tflite of MODEL to measure (e.g. the "
+                                                               "INT8 one from edgekit compile); its dtype is calibrated")
+    p.add_argument("--threads", type=_positive, default=1, help="backend threads (default 1)")
+    p.add_argument("--repeats", type=_positive, default=20, help="timed runs; medians are reported (default 20)")
+    p.add_argument("--holdout", action="append", default=[], metavar="MODEL[=MODEL.tflite]",
+                   help="also predict MODEL with the fitted cost model and measure it (repeatable; litert: with "
+                        "its .tflite after '=')")
+    p.add_argument("--out", metavar="PROFILE.toml", help="write the calibrated profile (plan split --device reads it)")
 
     p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
     p.add_argument("model", help="reference model name or package.module:factory")
@@ -235,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_floats, help="image calibration: per-channel mean after scaling to [0, 1]")
     p.add_argument("--std", type=_floats, help="image calibration: per-channel std after scaling to [0, 1]")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
+    p.add_argument("--split", metavar="auto|LAYER", help="split computing: INT8 head for --target up to LAYER (or "
+                                                         "the planner's cut), fp32 ONNX tail for --server")
+    p.add_argument("--server", help="with --split: server profile that runs the tail")
+    p.add_argument("--link", help="with --split: link profile between device and server")
+    p.add_argument("--bandwidth", type=_bit_rate, help="with --split auto: what-if uplink, e.g. '5 Mbit/s'")
     p.add_argument("-o", "--output", required=True,
                    help="output bundle: a folder, or a single .ekb archive (replaced only if an earlier bundle)")
 
@@ -248,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-resident", action="store_true", help="count the whole input image (default: streamed)")
     p.add_argument("--stage-end", help="hand-pick the last layer of the patch stage (with --grid) instead of searching")
     p.add_argument("--grid", type=int, help="hand-pick an n x n grid (with --stage-end)")
+    p.add_argument("--emit", metavar="DIR", help="INT8 .tflite model (NHWC): write the patch models and schedule "
+                                                 "(plus C arrays and headers for an MCU --target) to DIR")
     p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
     _accounting_flags(p)
 
@@ -258,10 +321,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", required=True, help="link profile between them")
     p.add_argument("--bandwidth", type=_bit_rate, help="what-if uplink, e.g. '5 Mbit/s' (default: the link's)")
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("--dtype", choices=("int8", "fp32"), default="int8",
+                   help="the head's dtype on the device (a calibrated profile applies to its calibrated dtype)")
     p.add_argument("--split", metavar="LAYER", help="check that cutting after LAYER is valid (error says why not)")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--plot", metavar="PNG", help="write latency per cut at 1, 5, 20 and 100 Mbit/s")
+
+    p = command(commands, "serve", cmd_serve, "run a bundle's tail for devices over MQTT until Ctrl-C")
+    p.add_argument("bundle", help="bundle folder or .ekb file holding the tail")
+    p.add_argument("--broker", help="mqtt[s]://[user@]host[:port] (password in $EDGEKIT_MQTT_PASSWORD); "
+                                    "default: start an embedded Mosquitto on a free port")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes sharing the requests (default 1)")
+    p.add_argument("--model-id", help="model id devices ask for (default: the bundle's model name)")
+    p.add_argument("--prefix", default="edgekit", help="topic prefix of the fleet (default edgekit)")
+    p.add_argument("--group", default="tail", help="shared-subscription group (default tail)")
+    p.add_argument("--listen", default="0.0.0.0", help="embedded broker's address (default 0.0.0.0)")
+    p.add_argument("--ca", help="CA file to verify the broker (TLS)")
+    p.add_argument("--cert", help="client certificate (TLS)")
+    p.add_argument("--key", help="client key (TLS)")
+    p.add_argument("--backend", choices=backends, help="override the manifest's backend")
+    p.add_argument("--threads", type=_positive, help="backend threads per worker")
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from edgekit.offload.connection import BrokerConfig
+    from edgekit.offload.server import render_metrics, serve
+
+    broker = None if args.broker is None else BrokerConfig.parse(
+        args.broker, ca_certs=args.ca, certfile=args.cert, keyfile=args.key,
+        password=os.environ.get("EDGEKIT_MQTT_PASSWORD"))
+    metrics = serve(args.bundle, broker, workers=args.workers, model_id=args.model_id, prefix=args.prefix,
+                    group=args.group, backend=args.backend, threads=args.threads, listen=args.listen,
+                    announce=lambda line: print(line, flush=True))
+    _emit(args, metrics, render_metrics(metrics))
 
 
 def _accounting_flags(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekit.bundle import Manifest, Stage, write_bundle
 from edgekit.convert.compile import tensor_infos
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, EdgekitError
 from edgekit.offload import frame
 from edgekit.runtime import load
 from edgekit.runtime.split_exec import OffloadError, Resplit
@@ -186,3 +186,25 @@ def test_a_slow_link_runs_frames_here_but_keeps_probing(split_bundle: dict, tmp_
     answers = session.stats()["answers"]
     assert answers["local"] == 38 and answers["remote"] == 5 + 2  # frames 20 and 40 probe the link
     assert "all-device is faster" in session.last_reply.detail
+
+
+def test_split_bundle_over_a_real_broker_gives_the_local_numbers(split_bundle: dict, tmp_path: Path) -> None:
+    """`edgekit serve` serves the server stages of the split bundle; `run --broker` gets its answers."""
+    from edgekit.offload.broker import Broker, find_mosquitto
+    from edgekit.offload.server import OffloadServer, tail_session
+    from edgekit.runtime.tasks import predict
+
+    try:
+        find_mosquitto()
+    except EdgekitError as exc:
+        pytest.skip(str(exc))
+    frames = tmp_path / "frames.npy"
+    np.save(frames, split_bundle["x"][:3])
+    local = predict(split_bundle["bundle"], frames, top=5)
+    with Broker() as broker, OffloadServer(tail_session(split_bundle["bundle"]), broker.start().url):
+        assert tail_session(split_bundle["bundle"]).input.name == split_bundle["stages"][1].inputs[0].name
+        remote = predict(split_bundle["bundle"], frames, top=5, broker=broker.url, deadline_s=5.0)
+    assert [r["answered_by"]["source"] for r in remote["results"]] == ["remote"] * 3
+    assert [r["top"] for r in remote["results"]] == [r["top"] for r in local["results"]]
+    with pytest.raises(BundleError, match="needs a split bundle"):
+        predict(split_bundle["tail"], frames, broker=broker.url)

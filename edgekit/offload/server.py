@@ -76,14 +76,31 @@ def render_metrics(metrics: dict[str, Any]) -> str:
             f"{ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
 
 
+def tail_session(bundle: str | Path, backend: str | None = None, threads: int | None = None) -> Session:
+    """What a tail server runs: the server stages of a split bundle, or the whole of any other bundle."""
+    from edgekit.bundle import load_bundle
+
+    verified = load_bundle(bundle)
+    split = (verified.manifest.plan or {}).get("kind") == "split"
+    return load(verified, backend, threads=threads, part="server" if split else None)
+
+
+def _split_identity(plan: dict | None) -> tuple[str | None, str]:
+    """The model id and version a split bundle's plan gives devices and servers, else (None, "")."""
+    if not plan or plan.get("kind") != "split":
+        return None, ""
+    return plan.get("model_id"), plan.get("model_version", "")
+
+
 class OffloadServer:
     """One tail worker: a Session behind a shared subscription; `start()`, then `stop()` (or a `with` block)."""
 
     def __init__(self, bundle: str | Path | Session, broker: str | BrokerConfig, *, model_id: str | None = None,
                  model_version: str = "", prefix: str = "edgekit", group: str = "tail",
                  backend: str | None = None, threads: int | None = None) -> None:
-        session = bundle if isinstance(bundle, Session) else load(bundle, backend, threads=threads)
-        self.handler = TailHandler(session, model_id, model_version)
+        session = bundle if isinstance(bundle, Session) else tail_session(bundle, backend, threads)
+        identity = _split_identity(session.manifest.plan)
+        self.handler = TailHandler(session, model_id or identity[0], model_version or identity[1])
         self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
         self.topics = Topics(prefix)
         self.subscription = self.topics.shared_requests(self.handler.model_id, group)
@@ -190,7 +207,8 @@ def serve(bundle: str | Path, broker: str | BrokerConfig | None = None, *, worke
 
     if workers < 1:
         raise OffloadError(f"workers must be at least 1, found {workers}")
-    model_id = model_id or load_bundle(bundle).manifest.model
+    manifest = load_bundle(bundle).manifest
+    model_id = model_id or _split_identity(manifest.plan)[0] or manifest.model
     topics = Topics(prefix)
     embedded = None
     if broker is None:

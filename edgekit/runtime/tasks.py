@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bundle import Bundle, load_bundle
+from edgekit.errors import BundleError
 from edgekit.runtime.session import InputError, Session, load
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -66,24 +68,50 @@ def summarise_output(output: np.ndarray) -> dict[str, Any]:
 
 
 def predict(bundle: str | Path, input_path: str | Path, backend: str | None = None, top: int = 5,
-            threads: int | None = None, expected_target: str | None = None) -> dict[str, Any]:
+            threads: int | None = None, expected_target: str | None = None, broker: str | None = None,
+            deadline_s: float = 1.0) -> dict[str, Any]:
     """Load `bundle`, run every frame of `input_path`, and give top-k classes (or an output summary) per frame.
 
     Class-score outputs are those with one non-singleton axis; labels come from the manifest when it has one
-    per score.
+    per score. With `broker` (a split bundle), the tail runs on the edge server behind that MQTT broker, each
+    frame answered within `deadline_s` by the server or by the local tail; each result says which.
     """
-    session = load(bundle, backend, expected_target, threads=threads)
-    frames = read_frames(session, input_path)
-    batched = frames.shape != session.input.shape
-    results = []
-    for i in range(len(frames) if batched else 1):
-        output = session.run(frames[i:i + 1] if batched else frames)
-        is_vector = sum(d > 1 for d in output.shape) <= 1
-        results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
-                       else {"frame": i, "output": summarise_output(output)})
+    verified = load_bundle(bundle)
+    transport = _offload_client(verified, broker) if broker else None
+    try:
+        session = load(verified, backend, expected_target, threads=threads, transport=transport,
+                       deadline_s=deadline_s)
+        frames = read_frames(session, input_path)
+        batched = frames.shape != session.input.shape
+        results = []
+        for i in range(len(frames) if batched else 1):
+            output = session.run(frames[i:i + 1] if batched else frames)
+            is_vector = sum(d > 1 for d in output.shape) <= 1
+            results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
+                           else {"frame": i, "output": summarise_output(output)})
+            if session.last_reply is not None:
+                reply = session.last_reply
+                results[-1]["answered_by"] = {"source": reply.source, "ms": reply.latency_s * 1e3,
+                                              "detail": reply.detail}
+    finally:
+        if transport is not None:
+            transport.close()
     return {"bundle": str(bundle), "model": session.manifest.model, "target": session.manifest.target,
             "backends": list(session.backends), "input": str(input_path), "results": results,
             "latency_ms": session.stats()["p50_ms"]}
+
+
+def _offload_client(bundle: Bundle, broker: str) -> Any:
+    """An MQTT client for a split bundle's tail, named by the bundle's model id and version."""
+    from edgekit.offload.client import OffloadClient
+    from edgekit.runtime.split_exec import SplitLayout
+
+    layout = SplitLayout.from_plan(bundle.manifest.plan, tuple(s.name for s in bundle.manifest.stages),
+                                   str(bundle.path))
+    if layout is None:
+        raise BundleError(f"{bundle.path}: --broker needs a split bundle (compile with --split); this one runs "
+                          "whole on the device")
+    return OffloadClient(broker, layout.model_id, model_version=layout.model_version)
 
 
 def render_prediction(result: dict[str, Any]) -> str:
@@ -102,6 +130,10 @@ def render_prediction(result: dict[str, Any]) -> str:
             o = frame["output"]
             lines.append(f"output {o['dtype']} {tuple(o['shape'])}: min {o['min']:.4g} max {o['max']:.4g} "
                          f"mean {o['mean']:.4g}")
+        if "answered_by" in frame:
+            by = frame["answered_by"]
+            lines.append(f"tail answered by: {by['source']} in {by['ms']:.1f} ms" +
+                         (f" ({by['detail']})" if by["detail"] else ""))
     lines.append(f"latency (median of {len(result['results'])} frame(s)): {result['latency_ms']:.3f} ms")
     return "\n".join(lines)
 
