@@ -21,6 +21,7 @@ import socket
 import socketserver
 import struct
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -101,9 +102,13 @@ def serve(args: argparse.Namespace) -> None:
     from edgekit.runtime import load
 
     work = Path(args.work)
-    handlers = {c["id"]: TailHandler(load(work / c["id"], part="server", threads=1), c["id"])
+    sessions = {c["id"]: load(work / c["id"], part="server", threads=1)
                 for c in json.loads((work / "cuts.json").read_text()) if c["kind"] == "split"}
-    handlers["all-server"] = TailHandler(load(work / "full", threads=1), "all-server")
+    sessions["all-server"] = load(work / "full", threads=1)
+    if args.transport == "mqtt":
+        serve_mqtt(args, sessions)
+        return
+    handlers = {cid: TailHandler(session, cid) for cid, session in sessions.items()}
 
     def answer(raw: bytes) -> bytes:
         request = frame.decode(raw)
@@ -127,6 +132,22 @@ def serve(args: argparse.Namespace) -> None:
     with socketserver.ThreadingTCPServer((args.host, args.port), Handler) as server:
         print("ready", flush=True)
         server.serve_forever()
+
+
+def serve_mqtt(args: argparse.Namespace, sessions: dict) -> None:
+    """A Mosquitto broker on the server's address and one tail worker per cut, until killed."""
+    from edgekit.offload.broker import Broker
+    from edgekit.offload.server import OffloadServer
+
+    with Broker(args.port, args.host) as broker:
+        broker.start()
+        workers = [OffloadServer(session, broker.url, model_id=cid).start() for cid, session in sessions.items()]
+        print("ready", flush=True)
+        try:
+            threading.Event().wait()
+        finally:
+            for worker in workers:
+                worker.stop()
 
 
 # ------------------------------------------------------------------------------------------------- device
@@ -163,6 +184,16 @@ def _measure(run, frames: int, hopeless_s: float = float("inf")) -> dict:  # typ
     return {"median_s": float(np.median(times)), "min_s": float(min(times)), "frames": len(times)}
 
 
+def _transport(args: argparse.Namespace, model_id: str) -> object:
+    """The device's way to the server: the socket, or an MQTT client of `edgekit.offload`."""
+    if args.transport == "socket":
+        return SocketTransport(args.host, args.port, model_id)
+    from edgekit.offload.client import OffloadClient
+
+    return OffloadClient(f"mqtt://{args.host}:{args.port}", model_id, device_id="bench-device",
+                         connect_timeout_s=30)
+
+
 def device(args: argparse.Namespace) -> None:
     """Run every candidate (cuts, all-device, all-server raw and JPEG) for `--frames` frames; print JSON."""
     from PIL import Image
@@ -172,12 +203,16 @@ def device(args: argparse.Namespace) -> None:
     work = Path(args.work)
     pixels = test_image()
     x = dequantize(pixel_tensor(pixels))
-    echo = SocketTransport(args.host, args.port, "echo")
-    results = {"rtt": _measure(lambda: echo.request(frame.Tensor("ping", np.zeros(1, np.int8)), 60), 20)}
-    echo.close()
+    results = {}
+    if args.transport == "socket":
+        echo = SocketTransport(args.host, args.port, "echo")
+        results["rtt"] = _measure(lambda: echo.request(frame.Tensor("ping", np.zeros(1, np.int8)), 60), 20)
+        echo.close()
     cuts = json.loads((work / "cuts.json").read_text())
     for cut in sorted(cuts, key=lambda c: (c["kind"] == "split", -c["k"])):  # the baselines set the bar first
-        transport = SocketTransport(args.host, args.port, cut["id"]) if cut["kind"] != "all-device" else None
+        if args.transport == "mqtt" and cut["kind"] == "jpeg":
+            continue  # the MQTT tail workers run bundles; decoding a JPEG is the socket server's extra
+        transport = None if cut["kind"] == "all-device" else _transport(args, cut["id"])
         if cut["kind"] == "split":
             session = load(work / cut["id"], transport=transport, deadline_s=60, local_tail=False, threads=1)
             run = lambda session=session: session.run(x)  # noqa: E731
@@ -325,7 +360,8 @@ def run_all(args: argparse.Namespace) -> dict:
         first = plan_all(graph, work, tuple(args.rates), 0.0)  # before the RTT is known: which cuts to build
         cuts = build(work, model, graph, candidate_cuts(graph, {deployable_cut(p).device_layers
                                                                 for p in first.values()}, args.max_cuts))
-        server = side("srv", ["serve", "--host", lab.server_ip, "--port", str(args.port)], False)
+        server = side("srv", ["serve", "--host", lab.server_ip, "--port", str(args.port), "--transport",
+                              args.transport], False)
         try:
             if server.stdout.readline().strip() != "ready":
                 raise SystemExit("the server did not start")
@@ -334,12 +370,12 @@ def run_all(args: argparse.Namespace) -> dict:
                 lab.shape(rate)
                 print(f"measuring at {rate:g} Mbit/s ...", file=sys.stderr, flush=True)
                 proc = side("dev", ["device", "--host", lab.server_ip, "--port", str(args.port),
-                                    "--frames", str(args.frames)], True)
+                                    "--frames", str(args.frames), "--transport", args.transport], True)
                 out, _ = proc.communicate()
                 if proc.returncode != 0:
                     raise SystemExit(f"the device run at {rate} Mbit/s failed")
                 result = json.loads(out.strip().splitlines()[-1])
-                rtts.append(result.pop("rtt")["median_s"])
+                rtts.append(result.pop("rtt", {}).get("median_s", 0.0))
                 measured[rate] = result
         finally:
             server.terminate()
@@ -354,7 +390,7 @@ def run_all(args: argparse.Namespace) -> dict:
                               "predicted": {ids[c.device_layers]: c.total_seconds for c in plan.candidates
                                             if c.device_layers in ids}}
     return {"cuts": cuts, "measured": {str(r): m for r, m in measured.items()}, "planned": planned,
-            "rtt_s": rtt, "quota": args.quota}
+            "rtt_s": rtt, "quota": args.quota, "transport": args.transport}
 
 
 def render(result: dict) -> str:
@@ -366,20 +402,22 @@ def render(result: dict) -> str:
     for rate, measured in result["measured"].items():
         latency = {cid: m["median_s"] for cid, m in measured.items()}
         best = min((cid for cid in latency if cid != "all-server-jpeg"), key=latency.get)
+        jpeg = f"{latency['all-server-jpeg'] * 1e3:.1f}" if "all-server-jpeg" in latency else "-"
         choice = result["planned"][rate]["choice"]
         if choice not in latency:  # the final plan (with the measured RTT) chose a cut that was not built
             rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}", f"{choice} (not measured)",
                          "", "", f"{latency['all-device'] * 1e3:.1f}", f"{latency['all-server'] * 1e3:.1f}",
-                         f"{latency['all-server-jpeg'] * 1e3:.1f}"])
+                         jpeg])
             continue
         rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}",
                      f"{names[choice]} {latency[choice] * 1e3:.1f}",
                      f"{result['planned'][rate]['predicted'][choice] * 1e3:.1f}",
                      f"{latency[choice] / latency[best]:.3f}", f"{latency['all-device'] * 1e3:.1f}",
-                     f"{latency['all-server'] * 1e3:.1f}", f"{latency['all-server-jpeg'] * 1e3:.1f}"])
+                     f"{latency['all-server'] * 1e3:.1f}", jpeg])
     header = ["Mbit/s", "measured best (ms)", "planner's choice, measured (ms)", "predicted (ms)",
               "choice / best", "all-device", "all-server raw", "all-server JPEG"]
-    return table(header, rows) + (f"\nRTT {result['rtt_s'] * 1e3:.2f} ms (echo); device CPU quota "
+    return table(header, rows) + (f"\ntransport {result['transport']}; RTT {result['rtt_s'] * 1e3:.2f} ms (echo); "
+                                  f"device CPU quota "
                                   f"{result['quota']:g} core; {len(result['cuts']) - 3} deployable cuts measured")
 
 
@@ -430,6 +468,7 @@ def main() -> None:
     parser.add_argument("--base"), parser.add_argument("--out")
     parser.add_argument("--plot", default="out/split_link.png")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--transport", choices=("socket", "mqtt"), default="socket")
     args = parser.parse_args()
     if args.role != "run":
         {"serve": serve, "device": device, "calibrate-side": calibrate_side}[args.role](args)
