@@ -2,10 +2,16 @@
 
 Planner figures (int8 accounting of edgekit.memory), each checked by running the float patch
 executor on a random input: its output against layer-by-layer execution (max relative error) and
-the peak it measured from the tensors it held. Not measurements on a board: the INT8 / tflite-micro
-check is not built yet.
+the peak it measured from the tensors it held.
+
+With --int8: each INT8 model (NHWC int8 I/O, the MCU preset) is planned on its own .tflite graph
+under the target's SRAM, cut into patch artifacts, run patch by patch under the real tflite-micro
+interpreter and LiteRT (bit-exact check against the full model) and its arenas measured; LiteRT
+latency (1 thread, median of 200 calls interleaved with the full model's) of the patched schedule
+against the full model. Host measurements, not a board.
 
 Run: python tools/bench_patch.py [--json] [--max-extra-macs 0.2]
+     python tools/bench_patch.py --int8 [--target stm32f746] [--models mobilenet_v2_035_96,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,11 +68,111 @@ def measure(max_extra_macs: float) -> list[dict]:
     return rows
 
 
+def _median_ms(runs: dict[str, Callable[[], object]], rounds: int = 10, reps: int = 20) -> dict[str, float]:
+    """Median latency of each callable, rounds interleaved so machine noise lands on all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, run in runs.items():
+        run()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(reps):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -> dict:
+    """INT8 artifacts of one model: planner vs tflite-micro peaks, bit-exactness, LiteRT latency."""
+    from edgekit.convert.config import Int8Config
+    from edgekit.convert.mcu import arena_parts
+    from edgekit.convert.patch_artifacts import build_patch_artifacts
+    from edgekit.convert.patch_pack import write_patch_pack
+    from edgekit.convert.quantize import quantize
+    from edgekit.graph.from_tflite import from_tflite
+    from edgekit.runtime.backends import open_backend
+    from edgekit.runtime.patched import PatchExecutor
+    from edgekit.targets import load_target
+
+    sys.stderr.write(f"[bench_patch] int8 {name}\n")
+    device = load_target(target)
+    model = create_model(name)
+    calibration = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
+    path = quantize(model, calibration, workdir / f"{name}_int8.tflite", Int8Config.for_target(device))
+    plan = plan_patches(from_tflite(path), device.activation_budget_bytes, max_extra_macs)
+    if plan.chosen is None:
+        return {"model": name, "reason": plan.reason}
+    artifacts = build_patch_artifacts(path, plan)
+    arenas = write_patch_pack(artifacts, workdir / name)
+    schedule = artifacts.schedule
+    stage = int(np.prod(schedule["stage"]["shape"]))
+    classes = [arenas[c["model"]] for c in schedule["classes"]]
+    rest, full_arena = arenas[schedule["rest"]["model"]], arena_parts(path)
+    class_head = max(a["head"] for a in classes)
+    patched_head = max(class_head + stage, rest["head"])  # stage buffer placed as the rest model's input
+    x = np.random.default_rng(0).integers(-128, 128, schedule["input"]["shape"], dtype=np.int8)
+    exact = {}
+    for backend in ("tflite-micro", "litert"):
+        full = open_backend(backend, path.read_bytes(), tuple(schedule["input"]["shape"]),
+                            tuple(schedule["output"]["shape"]), threads=1)
+        full.input_buffer[...] = x
+        patched = PatchExecutor(artifacts.files, schedule, backend, threads=1)
+        exact[backend] = bool(np.array_equal(patched.run_raw(x), full.invoke()))
+    latency = _median_ms({"full": full.invoke, "patched": lambda: patched.run_raw(x)})
+    full_ms, patched_ms = latency["full"], latency["patched"]
+    planner_reduction = plan.layer_by_layer_peak_bytes / plan.chosen.peak_bytes
+    tails = sum(a["tail"] for a in classes) + rest["tail"]  # every interpreter resident (TFLM multi-tenant)
+    return {"model": name, "target": device.name, "stage_end": plan.chosen.stage_end, "grid": plan.chosen.grid,
+            "classes": len(schedule["classes"]), "extra_macs_ratio": plan.chosen.extra_macs_ratio(plan.total_macs),
+            "planner_layer_by_layer_bytes": plan.layer_by_layer_peak_bytes,
+            "planner_patched_bytes": plan.chosen.peak_bytes, "planner_reduction": planner_reduction,
+            "tflm_full_head_bytes": full_arena["head"], "tflm_class_head_bytes": class_head,
+            "tflm_rest_head_bytes": rest["head"], "stage_bytes": stage, "tflm_patched_head_bytes": patched_head,
+            "tflm_patched_head_separate_stage_bytes": max(class_head, rest["head"]) + stage,
+            "tflm_reduction": full_arena["head"] / patched_head,
+            "reduction_ratio": full_arena["head"] / patched_head / planner_reduction,
+            "tflm_full_tail_bytes": full_arena["tail"], "tflm_patched_tails_bytes": tails,
+            "tflm_full_total_bytes": full_arena["total"], "tflm_patched_total_bytes": patched_head + tails,
+            "bit_exact": exact, "stage_weight_copies_bytes": artifacts.stage_weight_copies_bytes,
+            "litert_full_ms": full_ms, "litert_patched_ms": patched_ms, "latency_ratio": patched_ms / full_ms}
+
+
+def render_int8(rows: list[dict]) -> str:
+    done = [r for r in rows if "grid" in r]
+    lines = [f"{r['model']}: no plan ({r['reason']})" for r in rows if "grid" not in r]
+    activations = table(
+        ("model", "grid", "planner LbL B", "planner patched B", "planner x", "TFLM head full B",
+         "TFLM head patched B (class+stage | rest)", "TFLM x", "ratio", "bit-exact"),
+        [(r["model"], f"{r['grid']}x{r['grid']} ({r['classes']} classes, +{r['extra_macs_ratio']:.1%} MACs)",
+          f"{r['planner_layer_by_layer_bytes']:,}",
+          f"{r['planner_patched_bytes']:,}", f"{r['planner_reduction']:.2f}x", f"{r['tflm_full_head_bytes']:,}",
+          f"{r['tflm_patched_head_bytes']:,} ({r['tflm_class_head_bytes']:,}+{r['stage_bytes']:,} | "
+          f"{r['tflm_rest_head_bytes']:,})", f"{r['tflm_reduction']:.2f}x", f"{r['reduction_ratio']:.2f}",
+          "/".join(k for k, v in r["bit_exact"].items() if v) or "NO") for r in done])
+    totals = table(
+        ("model", "TFLM total full B (head+tail)", "TFLM total patched B (head+tails)", "stage weight copies B",
+         "LiteRT ms full / patched"),
+        [(r["model"], f"{r['tflm_full_total_bytes']:,} ({r['tflm_full_head_bytes']:,}+{r['tflm_full_tail_bytes']:,})",
+          f"{r['tflm_patched_total_bytes']:,} ({r['tflm_patched_head_bytes']:,}+{r['tflm_patched_tails_bytes']:,})",
+          f"{r['stage_weight_copies_bytes']:,}",
+          f"{r['litert_full_ms']:.2f} / {r['litert_patched_ms']:.2f} ({r['latency_ratio']:.2f}x)") for r in done])
+    return "\n\n".join([activations, totals, *lines])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--max-extra-macs", type=float, default=0.20)
+    parser.add_argument("--int8", action="store_true", help="INT8 artifacts under tflite-micro and LiteRT")
+    parser.add_argument("--target", default="stm32f746")
+    parser.add_argument("--models", default="mobilenet_v2_035_96", help="comma-separated, for --int8")
     args = parser.parse_args()
+    if args.int8:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [measure_int8(name, args.target, args.max_extra_macs, Path(tmp))
+                    for name in args.models.split(",")]
+        print(json.dumps(rows, indent=2) if args.json else render_int8(rows))
+        return
     rows = measure(args.max_extra_macs)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -96,8 +96,14 @@ def input_region(layer: Layer, out: Region) -> Region:
     """Rows/cols of the layer's input needed for output region `out` (before clipping: may pass borders)."""
     if layer.op not in SPATIAL_OPS:
         return out
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
-    pad_top, pad_left = layer.padding[0], layer.padding[1]
+    return window_region(out, layer.kernel, layer.stride, layer.dilation, layer.padding[:2])
+
+
+def window_region(out: Region, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                  pad_top_left: tuple[int, int]) -> Region:
+    """Input rows/cols a sliding-window op (conv, pool, pad) reads for output region `out`, before clipping."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    pad_top, pad_left = pad_top_left
     top, left, bottom, right = out
     return (top * sh - pad_top, left * sw - pad_left,
             (bottom - 1) * sh - pad_top + dh * (kh - 1) + 1, (right - 1) * sw - pad_left + dw * (kw - 1) + 1)

@@ -1,0 +1,217 @@
+"""INT8 patch-based execution: patched output is bit-exact with the full INT8 model, under LiteRT and
+under the real tflite-micro interpreter, and the MCU artifacts (C arrays, schedule header) build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.convert.config import Int8Config
+from edgekit.convert.patch_artifacts import PatchArtifacts, build_patch_artifacts
+from edgekit.convert.patch_pack import write_patch_pack
+from edgekit.convert.quantize import quantize
+from edgekit.graph.from_tflite import from_tflite
+from edgekit.memory import MemoryPolicy
+from edgekit.models import create_model
+from edgekit.models.resnet import BasicBlock
+from edgekit.plan.patch import fixed_plan, plan_patches
+from edgekit.runtime.backends import open_backend
+from edgekit.runtime.patched import PatchExecutor, schedule_files
+
+pytestmark = pytest.mark.slow
+
+
+class ResidualPoolNet(nn.Module):
+    """48x48 -> conv 3x3/2 -> max pool 3x3/1 (SAME) -> residual block -> max pool 2 | residual block/2 -> fc."""
+
+    input_shape = (1, 3, 48, 48)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.features = nn.Sequential(nn.MaxPool2d(3, 1, 1), BasicBlock(16, 16, 1), nn.MaxPool2d(2),
+                                      BasicBlock(16, 32, 2))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.stem(x)).mean((2, 3)))
+
+
+def _int8_nhwc(model: nn.Module, path: Path) -> Path:
+    """Full-integer TFLite with NHWC int8 I/O, the MCU preset, with trained-like batch-norm statistics."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    return quantize(model.eval(), calibration, path, Int8Config(format="tflite", channels_last_io=True))
+
+
+@pytest.fixture(scope="module")
+def mbv2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifacts]:
+    """MobileNetV2-0.35@96 INT8, the searched plan (in-place residual accounting) on its own graph."""
+    path = _int8_nhwc(create_model("mobilenet_v2_035_96"), tmp_path_factory.mktemp("int8") / "mbv2.tflite")
+    plan = plan_patches(from_tflite(path), policy=MemoryPolicy(inplace_residual=True))
+    return path, build_patch_artifacts(path, plan)
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifacts]:
+    """ResidualPoolNet INT8, stage = stem, SAME max pool, residual block and max pool, 3x3 grid."""
+    path = _int8_nhwc(ResidualPoolNet(), tmp_path_factory.mktemp("int8") / "resnet.tflite")
+    graph = from_tflite(path)
+    end = next(l.name for l in graph.layers if l.op == "maxpool2d" and l.stride == (2, 2))
+    plan = fixed_plan(graph, end, 3)
+    assert {"maxpool2d", "add"} <= {l.op for l in graph.layers[: len(plan.stage_layers)]}
+    return path, build_patch_artifacts(path, plan)
+
+
+def _full(path: Path, artifacts: PatchArtifacts, backend: str, x: np.ndarray) -> np.ndarray:
+    schedule = artifacts.schedule
+    full = open_backend(backend, path.read_bytes(), tuple(schedule["input"]["shape"]),
+                        tuple(schedule["output"]["shape"]))
+    full.input_buffer[...] = x
+    return full.invoke()
+
+
+def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-128, 128, artifacts.schedule["input"]["shape"], dtype=np.int8)
+
+
+@pytest.mark.parametrize("backend", ["litert", "tflite-micro"])
+@pytest.mark.parametrize("net", ["mbv2", "resnet"])
+def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.FixtureRequest) -> None:
+    path, artifacts = request.getfixturevalue(net)
+    schedule = json.loads(json.dumps(artifacts.schedule))  # as a bundle manifest holds it
+    executor = PatchExecutor({name: artifacts.files[name] for name in schedule_files(schedule, backend)},
+                             schedule, backend)
+    for seed in (0, 1):
+        x = _frame(artifacts, seed)
+        assert np.array_equal(executor.run_raw(x), _full(path, artifacts, backend, x))
+
+
+def test_classes_pad_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
+    _, artifacts = resnet
+    schedule = artifacts.schedule
+    height, width = schedule["input"]["shape"][1:3]
+    assert len(schedule["patches"]) == 9 and len(schedule["classes"]) <= 9
+    for patch in schedule["patches"]:
+        top, left, bottom, right = patch["window"]
+        touches = (top == 0, left == 0, bottom == height, right == width)
+        assert all(touch or pad == 0 for touch, pad in zip(touches, patch["pad"]))
+    assert schedule["patches"][0]["pad"][:2] == [1, 1]  # conv 3x3/2, padding 1: the top-left patch pads
+
+
+def test_padding_at_patch_borders_breaks_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
+    """Run interior patches with the top-left class (zero-point padding where the halo should be): wrong."""
+    path, artifacts = mbv2
+    schedule = artifacts.schedule
+    corner = schedule["classes"][0]["input"]["shape"][1:3]
+    stride = schedule["input"]["shape"][1] // schedule["stage"]["shape"][1]
+    wrong = {**schedule, "patches": []}
+    for patch in schedule["patches"]:
+        top, left = patch["tile"][0] * stride, patch["tile"][1] * stride
+        if patch["class"] != 0 and top + corner[0] <= schedule["input"]["shape"][1] \
+                and left + corner[1] <= schedule["input"]["shape"][2]:
+            patch = {**patch, "class": 0, "window": [top, left, top + corner[0], left + corner[1]]}
+        wrong["patches"].append(patch)
+    assert wrong["patches"] != schedule["patches"]
+    x = _frame(artifacts)
+    expected = _full(path, artifacts, "litert", x)
+    assert np.array_equal(PatchExecutor(artifacts.files, schedule, "litert").run_raw(x), expected)
+    assert not np.array_equal(PatchExecutor(artifacts.files, wrong, "litert").run_raw(x), expected)
+
+
+def test_shared_model_stores_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
+    from edgekit.graph.from_tflite import read_model
+
+    path, artifacts = mbv2
+    (path.parent / "patched.tflite").write_bytes(artifacts.files["patched.tflite"])
+    constant_bytes = lambda model: sum(len(b.data) for b in model.buffers if b.data is not None)  # noqa: E731
+    original, shared = read_model(path)[0], read_model(path.parent / "patched.tflite")[0]
+    assert len(shared.subgraphs) == len(artifacts.schedule["classes"]) + 1
+    new_constants = constant_bytes(shared) - constant_bytes(original)  # crop offsets and pad amounts only
+    assert 0 <= new_constants < 4096
+    assert artifacts.stage_weight_copies_bytes == artifacts.schedule["stage_weight_bytes"] * (
+        len(artifacts.schedule["classes"]) - 1)
+
+
+def test_tflm_patched_peak_is_below_the_full_arena(resnet: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
+    from edgekit.convert.mcu import measure_arena
+
+    path, artifacts = resnet
+    arenas = write_patch_pack(artifacts, tmp_path)
+    executor = PatchExecutor(artifacts.files, artifacts.schedule, "tflite-micro")
+    memory = executor.memory()
+    assert memory["rest_arena_bytes"] == arenas["patch_rest.tflite"]["total"]
+    assert executor.peak_bytes < measure_arena(path)
+
+
+def test_mcu_pack_and_schedule_header_compile(resnet: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
+    _, artifacts = resnet
+    write_patch_pack(artifacts, tmp_path)
+    for name in ("patch_schedule.h", "patch_schedule.json", "op_resolver.h", "arena.h", "patch_rest_data.cc",
+                 "patch_class0_data.h"):
+        assert (tmp_path / name).is_file(), name
+    count = len(artifacts.schedule["patches"])
+    (tmp_path / "check.c").write_text(
+        '#include "patch_schedule.h"\n'
+        f"_Static_assert(EK_PATCH_COUNT == {count}, \"patch count\");\n"
+        "_Static_assert(sizeof(ek_patches) / sizeof(ek_patches[0]) == EK_PATCH_COUNT, \"table\");\n"
+        "int last_tile_right(void) { return ek_patches[EK_PATCH_COUNT - 1].tile.right; }\n")
+    for compiler in (["gcc", "-std=c99"], ["g++", "-x", "c++", "-std=c++17"]):
+        if compiler[0] == "g++":
+            (tmp_path / "check.c").write_text((tmp_path / "check.c").read_text().replace("_Static_assert",
+                                                                                         "static_assert"))
+        done = subprocess.run([*compiler, "-fsyntax-only", "-Wall", "-Werror", "-I", str(tmp_path),
+                               str(tmp_path / "check.c")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", str(tmp_path / "patch_rest_data.cc")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_emits_the_mcu_pack(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
+    from edgekit.cli import main
+
+    path, _ = mbv2
+    assert main(["plan", "patch", str(path), "--target", "stm32f746", "--emit", str(tmp_path / "pack")]) == 0
+    names = {p.name for p in (tmp_path / "pack").iterdir()}
+    assert {"patched.tflite", "patch_rest.tflite", "patch_schedule.h", "arena.h", "op_resolver.h"} <= names
+
+
+def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],
+                                              resnet: tuple[Path, PatchArtifacts]) -> None:
+    from edgekit.plan.patch import PlanError
+
+    mbv2_path, resnet_path = mbv2[0], resnet[0]
+    graph = from_tflite(resnet_path)
+    plan = fixed_plan(graph, next(l.name for l in graph.layers if l.op == "add"), 2)
+    with pytest.raises(PlanError, match="not this model's first layers"):
+        build_patch_artifacts(mbv2_path, plan)
+
+
+def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path, PatchArtifacts]) -> None:
+    from edgekit.runtime.backends import BackendError
+
+    path, artifacts = resnet
+    executor = PatchExecutor(artifacts.files, artifacts.schedule, "litert")
+    x = np.random.default_rng(2).random(artifacts.schedule["input"]["shape"], dtype=np.float32)
+    out = artifacts.schedule["output"]
+    expected = _full(path, artifacts, "litert", executor.quantize(x))
+    assert np.array_equal(executor.run(x), ((expected.astype(np.int32) - out["zero_point"]) * out["scale"])
+                          .astype(np.float32))
+    with pytest.raises(BackendError, match=r"input shape \(1, 48, 48, 3\) \(NHWC\) expected, found \(1, 3, 48, 48\)"):
+        executor.run(x.transpose(0, 3, 1, 2))
+    full = open_backend("litert", path.read_bytes(), (1, 48, 48, 3), tuple(out["shape"]))
+    for ours, theirs in zip(executor.model_tensors(), full.model_tensors()):  # what a session checks
+        assert (ours.shape, ours.dtype, ours.zero_point) == (theirs.shape, theirs.dtype, theirs.zero_point)
+        assert ours.scale == pytest.approx(theirs.scale, rel=1e-7)
