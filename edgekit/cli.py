@@ -137,9 +137,9 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
     if args.emit:
         from edgekit.convert.patch_pack import emit_patch_artifacts
 
-        mcu = bool(args.target) and load_target(args.target).device_class == "mcu"
-        data["emitted"] = emit_patch_artifacts(args.model, plan, args.emit, mcu)
-        text += f"\npatch artifacts ({len(data['emitted']['files'])} files) written to {args.emit}/"
+        data["emitted"] = emit_patch_artifacts(args.model, plan, args.emit,
+                                               load_target(args.target) if args.target else None)
+        text += f"\npatch bundle ({len(data['emitted']['files'])} files) written to {args.emit}/"
     _emit(args, data, text)
 
 
@@ -202,7 +202,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     name = args.model.rpartition(":")[2]
     command = (f"edgekit calibrate {args.model} --target {args.target} --backend {args.backend} "
-               f"--threads {args.threads} --repeats {args.repeats}" + (f" --artifact {args.artifact}" * bool(args.artifact)))
+               f"--threads {args.threads} --repeats {args.repeats}")
+    if args.artifact:
+        command += f" --artifact {args.artifact}"
     calibration = calibrate(args.model, name, args.target, args.backend, args.threads, args.repeats, args.out, command,
                             args.artifact)
     holdouts = [spec.partition("=") for spec in args.holdout]
@@ -266,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnxruntime", "litert"), default="onnxruntime",
                    help="runtime that measures: onnxruntime (per-kernel profiler, fp32 ONNX export) or litert "
                         "(timed prefixes of --artifact, or of an fp32 conversion)")
-    p.add_argument("--artifact", metavar="MODEL.tflite", help="litert: the .tflite of MODEL to measure (e.g. the "
-                                                               "INT8 one from edgekit compile); its dtype is calibrated")
+    p.add_argument("--artifact", metavar="MODEL.tflite",
+                   help="litert: the .tflite of MODEL to measure (e.g. the INT8 one from edgekit compile); its dtype "
+                        "is the one calibrated")
     p.add_argument("--threads", type=_positive, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=_positive, default=20, help="timed runs; medians are reported (default 20)")
     p.add_argument("--holdout", action="append", default=[], metavar="MODEL[=MODEL.tflite]",

@@ -179,13 +179,23 @@ def test_mcu_pack_and_schedule_header_compile(resnet: tuple[Path, PatchArtifacts
     assert done.returncode == 0, done.stderr
 
 
-def test_cli_emits_the_mcu_pack(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["litert", "tflite-micro"])
+def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path,
+                                                           backend: str) -> None:
     from edgekit.cli import main
+    from edgekit.runtime import load
 
-    path, _ = mbv2
+    path, artifacts = mbv2
     assert main(["plan", "patch", str(path), "--target", "stm32f746", "--emit", str(tmp_path / "pack")]) == 0
     names = {p.name for p in (tmp_path / "pack").iterdir()}
-    assert {"patched.tflite", "patch_rest.tflite", "patch_schedule.h", "arena.h", "op_resolver.h"} <= names
+    assert {"manifest.json", "patched.tflite", "patch_rest.tflite", "patch_schedule.h", "arena.h",
+            "op_resolver.h"} <= names
+    session = load(tmp_path / "pack", backend=backend)
+    assert "patch schedule" in session.info()["stages"][0]["engine"]
+    x = _frame(artifacts, 3)
+    out = artifacts.schedule["output"]
+    expected = (_full(path, artifacts, backend, x).astype(np.int32) - out["zero_point"]) * np.float32(out["scale"])
+    np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
 
 
 def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],

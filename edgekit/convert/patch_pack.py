@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.bundle import Manifest, Stage, TensorInfo, write_bundle
+from edgekit.convert.compile import check_output, staging
 from edgekit.convert.mcu import _arena_file, _model_files, _resolver_file, _tflm_ops, arena_parts
 from edgekit.convert.patch_artifacts import PatchArtifacts, build_patch_artifacts
 from edgekit.errors import ConversionError
 from edgekit.plan.patch import PatchPlan
+from edgekit.targets import Device
 
 
 def schedule_header(schedule: dict) -> str:
@@ -82,14 +85,32 @@ def write_patch_pack(artifacts: PatchArtifacts, out_dir: str | Path) -> dict[str
     return arenas
 
 
-def emit_patch_artifacts(tflite_path: str | Path, plan: PatchPlan, out_dir: str | Path, mcu: bool) -> dict:
-    """Build the artifacts and write them (as the MCU pack when `mcu`); what was written, for a report."""
+def patch_manifest(schedule: dict, model: str, target: str, backend: str) -> Manifest:
+    """The bundle manifest of a patch schedule: one stage (the shared model) whose plan is the schedule."""
+    def info(name: str, tensor: dict) -> TensorInfo:
+        return TensorInfo(name, tuple(tensor["shape"]), tensor["dtype"], "NHWC" if len(tensor["shape"]) == 4 else None,
+                          tensor["scale"], tensor["zero_point"])
+
+    stage = Stage("patched", backend, schedule["shared_model"], (info("input", schedule["input"]),),
+                  (info("output", schedule["output"]),))
+    return Manifest(model, target, (stage,), plan=schedule)
+
+
+def emit_patch_artifacts(tflite_path: str | Path, plan: PatchPlan, out_dir: str | Path, target: Device | None) -> dict:
+    """Build the artifacts and write them as a verified bundle (with the MCU pack for an MCU target), which
+    `edgekit run`/`bench` and `edgekit.runtime.load` run patch by patch; what was written, for a report."""
     if Path(tflite_path).suffix != ".tflite":
         raise ConversionError(f"patch artifacts are cut from an INT8 .tflite model, found {tflite_path}; "
                               "compile it first (edgekit compile MODEL --int8 --target ...)")
+    out_dir = check_output(out_dir)
     artifacts = build_patch_artifacts(tflite_path, plan)
-    arenas = write_patch_pack(artifacts, out_dir) if mcu else None
-    if not mcu:
-        artifacts.write(out_dir)
+    mcu = target is not None and target.device_class == "mcu"
+    with staging(out_dir) as tmp:
+        arenas = write_patch_pack(artifacts, tmp) if mcu else None
+        if not mcu:
+            artifacts.write(tmp)
+        manifest = patch_manifest(artifacts.schedule, Path(tflite_path).stem, target.name if target else "any",
+                                  "tflite-micro" if mcu else "litert")
+        write_bundle(tmp, manifest, out_dir)
     return {"dir": str(out_dir), "files": sorted(p.name for p in Path(out_dir).iterdir()),
             "classes": len(artifacts.schedule["classes"]), "arenas": arenas}

@@ -136,6 +136,11 @@ class PatchExecutor:
                           bytes=self.stage.nbytes + (window + tile) * self.stage.itemsize)
         return report
 
+    def describe(self) -> str:
+        """What runs: the schedule's size and the backend."""
+        return (f"patch schedule ({len(self.schedule['patches'])} patches, {len(self.schedule['classes'])} "
+                f"border classes, {self.schedule['grid']}x{self.schedule['grid']} grid) on {self.backend}")
+
     @property
     def peak_bytes(self) -> int:
         """Peak SRAM of the schedule. tflite-micro: max(largest class arena + stage buffer, rest arena),

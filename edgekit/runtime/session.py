@@ -21,6 +21,7 @@ import numpy as np
 from edgekit.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
 from edgekit.errors import BundleError, EdgekitError
 from edgekit.runtime.backends import BACKENDS, FORMATS, BackendError, ModelTensor, open_backend
+from edgekit.runtime.patched import PatchExecutor, schedule_files
 from edgekit.runtime.split_exec import Resplit, SplitLayout, SplitRunner
 from edgekit.runtime.transport import SOURCES, Reply, Transport
 
@@ -84,9 +85,14 @@ class _StageRunner:
                                "runtime runs single-input, single-output stages")
         self.stage, self.backend = stage, backend
         self.input, self.output = stage.inputs[0], stage.outputs[0]
+        plan = bundle.manifest.plan or {}
         try:
-            self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
-                                        threads)
+            if plan.get("kind") == "patch":  # the stage's model runs patch by patch under the plan's schedule
+                files = {name: bundle.read(name) for name in schedule_files(plan, backend)}
+                self.adapter = PatchExecutor(files, plan, backend, threads)
+            else:
+                self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
+                                            threads)
         except BackendError as exc:
             raise BackendError(f"{where}: {exc}") from None
         model_in, model_out = self.adapter.model_tensors()
