@@ -150,3 +150,20 @@ def test_layer_names_are_unique() -> None:
     graph = load_graph("mcunet_in")
     names = [l.name for l in graph.layers]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.slow
+def test_int8_tflite_with_a_padded_max_pool_is_read(tmp_path: Path) -> None:
+    """litert pads a padded max pool with PADV2, whose pad value is a shapeless scalar constant."""
+    import numpy as np
+    from torch import nn
+
+    from edgekit.convert.config import Int8Config
+    from edgekit.convert.quantize import quantize
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1)).eval()
+    calibration = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    graph = load_graph(quantize(model, calibration, tmp_path / "pool.tflite", Int8Config(format="tflite")))
+    ops = [layer.op for layer in graph.layers]
+    pool = graph.layers[ops.index("maxpool2d")]
+    assert ops[ops.index("maxpool2d") - 1] == "pad" and pool.output_shape == (1, 8, 8, 8)

@@ -134,7 +134,9 @@ def from_tflite(path: str | Path) -> Graph:
         return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), _NUMPY_DTYPES.get(dtype(index), np.uint8))
 
     def const_bytes(indices: list[int]) -> int:
-        return sum(int(np.prod(sub.tensors[i].shape)) * DTYPE_BYTES.get(dtype(i), 1) for i in indices)
+        # a scalar constant (PADV2's pad value) has no shape vector: one element
+        return sum(int(np.prod(sub.tensors[i].shape if sub.tensors[i].shape is not None else ()))
+                   * DTYPE_BYTES.get(dtype(i), 1) for i in indices)
 
     nchw = _nchw_tensors(ops, lambda op: const_value(op.inputs[1]))
     inputs = [TensorSpec(tensor_id(i), shape(i), dtype(i)) for i in sub.inputs]
@@ -146,7 +148,8 @@ def from_tflite(path: str | Path) -> Graph:
         scope = _short_name(sub.tensors[out].name)
         name = f"{scope}:{opname.lower()}" if scope else f"{opname.lower()}_{index}"
         nodes.append(_translate(opname, op, name, [tensor_id(i) for i in acts], tensor_id(out), shape(out),
-                                dtype(out), [sub.tensors[i].shape for i in weights], const_bytes(weights),
+                                dtype(out), [sub.tensors[i].shape if sub.tensors[i].shape is not None else ()
+                                             for i in weights], const_bytes(weights),
                                 [shape(i) for i in acts], const_value, path, index))
     outputs = [tensor_id(i) for i in sub.outputs]
     return build_graph(path.stem, "tflite", "NHWC", inputs, outputs, nodes)
