@@ -137,7 +137,8 @@ def render_split_plan(plan: SplitPlan) -> str:
     ranges = [(f"{_bps(lo)} .. {_bps(hi)}", names[k], k) for lo, hi, k in plan.decision_map]
     return "\n".join([
         f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
-        f"objective {plan.objective}; estimates from the profiles' throughput figures",
+        f"objective {plan.objective}; layer times: device {plan.figures[0]}, server {plan.figures[1]} "
+        "(measured/fitted: edgekit calibrate; estimate: the profile's throughput figures)",
         "", table(headers, rows), "",
         "decision map (which cut wins as the uplink changes):",
         table(("uplink", "head ends at", "device layers"), ranges),

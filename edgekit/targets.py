@@ -2,14 +2,16 @@
 
 Built-in profiles live in the repository's `targets/` folder (installed as `edgekit.profiles`);
 users pass their own file by path. Every number is written with a unit and carries either a
-`source` (datasheet, paper, URL) or an `estimate` (how it was derived).
+`source` (datasheet, paper, URL) or an `estimate` (how it was derived). A device profile written by
+`edgekit calibrate` adds a `[calibration]` table (`DeviceCalibration`): fitted rates and measured
+per-layer seconds, each with a "measured: ..." source, which the cost model prefers over the estimates.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEVICE_CLASSES = ("mcu", "sbc", "gpu-sbc", "server")
+DTYPES = ("int8", "fp16", "fp32")  # the per-dtype throughput keys
 RUNTIMES = ("tflite-micro", "litert", "tflite-runtime", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
@@ -38,6 +41,42 @@ class Quantity:
     @property
     def provenance(self) -> str:
         return self.source if self.source else f"estimate: {self.estimate}"
+
+
+@dataclass(frozen=True)
+class MeasuredModel:
+    """Measured seconds of each layer of one model (keyed by the graph IR's layer names) and end to end."""
+
+    input_shape: tuple[int, ...]
+    total: Quantity
+    layers: dict[str, float]
+    source: str
+
+
+@dataclass(frozen=True)
+class DeviceCalibration:
+    """What `edgekit calibrate` measured on the device: the fitted cost model for one dtype and the raw tables."""
+
+    backend: str
+    threads: int
+    dtype: str  # the cost model uses this calibration only for layers run in this dtype
+    date: str
+    machine: str
+    command: str
+    repeats: int
+    throughput: Quantity  # fitted effective MAC/s
+    overhead: Quantity | None = None  # per inference, outside any layer; None when not above zero
+    bandwidth: Quantity | None = None  # fitted effective B/s; None when the fit gives memory no weight
+    layer_overhead: Quantity | None = None  # fitted fixed seconds per executed layer; None when zero
+    models: dict[str, MeasuredModel] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        """One line for tables: how it was measured, the fitted figures, which models have measured layers."""
+        fitted = ", ".join(q.text for q in (self.throughput, self.bandwidth, self.layer_overhead) if q is not None)
+        overhead = self.overhead.text if self.overhead else "0 us"
+        return (f"{self.dtype} on {self.backend}, {self.threads} thread(s), {self.date}: {fitted}"
+                f"{' per layer' if self.layer_overhead else ''}; overhead {overhead}; measured layers of "
+                f"{', '.join(self.models) or 'no model'}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +100,7 @@ class Device:
     power_idle: Quantity | None = None
     links: tuple[str, ...] = ()
     path: str = ""
+    calibration: DeviceCalibration | None = None
 
     @property
     def activation_budget_bytes(self) -> int:
@@ -101,6 +141,27 @@ _DEVICE_SPEC: dict[str, tuple[Any, bool]] = {
     "throughput": ({"int8": (_Q + "mac_rate", True), "fp32": (_Q + "mac_rate", True),
                     "fp16": (_Q + "mac_rate", False)}, True),
     "power": ({"active": (_Q + "power", True), "idle": (_Q + "power", True)}, False),
+    "calibration": ("calibration", False),
+}
+_CALIBRATION_SPEC: dict[str, tuple[Any, bool]] = {
+    "backend": ("str", True),
+    "threads": ("int", True),
+    "dtype": ("str", True),
+    "date": ("str", True),
+    "machine": ("str", True),
+    "command": ("str", True),
+    "repeats": ("int", True),
+    "throughput": (_Q + "mac_rate", True),
+    "overhead": (_Q + "time", False),
+    "bandwidth": (_Q + "byte_rate", False),
+    "layer_overhead": (_Q + "time", False),
+    "models": ("models", True),
+}
+_MODEL_SPEC: dict[str, tuple[Any, bool]] = {
+    "input_shape": ("list[int]", True),
+    "total": (_Q + "time", True),
+    "source": ("str", True),
+    "layers": ("layers", True),
 }
 _LINK_SPEC: dict[str, tuple[Any, bool]] = {
     "kind": ("str", True),
@@ -137,12 +198,48 @@ def _check_value(value: Any, kind: Any, where: str, dotted: str) -> Any:
         return _check_table(value, kind, where, dotted + ".")
     if kind.startswith(_Q):
         return _check_quantity(value, kind[len(_Q):], where, dotted)
-    expected = {"str": str, "int": int, "list[str]": list}[kind]
+    if kind == "calibration":
+        return _check_calibration(value, where, dotted)
+    if kind in ("models", "layers"):
+        return _check_named_tables(value, kind, where, dotted)
+    expected = {"str": str, "int": int, "list[str]": list, "list[int]": list}[kind]
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ProfileError(f"{where}: '{dotted}' must be {kind}, found {type(value).__name__} {value!r}")
-    if kind == "list[str]" and not all(isinstance(v, str) for v in value):
-        raise ProfileError(f"{where}: '{dotted}' must be a list of strings, found {value!r}")
-    return tuple(value) if kind == "list[str]" else value
+    item = {"list[str]": str, "list[int]": int}.get(kind)
+    if item is not None and not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        raise ProfileError(f"{where}: '{dotted}' must be a {kind}, found {value!r}")
+    return tuple(value) if item is not None else value
+
+
+def _check_calibration(value: Any, where: str, dotted: str) -> DeviceCalibration:
+    if not isinstance(value, dict):
+        raise ProfileError(f"{where}: '{dotted}' must be a table, found {type(value).__name__}")
+    data = _check_table(value, _CALIBRATION_SPEC, where, dotted + ".")
+    if data["dtype"] not in DTYPES:
+        raise ProfileError(f"{where}: '{dotted}.dtype' must be one of {', '.join(DTYPES)}, found {data['dtype']!r}")
+    for key in ("threads", "repeats"):
+        if data[key] < 1:
+            raise ProfileError(f"{where}: '{dotted}.{key}' must be a positive integer, found {data[key]!r}")
+    return DeviceCalibration(**data)
+
+
+def _check_named_tables(value: Any, kind: str, where: str, dotted: str) -> dict:
+    """`models`: model name -> measured table; `layers`: layer name -> time text such as '12.5 us' (0 allowed)."""
+    if not isinstance(value, dict):
+        raise ProfileError(f"{where}: '{dotted}' must be a table, found {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for name, entry in value.items():
+        key = f"{dotted}.{name}"
+        if kind == "models":
+            if not isinstance(entry, dict):
+                raise ProfileError(f"{where}: '{key}' must be a table, found {type(entry).__name__}")
+            out[name] = MeasuredModel(**_check_table(entry, _MODEL_SPEC, where, key + "."))
+            continue
+        try:
+            out[name] = parse_quantity(entry, "time")
+        except ValueError as exc:
+            raise ProfileError(f"{where}: '{key}': {exc}") from None
+    return out
 
 
 def _check_quantity(value: Any, dimension: str, where: str, dotted: str) -> Quantity:
@@ -229,7 +326,7 @@ def load_target(name_or_path: str | Path) -> Device:
         runtimes=data["runtimes"], throughput=data["throughput"],
         sram=memory.get("sram"), flash=memory.get("flash"), ram=memory.get("ram"),
         memory_bandwidth=memory.get("bandwidth"), power_active=power.get("active"), power_idle=power.get("idle"),
-        links=data.get("links", ()), path=where,
+        links=data.get("links", ()), path=where, calibration=data.get("calibration"),
     )
 
 

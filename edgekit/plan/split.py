@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from edgekit.cost import PROTOCOL_OVERHEAD_BYTES, Cost, layer_cost, transfer_cost
+from edgekit.cost import (LATENCY_SOURCES, PROTOCOL_OVERHEAD_BYTES, Cost, invocation_cost, layer_cost,
+                          layer_seconds, transfer_cost)
 from edgekit.errors import EdgekitError
 from edgekit.graph.ir import DTYPE_BYTES, Graph, numel
 from edgekit.memory import MemoryPolicy, activation_memory
@@ -59,6 +60,7 @@ class SplitPlan:
     candidates: tuple[SplitCandidate, ...]
     chosen: SplitCandidate
     decision_map: tuple[tuple[float, float, int], ...]  # (from bit/s, to bit/s, device_layers)
+    figures: tuple[str, str] = ("estimate", "estimate")  # device's and server's layer times: cost.LATENCY_SOURCES
 
     @property
     def all_device(self) -> SplitCandidate:
@@ -76,7 +78,8 @@ class SplitPlan:
         candidates = tuple(SplitCandidate(**{**c, "tensors": tuple(c["tensors"])}) for c in data["candidates"])
         chosen = SplitCandidate(**{**data["chosen"], "tensors": tuple(data["chosen"]["tensors"])})
         return cls(**{**data, "candidates": candidates, "chosen": chosen,
-                      "decision_map": tuple(tuple(r) for r in data["decision_map"])})
+                      "decision_map": tuple(tuple(r) for r in data["decision_map"]),
+                      "figures": tuple(data.get("figures", ("estimate", "estimate")))})
 
 
 def _score(candidate: SplitCandidate, objective: str) -> float:
@@ -93,15 +96,16 @@ def crossing_tensors(graph: Graph, k: int) -> tuple[str, ...]:
 def evaluate_cuts(graph: Graph, device: Device, server: Device, link: Link, dtype: str = "int8",
                   server_dtype: str = "fp32") -> tuple[SplitCandidate, ...]:
     """Every cut along the execution order, from all-on-server (0 device layers) to all-on-device."""
-    device_costs = [layer_cost(layer, device, dtype) for layer in graph.layers]
-    server_costs = [layer_cost(layer, server, server_dtype) for layer in graph.layers]
+    device_costs = [layer_cost(layer, device, dtype, graph.name) for layer in graph.layers]
+    server_costs = [layer_cost(layer, server, server_dtype, graph.name) for layer in graph.layers]
+    head_call, tail_call = invocation_cost(device, dtype), invocation_cost(server, server_dtype)
     live = [m.live_bytes for m in activation_memory(graph, MemoryPolicy(dtype)).layers]
     result_bytes = sum(numel(graph.tensor_shape(t)) * DTYPE_BYTES["fp32"] for t in graph.outputs)
     n = len(graph.layers)
     candidates = []
     for k in range(n + 1):
-        head = sum(device_costs[:k], Cost(0.0))
-        tail = sum(server_costs[k:], Cost(0.0))
+        head = sum(device_costs[:k], head_call if k else Cost(0.0))  # a stage that runs costs one call
+        tail = sum(server_costs[k:], tail_call if k < n else Cost(0.0))
         tensors = crossing_tensors(graph, k) if k < n else ()
         payload = sum(numel(graph.tensor_shape(t)) for t in tensors) * DTYPE_BYTES[dtype if k else "uint8"]
         transfer = Cost(0.0)
@@ -148,8 +152,15 @@ def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_
             ranges[-1] = (ranges[-1][0], bps, winner)
         else:
             ranges.append((bps, bps, winner))
+    figures = (_figures(graph, device, dtype), _figures(graph, server, server_dtype))
     return SplitPlan(graph.name, device.name, server.name, link.name, link.uplink.value, objective, candidates,
-                     chosen, tuple(ranges))
+                     chosen, tuple(ranges), figures)
+
+
+def _figures(graph: Graph, device: Device, dtype: str) -> str:
+    """Which figures a side's layer times come from: one of cost.LATENCY_SOURCES, or a '+'-joined mix."""
+    used = {layer_seconds(layer, device, dtype, graph.name)[1] for layer in graph.layers}
+    return "+".join(source for source in LATENCY_SOURCES if source in used)
 
 
 def _best(candidates: tuple[SplitCandidate, ...], objective: str, graph: Graph, device: Device,
