@@ -64,13 +64,18 @@ def fit_roofline(layers: Sequence[Layer], seconds: Mapping[str, float], dtype: s
         raise CalibrationError("no measured layer to fit: expected per-layer seconds keyed by the graph's layer names")
     features = np.array([[layer.macs, moved_bytes(layer, dtype), float(is_executed(layer))] for layer in measured],
                         dtype=np.float64)
-    scale = np.maximum(features.max(axis=0), 1.0)  # columns of similar size for a well-conditioned solve
     target = np.array([seconds[layer.name] for layer in measured])
-    x = nonnegative_lstsq(features / scale, target) / scale
-    if x[0] <= 0:
-        raise CalibrationError(f"fit over {len(measured)} layers gave compute no weight: MAC/s cannot be derived "
-                               "(does the model have any MACs?)")
-    return RooflineFit(1.0 / x[0], 1.0 / x[1] if x[1] > 0 else None, float(x[2]), len(measured))
+    # Noisy timings (a throttled or busy CPU) can give all the weight to the byte or per-layer terms; then drop
+    # them in turn, keeping the compute term, rather than fail: MACs, bytes and layer count; MACs and layer
+    # count; MACs alone.
+    for columns in ((0, 1, 2), (0, 2), (0,)):
+        scale = np.maximum(features[:, columns].max(axis=0), 1.0)  # similar column sizes: a well-conditioned solve
+        x = np.zeros(3)
+        x[list(columns)] = nonnegative_lstsq(features[:, columns] / scale, target) / scale
+        if x[0] > 0:
+            return RooflineFit(1.0 / x[0], 1.0 / x[1] if x[1] > 0 else None, float(x[2]), len(measured))
+    raise CalibrationError(f"fit over {len(measured)} layers gave compute no weight: MAC/s cannot be derived "
+                           "(does the model have any MACs?)")
 
 
 def prediction_error(predictor: str, model: str, predicted: Mapping[str, float], measured: Mapping[str, float],

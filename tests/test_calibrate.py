@@ -127,6 +127,16 @@ def test_fit_recovers_the_rates_that_generated_the_times():
     assert fit.layer_overhead == pytest.approx(3e-6, rel=1e-6)
 
 
+def test_noisy_timings_that_favour_bytes_still_give_a_compute_rate():
+    # times that follow the weights (bytes moved), not the MACs: the full fit gives compute no weight
+    layers = [conv(f"l{i}", macs=1000 * (5 - i), params=4000 * i) for i in range(5)]
+    seconds = {layer.name: (512 + layer.params) * 4 / 1e9 for layer in layers}
+    fit = fit_roofline(layers, seconds, "fp32")
+    assert fit.byte_rate is None and fit.mac_rate > 0  # bytes dropped, MACs (and per-layer cost) kept
+    with pytest.raises(CalibrationError, match="gave compute no weight"):
+        fit_roofline([conv("zero", macs=0)], {"zero": 1e-3}, "fp32")
+
+
 def test_nonnegative_fit_drops_a_term_instead_of_going_negative():
     a = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
     b = np.array([1.0, 2.0, 3.5])  # unconstrained: slope 1.25, intercept -0.33

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import signal
 import socket
 import socketserver
 import struct
@@ -105,6 +106,7 @@ def serve(args: argparse.Namespace) -> None:
     sessions = {c["id"]: load(work / c["id"], part="server", threads=1)
                 for c in json.loads((work / "cuts.json").read_text()) if c["kind"] == "split"}
     sessions["all-server"] = load(work / "full", threads=1)
+    sessions["echo"] = load(work / "echo", threads=1)
     if args.transport == "mqtt":
         serve_mqtt(args, sessions)
         return
@@ -112,8 +114,6 @@ def serve(args: argparse.Namespace) -> None:
 
     def answer(raw: bytes) -> bytes:
         request = frame.decode(raw)
-        if request.model_id == "echo":  # the link's round trip with a tiny frame
-            return frame.encode(replace(request, kind="response"))
         if request.model_id == "all-server-jpeg":
             return handlers["all-server"](frame.encode(_jpeg_to_pixels(request)))
         return handlers[request.model_id](raw)
@@ -166,22 +166,48 @@ def test_image(size: int = RESOLUTION) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
+def jpeg_tensor(pixels: np.ndarray) -> frame.Tensor:
+    """The frame JPEG-encoded here (quality JPEG_QUALITY), as a uint8 byte tensor."""
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, "JPEG", quality=JPEG_QUALITY)
+    return frame.Tensor("jpeg", np.frombuffer(data.getvalue(), np.uint8))
+
+
 def pixel_tensor(pixels: np.ndarray) -> frame.Tensor:
     """Raw uint8 pixels as the model's NCHW input, quantized with scale 1/255: dequantizing gives x / 255."""
     return frame.Tensor("pixels", np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), 1 / 255, 0)
 
 
-def _measure(run, frames: int, hopeless_s: float = float("inf")) -> dict:  # type: ignore[no-untyped-def]
-    """Median wall time of `frames` runs after a warm-up; a candidate slower than `hopeless_s` gets one run."""
-    run()  # warm-up: first-run allocations, TCP slow start
-    times = []
-    for _ in range(frames):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-        if times[-1] > hopeless_s:
-            break
+def _timed(run) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _summary(times: list[float]) -> dict:
     return {"median_s": float(np.median(times)), "min_s": float(min(times)), "frames": len(times)}
+
+
+def measure_interleaved(runs: dict, frames: int, contenders: set | None = None) -> dict:
+    """Each candidate warmed up and timed once, in turn; then round after round, one frame per candidate still
+    in the race, so slow drifts (other load, the quota's phase) hit every candidate alike. A contender (default:
+    all) stops early only when it cannot be the oracle, the best contender: over 10x the best after one frame
+    (a transfer that long is no fluke), over 2x after three. Other candidates run every round."""
+    contenders = set(runs) if contenders is None else contenders
+    times = {}
+    for key, run in runs.items():
+        run()  # warm-up: first-run allocations, connection set-up, TCP slow start
+        times[key] = [_timed(run)]
+    for _ in range(frames - 1):
+        best = min(float(np.median(times[key])) for key in contenders)
+        for key, run in runs.items():
+            limit = 10 * best if len(times[key]) < 3 else 2 * best
+            if key in contenders and np.median(times[key]) > limit:
+                continue
+            times[key].append(_timed(run))
+    return {key: _summary(t) for key, t in times.items()}
 
 
 def _transport(args: argparse.Namespace, model_id: str) -> object:
@@ -196,42 +222,34 @@ def _transport(args: argparse.Namespace, model_id: str) -> object:
 
 def device(args: argparse.Namespace) -> None:
     """Run every candidate (cuts, all-device, all-server raw and JPEG) for `--frames` frames; print JSON."""
-    from PIL import Image
-
     from edgekit.runtime import load
 
     work = Path(args.work)
     pixels = test_image()
     x = dequantize(pixel_tensor(pixels))
-    results = {}
-    if args.transport == "socket":
-        echo = SocketTransport(args.host, args.port, "echo")
-        results["rtt"] = _measure(lambda: echo.request(frame.Tensor("ping", np.zeros(1, np.int8)), 60), 20)
-        echo.close()
-    cuts = json.loads((work / "cuts.json").read_text())
-    for cut in sorted(cuts, key=lambda c: (c["kind"] == "split", -c["k"])):  # the baselines set the bar first
+    echo = _transport(args, "echo")  # the transport's own round trip: a tiny frame through it and back
+    ping = frame.Tensor("ping", np.zeros((1, 1), np.float32))
+    results = measure_interleaved({"rtt": lambda: echo.request(ping, 60)}, 20)
+    echo.close()
+    runs, transports = {}, []
+    for cut in json.loads((work / "cuts.json").read_text()):
         if args.transport == "mqtt" and cut["kind"] == "jpeg":
             continue  # the MQTT tail workers run bundles; decoding a JPEG is the socket server's extra
         transport = None if cut["kind"] == "all-device" else _transport(args, cut["id"])
+        transports += [transport] if transport is not None else []
         if cut["kind"] == "split":
             session = load(work / cut["id"], transport=transport, deadline_s=60, local_tail=False, threads=1)
-            run = lambda session=session: session.run(x)  # noqa: E731
+            runs[cut["id"]] = lambda session=session: session.run(x)
         elif cut["kind"] == "all-device":
             full = load(work / "full", threads=1)
-            run = lambda: full.run(x)  # noqa: E731
+            runs[cut["id"]] = lambda: full.run(x)
         elif cut["kind"] == "all-server":
-            run = lambda transport=transport: transport.request(pixel_tensor(pixels), 60)  # noqa: E731
+            runs[cut["id"]] = lambda transport=transport: transport.request(pixel_tensor(pixels), 60)
         else:  # JPEG, encoded here on the device
-
-            def run(transport: SocketTransport = transport) -> Reply:
-                data = io.BytesIO()
-                Image.fromarray(pixels).save(data, "JPEG", quality=JPEG_QUALITY)
-                jpeg = np.frombuffer(data.getvalue(), np.uint8)
-                return transport.request(frame.Tensor("jpeg", jpeg), 60)
-        best = min((r["median_s"] for key, r in results.items() if key != "rtt"), default=float("inf"))
-        results[cut["id"]] = _measure(run, args.frames, 3 * best)  # 3x the best so far cannot be the oracle
-        if transport is not None:
-            transport.close()
+            runs[cut["id"]] = lambda transport=transport: transport.request(jpeg_tensor(pixels), 60)
+    results.update(measure_interleaved(runs, args.frames, set(runs) - {"all-server-jpeg"}))
+    for transport in transports:
+        transport.close()
     print(json.dumps(results), flush=True)
 
 
@@ -258,8 +276,20 @@ def candidate_cuts(graph: object, planned: set[int], max_cuts: int) -> list[int]
     return sorted(set(spread) | (planned & set(single)))
 
 
+def _echo_module() -> object:
+    """A model that answers its 1x1 input: the transport's round trip with nothing to compute."""
+    import torch
+
+    class Echo(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 1.0
+
+    return Echo().eval()
+
+
 def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]:
-    """Each cut in `ks` as a float ONNX split bundle, the full model as a one-stage bundle; cached in `work`."""
+    """Each cut in `ks` as a float ONNX split bundle, the full model and an echo model as one-stage bundles;
+    cached in `work`."""
     import torch
 
     from edgekit.bundle import Manifest, Stage, write_bundle
@@ -273,8 +303,6 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
     cuts = [{"id": f"cut{k:03d}", "kind": "split", "k": k, "layer": graph.layers[k - 1].name} for k in ks]  # type: ignore[attr-defined]
     cuts += [{"id": "all-device", "kind": "all-device", "k": n}, {"id": "all-server", "kind": "all-server", "k": 0},
              {"id": "all-server-jpeg", "kind": "jpeg", "k": 0}]
-    if cached.exists() and json.loads(cached.read_text()) == cuts:
-        return cuts
     work.mkdir(parents=True, exist_ok=True)
 
     def onnx(module: object, shape: tuple, path: Path) -> Path:
@@ -288,6 +316,12 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
             parts.append(Stage(stage, "onnxruntime", path.name, (inputs,), (outputs,)))
         write_bundle(source, Manifest(MODEL, "bench-device", tuple(parts), plan=plan), work / name)
 
+    if not (work / "echo").exists():
+        source = work / "src-echo"
+        source.mkdir(exist_ok=True)
+        bundle("echo", source, [("main", onnx(_echo_module(), (1, 1), source / "echo.onnx"))], None)
+    if cached.exists() and json.loads(cached.read_text()) == cuts:
+        return cuts
     source = work / "src-full"
     source.mkdir(exist_ok=True)
     bundle("full", source, [("main", onnx(model, tuple(example.shape), source / "full.onnx"))], None)
@@ -319,7 +353,8 @@ def _link(rate_mbit: float, rtt_s: float) -> object:
 
     bps = Quantity(rate_mbit * 1e6, f"{rate_mbit:g} Mbit/s", estimate="tc tbf rate")
     return replace(load_link("ethernet"), uplink=bps, downlink=bps,
-                   rtt=Quantity(rtt_s, f"{rtt_s * 1e3:.2f} ms", estimate="measured with an echo frame"))
+                   rtt=Quantity(rtt_s, f"{rtt_s * 1e3:.2f} ms",
+                                estimate="measured: an echo frame through the same transport"))
 
 
 def plan_all(graph: object, work: Path, rates: tuple[float, ...], rtt_s: float) -> dict[float, object]:
@@ -345,7 +380,7 @@ def run_all(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     model, graph = reference_model()
     me = [sys.executable, str(Path(__file__).resolve())]
-    with NetLab("eksplit") as lab, CpuQuota("edgekit-bench-device", args.quota) as quota:
+    with NetLab("eksplit") as lab, CpuQuota("edgekit-bench-device", args.quota, args.quota_period_us) as quota:
         def side(name: str, argv: list[str], limited: bool) -> subprocess.Popen:
             proc = lab.popen(name, me + argv + ["--work", str(work)], stdout=subprocess.PIPE, text=True)
             if limited:
@@ -390,7 +425,7 @@ def run_all(args: argparse.Namespace) -> dict:
                               "predicted": {ids[c.device_layers]: c.total_seconds for c in plan.candidates
                                             if c.device_layers in ids}}
     return {"cuts": cuts, "measured": {str(r): m for r, m in measured.items()}, "planned": planned,
-            "rtt_s": rtt, "quota": args.quota, "transport": args.transport}
+            "rtt_s": rtt, "quota": args.quota, "quota_period_us": args.quota_period_us, "transport": args.transport}
 
 
 def render(result: dict) -> str:
@@ -417,8 +452,8 @@ def render(result: dict) -> str:
     header = ["Mbit/s", "measured best (ms)", "planner's choice, measured (ms)", "predicted (ms)",
               "choice / best", "all-device", "all-server raw", "all-server JPEG"]
     return table(header, rows) + (f"\ntransport {result['transport']}; RTT {result['rtt_s'] * 1e3:.2f} ms (echo); "
-                                  f"device CPU quota "
-                                  f"{result['quota']:g} core; {len(result['cuts']) - 3} deployable cuts measured")
+                                  f"device CPU quota {result['quota']:g} core per {result['quota_period_us']} us; "
+                                  f"{len(result['cuts']) - 3} deployable cuts measured")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -461,15 +496,18 @@ def main() -> None:
     parser.add_argument("--work", default="out/split_link")
     parser.add_argument("--quick", action="store_true", help="fewer cuts and frames")
     parser.add_argument("--rates", type=lambda v: tuple(float(r) for r in v.split(",")), default=RATES_MBIT)
-    parser.add_argument("--quota", type=float, default=0.1, help="device CPU share (cores)")
+    parser.add_argument("--quota", type=float, default=0.25, help="device CPU share (cores)")
+    parser.add_argument("--quota-period-us", type=int, default=4000,
+                        help="cgroup period: the quota is enforced every this many us (at least 1 ms of quota each)")
     parser.add_argument("--max-cuts", type=int, default=12)
-    parser.add_argument("--frames", type=int, default=7)
+    parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--host"), parser.add_argument("--port", type=int, default=47800)
     parser.add_argument("--base"), parser.add_argument("--out")
     parser.add_argument("--plot", default="out/split_link.png")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--transport", choices=("socket", "mqtt"), default="socket")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated role still stops its broker, lab...
     if args.role != "run":
         {"serve": serve, "device": device, "calibrate-side": calibrate_side}[args.role](args)
         return

@@ -11,6 +11,7 @@ and the group is removed. Needs root and the cgroup v1 `cpu` controller at /sys/
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
@@ -49,12 +50,18 @@ class CpuQuota:
         """Move the pids still alive back to the root group and remove the group (idempotent)."""
         if not self.path.exists():
             return
-        for pid in (self.path / "cgroup.procs").read_text().split():
+        for _ in range(50):  # a process that is exiting leaves the group a moment later
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                try:
+                    (CPU_ROOT / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # exited meanwhile
             try:
-                (CPU_ROOT / "cgroup.procs").write_text(pid)
+                self.path.rmdir()
+                return
             except OSError:
-                pass  # exited meanwhile
-        self.path.rmdir()
+                time.sleep(0.02)
+        raise RuntimeError(f"{self.path} still has processes; remove it by hand")
 
     def __enter__(self) -> CpuQuota:
         return self
