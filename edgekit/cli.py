@@ -160,7 +160,8 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
 
     graph = load_graph(args.model, args.input_shape)
     device, server, link = load_target(args.device), load_target(args.server), load_link(args.link)
-    plan = plan_split(graph, device, server, link, args.bandwidth, args.objective, args.dtype)
+    plan = plan_split(graph, device, server, link, args.bandwidth, args.objective, args.dtype,
+                      jpeg_bytes=args.jpeg_bytes)
     if args.split:
         check_cut(plan, args.split)
     data, text = plan.to_dict(), render_split_plan(plan)
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("int8", "fp32"), default="int8",
                    help="the head's dtype on the device (a calibrated profile applies to its calibrated dtype)")
     p.add_argument("--split", metavar="LAYER", help="check that cutting after LAYER is valid (error says why not)")
+    p.add_argument("--jpeg-bytes", type=_positive, metavar="N", help="also report sending a JPEG of the input "
+                                                                    "(N bytes per frame) instead of the raw input")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--plot", metavar="PNG", help="write latency per cut at 1, 5, 20 and 100 Mbit/s")
 

@@ -133,13 +133,17 @@ def render_split_plan(plan: SplitPlan) -> str:
                "device mJ", "invalid because")
     rows = [_split_row("chosen", plan.chosen), _split_row("all device", plan.all_device),
             _split_row("all server", plan.all_server)]
+    if plan.jpeg is not None:  # SC2's baseline: not chosen, since its codec time and accuracy loss are unmodelled
+        rows.append(_split_row("all server, JPEG*", plan.jpeg)[:1] + ("(JPEG of the input)",)
+                    + _split_row("", plan.jpeg)[2:])
     names = {c.device_layers: c.last_device_layer or "(all on server)" for c in plan.candidates}
     ranges = [(f"{_bps(lo)} .. {_bps(hi)}", names[k], k) for lo, hi, k in plan.decision_map]
     return "\n".join([
         f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
         f"objective {plan.objective}; layer times: device {plan.figures[0]}, server {plan.figures[1]} "
         "(measured/fitted: edgekit calibrate; estimate: the profile's throughput figures)",
-        "", table(headers, rows), "",
+        "", table(headers, rows), *([] if plan.jpeg is None else [
+            "* JPEG: encoding and decoding time and the lossy codec's accuracy cost are not modelled"]), "",
         "decision map (which cut wins as the uplink changes):",
         table(("uplink", "head ends at", "device layers"), ranges),
     ])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +84,46 @@ def mbv2_int8_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
     path = tmp_path_factory.mktemp("tflite") / "mobilenet_v2_035_96_int8.tflite"
     return quantize(model, calibration, path, Int8Config(format="tflite"))
+
+
+def mutated(valid: bytes, rng: random.Random) -> bytes:
+    """A valid frame with flipped bits, cut short, spliced with noise, or re-sealed with a correct CRC."""
+    data = bytearray(valid)
+    kind = rng.randrange(5)
+    if kind == 0:
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:
+        data[rng.randrange(len(data)):rng.randrange(len(data))] = rng.randbytes(rng.randint(1, 64))
+    elif kind == 3:
+        body = bytearray(valid[:-4])
+        body[rng.randrange(len(body))] = rng.randrange(256)
+        data = body + struct.pack("<I", zlib.crc32(bytes(body)))
+    else:
+        data = bytearray(rng.randbytes(rng.randint(0, 300)))
+    return bytes(data)
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """`edgekit ARGV...` in-process: exit status, stdout, stderr."""
+    from edgekit.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """100 training digits (calibration) and the 360 held-out ones (evaluation), as .npz files."""
+    import numpy as np
+
+    from edgekit.models.digits import load_digits_split
+
+    folder = tmp_path_factory.mktemp("digits")
+    x_train, y_train, x_test, y_test = load_digits_split()
+    np.savez(folder / "calib.npz", x=x_train[:100], y=y_train[:100])
+    np.savez(folder / "eval.npz", x=x_test, y=y_test)
+    return folder / "calib.npz", folder / "eval.npz"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run
 from onnx import helper
 
 from edgekit.calibrate import measure, render_profile
@@ -52,7 +53,7 @@ def calibration(**overrides: object) -> DeviceCalibration:
 
 def test_kernel_medians_reads_node_events_and_skips_warmup(tmp_path):
     events = [{"cat": "Session", "name": "model_run", "dur": 999}]
-    for run, dur in enumerate([100, 7, 3, 5]):  # the first run is warm-up
+    for dur in [100, 7, 3, 5]:  # the first run is warm-up
         events.append({"cat": "Node", "name": "conv_kernel_time", "dur": dur, "ph": "X"})
         events.append({"cat": "Node", "name": "conv_fence_before", "dur": 50})
     trace = tmp_path / "trace.json"
@@ -227,8 +228,8 @@ def test_without_a_bandwidth_or_layer_overhead_the_fit_is_compute_only():
 @pytest.mark.slow
 def test_cli_calibrates_writes_a_profile_that_plan_split_uses(tmp_path, capsys):
     out = tmp_path / "rpi4-digits.toml"
-    assert main(["calibrate", "digits_cnn", "--target", "rpi4", "--repeats", "3", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    code, text, err = run(capsys, "calibrate", "digits_cnn", "--target", "rpi4", "--repeats", "5", "--out", str(out))
+    assert code == 0, err
     assert "estimate" in text and "fitted" in text and "measured table" in text
     device = load_target(out)
     assert device.calibration is not None and set(device.calibration.models) == {"digits_cnn"}

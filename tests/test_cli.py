@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run
+
 from edgekit.cli import main
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_analyze_json_and_plot(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -69,19 +65,6 @@ def test_console_script_hides_traceback_unless_debug(tmp_path: Path) -> None:
     debug = subprocess.run([sys.executable, "-m", "edgekit.cli", "--debug", "analyze", str(corrupt)],
                            capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
-
-
-@pytest.fixture(scope="module")
-def digits_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import numpy as np
-
-    from edgekit.models.digits import load_digits_split
-
-    folder = tmp_path_factory.mktemp("digits")
-    x_train, y_train, x_test, y_test = load_digits_split()
-    np.savez(folder / "calib.npz", x=x_train[:100], y=y_train[:100])
-    np.savez(folder / "eval.npz", x=x_test, y=y_test)
-    return folder / "calib.npz", folder / "eval.npz"
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import mutated
+
 from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode, peek_request_id
 
 
@@ -107,19 +109,7 @@ def test_fuzzed_frames_fail_only_with_frame_error(codec: str) -> None:
     shapes = [t.array.shape for t in sample_frame().tensors]
     refused = 0
     for _ in range(3000):
-        data = bytearray(valid)
-        kind = rng.randrange(4)
-        if kind == 0:
-            for _ in range(rng.randint(1, 8)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif kind == 1:
-            del data[rng.randrange(len(data)):]
-        elif kind == 2:
-            data[rng.randrange(len(data)):rng.randrange(len(data))] = rng.randbytes(rng.randint(1, 64))
-        else:  # a mutated body with a correct CRC: gets past the checksum to the structural checks
-            body = bytearray(valid[:-4])
-            body[rng.randrange(len(body))] = rng.randrange(256)
-            data = bytearray(resealed(bytes(body)))
+        data = mutated(valid, rng)
         try:
             frame = decode(bytes(data))
         except FrameError:  # any other exception fails the test

@@ -8,12 +8,10 @@ import random
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from edgekit.runtime.transport import InProcessTransport
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_offload import SCALE, SHAPE, ZERO_POINT, activation, tiny_tail_bundle  # noqa: E402
+from conftest import mutated  # noqa: E402
 
 try:
     find_mosquitto()
@@ -307,26 +306,6 @@ def test_the_in_flight_window_is_bounded(broker: Broker, session: Session) -> No
         reply = client.request(activation(1), 0.1, local_tail(session))
         first.join()
         assert reply.source == "fallback" and "in-flight window full" in reply.detail
-
-
-def mutated(valid: bytes, rng: random.Random) -> bytes:
-    """A valid frame with flipped bits, cut short, spliced with noise, or re-sealed with a correct CRC."""
-    data = bytearray(valid)
-    kind = rng.randrange(5)
-    if kind == 0:
-        for _ in range(rng.randint(1, 8)):
-            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-    elif kind == 1:
-        del data[rng.randrange(len(data)):]
-    elif kind == 2:
-        data[rng.randrange(len(data)):rng.randrange(len(data))] = rng.randbytes(rng.randint(1, 64))
-    elif kind == 3:
-        body = bytearray(valid[:-4])
-        body[rng.randrange(len(body))] = rng.randrange(256)
-        data = body + struct.pack("<I", zlib.crc32(bytes(body)))
-    else:
-        data = bytearray(rng.randbytes(rng.randint(0, 300)))
-    return bytes(data)
 
 
 def test_hostile_frames_get_one_answer_each_and_the_server_keeps_serving(broker: Broker, bundle: Path,

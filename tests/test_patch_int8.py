@@ -64,6 +64,13 @@ def mbv2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifacts
 
 
 @pytest.fixture(scope="module")
+def mcunet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifacts]:
+    """The MCUNet-style VWW net INT8 (mixed 3/5/7 kernels), the searched plan on its own graph."""
+    path = _int8_nhwc(create_model("mcunet_vww"), tmp_path_factory.mktemp("int8") / "mcunet.tflite")
+    return path, build_patch_artifacts(path, plan_patches(from_tflite(path)))
+
+
+@pytest.fixture(scope="module")
 def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifacts]:
     """ResidualPoolNet INT8, stage = stem, SAME max pool, residual block and max pool, 3x3 grid."""
     path = _int8_nhwc(ResidualPoolNet(), tmp_path_factory.mktemp("int8") / "resnet.tflite")
@@ -87,7 +94,7 @@ def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", ["litert", "tflite-micro"])
-@pytest.mark.parametrize("net", ["mbv2", "resnet"])
+@pytest.mark.parametrize("net", ["mbv2", "mcunet", "resnet"])
 def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.FixtureRequest) -> None:
     path, artifacts = request.getfixturevalue(net)
     schedule = json.loads(json.dumps(artifacts.schedule))  # as a bundle manifest holds it

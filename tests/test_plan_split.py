@@ -12,6 +12,7 @@ from test_plan_patch import TwoConvs
 from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
 from edgekit.graph import load_graph
 from edgekit.plan.split import SplitError, SplitPlan, check_cut, plan_split
+from edgekit.report import render_split_plan
 from edgekit.targets import load_link, load_target
 
 
@@ -63,6 +64,21 @@ def test_cut_costs_by_hand(tmp_path: Path) -> None:
     raw = plan.all_server
     assert raw.payload_bytes == 16 * 16 and raw.device_seconds == 0.0
     assert plan.chosen == min(plan.candidates, key=lambda c: c.total_seconds)
+
+
+def test_jpeg_baseline_swaps_the_raw_message_and_is_never_chosen(tmp_path: Path) -> None:
+    graph = load_graph(TwoConvs())
+    slow = load_target(device(tmp_path, "slow", "1 MMAC/s", "1 MMAC/s"))
+    fast = load_target(device(tmp_path, "fast", "1 GMAC/s", "1 GMAC/s"))
+    plan = plan_split(graph, slow, fast, load_link(link(tmp_path, "1 Mbit/s")), jpeg_bytes=40)
+    jpeg, raw = plan.jpeg, plan.all_server
+    assert jpeg.payload_bytes == 40 and jpeg.server_seconds == raw.server_seconds and jpeg.device_seconds == 0.0
+    assert raw.transfer_seconds - jpeg.transfer_seconds == pytest.approx((256 - 40) * 8 / 1e6)
+    assert jpeg.total_seconds < plan.chosen.total_seconds and plan.chosen is not jpeg  # reported, never chosen
+    assert SplitPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert "all server, JPEG*" in render_split_plan(plan)
+    with pytest.raises(SplitError, match="jpeg_bytes must be a positive size"):
+        plan_split(graph, slow, fast, load_link(link(tmp_path, "1 Mbit/s")), jpeg_bytes=0)
 
 
 def test_a_residual_branch_crosses_the_cut_too() -> None:

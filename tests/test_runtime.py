@@ -85,6 +85,16 @@ def test_int8_frames_pass_as_is_and_match_float_frames(digits: dict) -> None:
     assert session.run(x, out=buffer) is buffer and np.array_equal(buffer, session.run(x))
 
 
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_huge_but_finite_frames_are_not_taken_for_nan(digits: dict, fmt: str) -> None:
+    session = load(digits["bundles"][fmt])
+    huge = np.full((1, 1, 8, 8), 1e20, np.float32)  # its sum of squares overflows; every value is finite
+    assert session.run(huge).shape == (1, 10)
+    huge[0, 0, 3, 3] = np.nan
+    with pytest.raises(InputError, match="got 1 NaN and 0 infinite values"):
+        session.run(huge)
+
+
 def test_tflite_micro_runs_the_same_bundle(digits: dict) -> None:
     pytest.importorskip("tflite_micro")
     micro, litert = load(digits["bundles"]["tflite"], backend="tflite-micro"), load(digits["bundles"]["tflite"])
@@ -144,11 +154,11 @@ def test_backend_choice_errors(digits: dict, monkeypatch: pytest.MonkeyPatch) ->
                                            r"'onnxruntime' runs onnx models only"):
         load(bundle, backend="onnxruntime")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as on a device without it
-    with pytest.raises(BackendError, match=r"'onnxruntime' is not installed: pip install 'edgekit\[runtime\]'"):
+    with pytest.raises(BackendError, match=r"'onnxruntime' is not installed: pip install 'edgekit\[runtime-onnx\]'"):
         load(digits["bundles"]["onnx"])
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
-    with pytest.raises(BackendError, match=r"'litert' is not installed: pip install 'edgekit\[runtime\]'"):
+    with pytest.raises(BackendError, match=r"'litert' is not installed: pip install 'edgekit\[runtime-litert\]'"):
         load(bundle)
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_net
-from test_cli import digits_data, run  # noqa: F401 - the held-out digits fixture and the CLI runner
+from conftest import run, tiny_net
 
 from edgekit.convert.compile_split import choose_cut, compile_split
 from edgekit.convert.split_export import split_model

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from edgekit.offload import frame  # noqa: E402
 from edgekit.runtime.transport import Fallback, Reply, dequantize  # noqa: E402
 
-MODEL, RESOLUTION = "mobilenet_v2", 128  # ~98 M MACs: many quota periods per frame on the device
+MODEL, RESOLUTION = "resnet18", 160  # ~0.93 G MACs: a head spans many quota periods on the device
 RATES_MBIT = (1.0, 5.0, 20.0, 100.0)
 JPEG_QUALITY = 90
 LENGTH = struct.Struct("<I")
@@ -215,9 +215,12 @@ def _transport(args: argparse.Namespace, model_id: str) -> object:
     if args.transport == "socket":
         return SocketTransport(args.host, args.port, model_id)
     from edgekit.offload.client import OffloadClient
+    from edgekit.offload.connection import BrokerConfig
 
-    return OffloadClient(f"mqtt://{args.host}:{args.port}", model_id, device_id="bench-device",
-                         connect_timeout_s=30)
+    # keep-alive longer than the slowest frame's transfer: a 1.6 MB boundary takes 13 s at 1 Mbit/s, and a
+    # broker drops a client it hears no complete packet from for 1.5x the keep-alive
+    config = BrokerConfig.parse(f"mqtt://{args.host}:{args.port}", keepalive_s=120)
+    return OffloadClient(config, model_id, device_id="bench-device", connect_timeout_s=30)
 
 
 def device(args: argparse.Namespace) -> None:

@@ -61,6 +61,7 @@ class SplitPlan:
     chosen: SplitCandidate
     decision_map: tuple[tuple[float, float, int], ...]  # (from bit/s, to bit/s, device_layers)
     figures: tuple[str, str] = ("estimate", "estimate")  # device's and server's layer times: cost.LATENCY_SOURCES
+    jpeg: SplitCandidate | None = None  # all on the server, sending a JPEG of the input (encode time not modelled)
 
     @property
     def all_device(self) -> SplitCandidate:
@@ -79,7 +80,9 @@ class SplitPlan:
         chosen = SplitCandidate(**{**data["chosen"], "tensors": tuple(data["chosen"]["tensors"])})
         return cls(**{**data, "candidates": candidates, "chosen": chosen,
                       "decision_map": tuple(tuple(r) for r in data["decision_map"]),
-                      "figures": tuple(data.get("figures", ("estimate", "estimate")))})
+                      "figures": tuple(data.get("figures", ("estimate", "estimate"))),
+                      "jpeg": SplitCandidate(**{**data["jpeg"], "tensors": tuple(data["jpeg"]["tensors"])})
+                      if data.get("jpeg") else None})
 
 
 def _score(candidate: SplitCandidate, objective: str) -> float:
@@ -134,8 +137,14 @@ def _invalid(graph: Graph, device: Device, link: Link, k: int, payload: int, liv
 
 
 def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_bps: float | None = None,
-               objective: str = "latency", dtype: str = "int8", server_dtype: str = "fp32") -> SplitPlan:
-    """The best valid cut at `uplink_bps` (default: the link profile's), and the decision map."""
+               objective: str = "latency", dtype: str = "int8", server_dtype: str = "fp32",
+               jpeg_bytes: int | None = None) -> SplitPlan:
+    """The best valid cut at `uplink_bps` (default: the link profile's), and the decision map.
+
+    With `jpeg_bytes` (the size of the device's input frame as a JPEG) the plan also reports the all-on-server
+    baseline that sends the JPEG instead of the raw input (SC2's strong baseline); encoding and decoding time
+    and the loss of a lossy codec are not modelled, so it is reported beside the choice, never chosen.
+    """
     if objective not in OBJECTIVES:
         raise SplitError(f"objective must be one of {', '.join(OBJECTIVES)}, found {objective!r}")
     link = _with_uplink(link, uplink_bps) if uplink_bps else link
@@ -153,8 +162,21 @@ def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_
         else:
             ranges.append((bps, bps, winner))
     figures = (_figures(graph, device, dtype), _figures(graph, server, server_dtype))
+    jpeg = _jpeg_baseline(candidates[0], jpeg_bytes, link, device) if jpeg_bytes is not None else None
     return SplitPlan(graph.name, device.name, server.name, link.name, link.uplink.value, objective, candidates,
-                     chosen, tuple(ranges), figures)
+                     chosen, tuple(ranges), figures, jpeg)
+
+
+def _jpeg_baseline(all_server: SplitCandidate, jpeg_bytes: int, link: Link, device: Device) -> SplitCandidate:
+    """The all-on-server candidate with the raw input's message swapped for a `jpeg_bytes` one."""
+    if jpeg_bytes < 1:
+        raise SplitError(f"jpeg_bytes must be a positive size, found {jpeg_bytes}")
+    raw, sent = transfer_cost(all_server.payload_bytes, link, device), transfer_cost(jpeg_bytes, link, device)
+    why = f"{jpeg_bytes:,} B exceeds {link.name}'s maximum payload" \
+        if jpeg_bytes + PROTOCOL_OVERHEAD_BYTES > link.max_payload.value else ""
+    return replace(all_server, payload_bytes=jpeg_bytes,
+                   transfer_seconds=all_server.transfer_seconds - raw.seconds + sent.seconds,
+                   device_joules=all_server.device_joules - raw.joules + sent.joules, valid=not why, why_invalid=why)
 
 
 def _figures(graph: Graph, device: Device, dtype: str) -> str:

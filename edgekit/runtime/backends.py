@@ -53,7 +53,7 @@ def litert_interpreter_class() -> Any:
             # is built against NumPy 1.x, and ai-edge-litert is its maintained successor everywhere else.
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise BackendError("backend 'litert' is not installed: pip install 'edgekit[runtime]' (it brings "
+            raise BackendError("backend 'litert' is not installed: pip install 'edgekit[runtime-litert]' (it brings "
                                "ai-edge-litert; tflite-runtime is accepted instead where numpy<2)") from None
     return Interpreter
 
@@ -147,7 +147,7 @@ class OrtAdapter:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendError("backend 'onnxruntime' is not installed: pip install 'edgekit[runtime]' "
+            raise BackendError("backend 'onnxruntime' is not installed: pip install 'edgekit[runtime-onnx]' "
                                "(on Jetson, NVIDIA's onnxruntime-gpu wheel instead)") from None
         self.providers = providers or choose_providers(ort.get_available_providers())
         options = ort.SessionOptions()

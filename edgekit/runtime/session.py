@@ -142,9 +142,11 @@ class _StageRunner:
         else:
             np.copyto(self._in, x, casting="same_kind")
             if check and self._float_in:
-                np.isfinite(self._in, out=self._finite)
-                if not self._finite.all():
-                    raise _not_finite(self.input, x)
+                flat = self._in.reshape(-1)  # NaN or infinity anywhere makes the sum of squares non-finite;
+                if not np.isfinite(np.dot(flat, flat)):  # one BLAS pass, half the cost of isfinite + all
+                    np.isfinite(self._in, out=self._finite)  # exact only then (huge finite values overflow)
+                    if not self._finite.all():
+                        raise _not_finite(self.input, x)
         return self.adapter.invoke()
 
     def dequantize(self, raw: np.ndarray, target: np.ndarray | None) -> np.ndarray:
