@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Layer, numel
+from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.targets import Device, DeviceCalibration, Link
 
-# Bytes a request adds on the wire besides the tensor: MQTT fixed + variable header with topic and
-# v5 properties, and edgekit's frame header. An estimate; the offload protocol will fix the figure.
-PROTOCOL_OVERHEAD_BYTES = 128
 LATENCY_SOURCES = ("measured", "fitted", "estimate")  # the order `layer_seconds` prefers them in
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_net
 from test_plan_patch import TwoConvs
 
-from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
+from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.graph import load_graph
 from edgekit.plan.split import SplitError, SplitPlan, check_cut, plan_split
 from edgekit.report import render_split_plan

@@ -19,6 +19,10 @@ CONTENT_TYPE = "application/x-edgekit-frame; v=2"
 # lengths, correlation data (16), message expiry and content type. Generous, so a publish that passes
 # the size check is never over the broker's limit.
 PUBLISH_OVERHEAD = 5 + 2 + 2 + 4 + 3 + 19 + 5 + 3 + len(CONTENT_TYPE) + 16
+# What the cost model adds to each request's tensor bytes: the frame around one 4-D tensor with short model and
+# tensor names (~75 B) plus an MQTT 3.1.1 PUBLISH with a short topic (~30 B), rounded up. v5 properties add
+# PUBLISH_OVERHEAD's share on top; an estimate, not an exact count.
+PROTOCOL_OVERHEAD_BYTES = 128
 
 
 class PayloadTooLargeError(OffloadError):

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekit.cost import PROTOCOL_OVERHEAD_BYTES
 from edgekit.errors import BundleError, OffloadError
+from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.offload.frame import Tensor
 from edgekit.runtime.transport import Reply, Transport
 
