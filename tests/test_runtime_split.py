@@ -185,7 +185,8 @@ def test_a_slow_link_runs_frames_here_but_keeps_probing(split_bundle: dict, tmp_
         np.testing.assert_array_equal(session.run(x), local.run(x))
     answers = session.stats()["answers"]
     assert answers["local"] == 38 and answers["remote"] == 5 + 2  # frames 20 and 40 probe the link
-    assert "all-device is faster" in session.last_reply.detail
+    assert "all-device is faster" in session.last_reply.detail and "would deploy 1 device layers" in \
+        session.last_reply.detail
 
 
 def test_split_bundle_over_a_real_broker_gives_the_local_numbers(split_bundle: dict, tmp_path: Path) -> None:

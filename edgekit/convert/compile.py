@@ -59,14 +59,7 @@ class CompileReport:
                  f"calibration: {self.calibration_samples} samples, {self.calibration}"]
         lines.append("float islands: " + ("none (full integer)" if not self.float_islands else ""))
         lines += [f"  {island.layer} ({island.op}): {island.reason}" for island in self.float_islands]
-        f = self.fidelity
-        if f is None:
-            lines.append("fidelity: not measured (pass --eval with held-out data)")
-        else:
-            accuracy = "" if f.fp32_accuracy is None or f.int8_accuracy is None else \
-                f"; top-1 accuracy fp32 {100 * f.fp32_accuracy:.2f}% int8 {100 * f.int8_accuracy:.2f}%"
-            lines.append(f"fidelity on {f.samples} held-out samples: top-1 agreement {100 * f.top1_agreement:.2f}%"
-                         f"{accuracy}; output error max {f.max_abs_error:.4f} mean {f.mean_abs_error:.4f}")
+        lines.append(render_fidelity(self.fidelity, "fidelity", "int8"))
         if self.layer_sqnr_db:
             worst = ", ".join(f"{name} {db:.1f}" for name, db in list(self.layer_sqnr_db.items())[:5])
             lines.append(f"per-layer SQNR (dB, worst first, {len(self.layer_sqnr_db)} tensors): {worst}")
@@ -75,6 +68,16 @@ class CompileReport:
                          f"({self.target}); deployment pack in mcu/")
             lines += [f"  {fit.describe()}" for fit in (self.mcu.sram, self.mcu.flash)]
         return "\n".join(lines)
+
+
+def render_fidelity(f: Fidelity | None, what: str, name: str) -> str:
+    """The held-out check as one line: `what` it checked, top-1 agreement, accuracy fp32 vs `name`, output error."""
+    if f is None:
+        return f"{what}: not measured (pass --eval with held-out data)"
+    accuracy = "" if f.fp32_accuracy is None or f.int8_accuracy is None else \
+        f"; top-1 accuracy fp32 {100 * f.fp32_accuracy:.2f}% {name} {100 * f.int8_accuracy:.2f}%"
+    return (f"{what} on {f.samples} held-out samples: top-1 agreement {100 * f.top1_agreement:.2f}%{accuracy}; "
+            f"output error max {f.max_abs_error:.4f} mean {f.mean_abs_error:.4f}")
 
 
 def drop_points(fidelity: Fidelity) -> float:

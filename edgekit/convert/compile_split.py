@@ -26,6 +26,7 @@ from edgekit.backends import load_backend
 from edgekit.bundle import Manifest, Stage, TensorInfo, write_bundle
 from edgekit.convert.calibration import Preprocessing, load_labelled
 from edgekit.convert.compile import (calibration_samples, check_output, drop_points, fidelity_vs_float,
+                                     render_fidelity,
                                      full_integer_check, image_preprocessing, json_default, nchw_runner, stage_backend,
                                      staging, tensor_infos)
 from edgekit.convert.config import Int8Config
@@ -86,14 +87,7 @@ class SplitCompileReport:
                  f"calibration: {self.calibration_samples} samples, {self.calibration}"]
         if self.float_islands:
             lines.append("head float islands: " + ", ".join(f"{i.layer} ({i.op})" for i in self.float_islands))
-        f = self.fidelity
-        if f is None:
-            lines.append("fidelity: not measured (pass --eval with held-out data)")
-        else:
-            accuracy = "" if f.fp32_accuracy is None or f.int8_accuracy is None else \
-                f"; top-1 accuracy float {100 * f.fp32_accuracy:.2f}% split {100 * f.int8_accuracy:.2f}%"
-            lines.append(f"fidelity of head -> tail on {f.samples} held-out samples: top-1 agreement with the "
-                         f"float model {100 * f.top1_agreement:.2f}%{accuracy}")
+        lines.append(render_fidelity(self.fidelity, "fidelity of head -> tail against the float model", "split"))
         if self.mcu is not None:
             lines.append(f"head on tflite-micro: arena {self.mcu.arena_bytes:,} B measured; {self.mcu.verdict}")
         return "\n".join(lines)

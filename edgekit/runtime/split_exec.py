@@ -115,10 +115,6 @@ class SplitRunner:
         self._name = boundary.name
         self._boundary = np.zeros(boundary.shape, np.float32)  # the dequantized boundary, for the local tail
 
-    @property
-    def has_fallback(self) -> bool:
-        return bool(self.tail)
-
     def run(self, x: np.ndarray, out: np.ndarray) -> Reply:
         """One frame: the head, then the transport's answer written into `out`; OffloadError when there is none."""
         value = x
@@ -133,8 +129,10 @@ class SplitRunner:
             start = time.monotonic()
             output = self._local_tail(tensor)
             np.copyto(out, output)
+            best = self.resplit.winner(uplink)
             return Reply(output, "local", time.monotonic() - start,
-                         f"all-device is faster at the measured {uplink / 1e6:.3g} Mbit/s uplink")
+                         f"all-device is faster at the measured {uplink / 1e6:.3g} Mbit/s uplink" +
+                         ("" if best is None else f" (the plan's decision map would deploy {best} device layers)"))
         reply = self.transport.request(tensor, self.deadline_s, self._local_tail if self.tail else None)
         output = reply.output
         if output is not None and (output.shape != out.shape or output.dtype != out.dtype):
