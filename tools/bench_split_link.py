@@ -79,6 +79,8 @@ class SocketTransport:
         self.sock.settimeout(deadline_s)
         self.sock.sendall(LENGTH.pack(len(payload)) + payload)
         answer = frame.decode(_recv_frame(self.sock))
+        if answer.kind != "response":  # a benchmark has no fallback: a refused frame is a broken run
+            raise RuntimeError(f"{self.model_id}: the server answered {answer.kind}: {answer.error}")
         return Reply(dequantize(answer.tensors[0]), "remote", time.monotonic() - start)
 
     def close(self) -> None:
