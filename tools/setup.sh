@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install edgekit with the host-side converter stack and test tools.
 # torch is pinned in constraints.txt to the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+# `edgekit serve`'s embedded broker, the demo's split run and the offload tests need Mosquitto: Debian's
+# mosquitto is installed when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null && ! [ -x /usr/sbin/mosquitto ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
