@@ -27,6 +27,7 @@ from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.handler import STATUSES, TailHandler
 from edgekit.offload.protocol import OffloadError, Topics, publish_properties
 from edgekit.runtime.session import Session, load
+from edgekit.runtime.split_exec import SplitLayout
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,7 @@ def tail_session(bundle: str | Path, backend: str | None = None, threads: int | 
     from edgekit.bundle import load_bundle
 
     verified = load_bundle(bundle)
-    split = (verified.manifest.plan or {}).get("kind") == "split"
-    return load(verified, backend, threads=threads, part="server" if split else None)
-
-
-def _split_identity(plan: dict | None) -> tuple[str | None, str]:
-    """The model id and version a split bundle's plan gives devices and servers, else (None, "")."""
-    if not plan or plan.get("kind") != "split":
-        return None, ""
-    return plan.get("model_id"), plan.get("model_version", "")
+    return load(verified, backend, threads=threads, part="server" if SplitLayout.of_bundle(verified) else None)
 
 
 class OffloadServer:
@@ -99,8 +92,9 @@ class OffloadServer:
                  model_version: str = "", prefix: str = "edgekit", group: str = "tail",
                  backend: str | None = None, threads: int | None = None) -> None:
         session = bundle if isinstance(bundle, Session) else tail_session(bundle, backend, threads)
-        identity = _split_identity(session.manifest.plan)
-        self.handler = TailHandler(session, model_id or identity[0], model_version or identity[1])
+        layout = SplitLayout.of_bundle(session.bundle)  # a split bundle names the model id and version
+        self.handler = TailHandler(session, model_id or (layout.model_id if layout else None),
+                                   model_version or (layout.model_version if layout else ""))
         self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
         self.topics = Topics(prefix)
         self.subscription = self.topics.shared_requests(self.handler.model_id, group)
@@ -207,8 +201,9 @@ def serve(bundle: str | Path, broker: str | BrokerConfig | None = None, *, worke
 
     if workers < 1:
         raise OffloadError(f"workers must be at least 1, found {workers}")
-    manifest = load_bundle(bundle).manifest
-    model_id = model_id or _split_identity(manifest.plan)[0] or manifest.model
+    verified = load_bundle(bundle)
+    layout = SplitLayout.of_bundle(verified)
+    model_id = model_id or (layout.model_id if layout else verified.manifest.model)
     topics = Topics(prefix)
     embedded = None
     if broker is None:

@@ -342,7 +342,7 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         if before.outputs[0].shape != after.inputs[0].shape:
             raise BundleError(f"{bundle.path}: stage '{after.name}' takes {_shape_text(after.inputs[0].shape)} but "
                               f"stage '{before.name}' gives {_shape_text(before.outputs[0].shape)}")
-    layout = SplitLayout.from_plan(manifest.plan, tuple(s.name for s in manifest.stages), str(bundle.path))
+    layout = SplitLayout.of_bundle(bundle)
     if transport is not None and layout is None:
         raise BundleError(f"{bundle.path}: a transport was given but the bundle is not split (its plan has no "
                           "device and server stages); load it without one")

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgekit.bundle import Bundle
 from edgekit.errors import BundleError, OffloadError
 from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.offload.frame import Tensor
@@ -56,6 +57,12 @@ class SplitLayout:
             if not isinstance(plan.get(key), str) or not plan[key]:
                 raise BundleError(f"{where}: split plan '{key}' must be a non-empty string")
         return cls(fields["device_stages"], fields["server_stages"], plan["model_id"], plan["model_version"])
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> SplitLayout | None:
+        """The layout of a verified bundle's plan (None when it is not split)."""
+        manifest = bundle.manifest
+        return cls.from_plan(manifest.plan, tuple(s.name for s in manifest.stages), str(bundle.path))
 
 
 @dataclass(frozen=True)

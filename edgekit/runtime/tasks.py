@@ -106,8 +106,7 @@ def _offload_client(bundle: Bundle, broker: str) -> Any:
     from edgekit.offload.client import OffloadClient
     from edgekit.runtime.split_exec import SplitLayout
 
-    layout = SplitLayout.from_plan(bundle.manifest.plan, tuple(s.name for s in bundle.manifest.stages),
-                                   str(bundle.path))
+    layout = SplitLayout.of_bundle(bundle)
     if layout is None:
         raise BundleError(f"{bundle.path}: --broker needs a split bundle (compile with --split); this one runs "
                           "whole on the device")
