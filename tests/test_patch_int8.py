@@ -98,57 +98,68 @@ def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
 def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.FixtureRequest) -> None:
     path, artifacts = request.getfixturevalue(net)
     schedule = json.loads(json.dumps(artifacts.schedule))  # as a bundle manifest holds it
-    executor = PatchExecutor({name: artifacts.files[name] for name in schedule_files(schedule, backend)},
-                             schedule, backend)
+    executor = PatchExecutor({name: artifacts.files[name] for name in schedule_files(schedule)}, schedule, backend)
     for seed in (0, 1):
         x = _frame(artifacts, seed)
         assert np.array_equal(executor.run_raw(x), _full(path, artifacts, backend, x))
 
 
-def test_classes_pad_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
+def test_masks_mark_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
     _, artifacts = resnet
     schedule = artifacts.schedule
     height, width = schedule["input"]["shape"][1:3]
-    assert len(schedule["patches"]) == 9 and len(schedule["classes"]) <= 9
+    window_hw = schedule["window"]["shape"][1:3]
+    assert len(schedule["patches"]) == 9 and schedule["masks"]
+    assert schedule["window"]["fill"] == schedule["input"]["zero_point"]  # conv 3x3/2 pads with the zero point
     for patch in schedule["patches"]:
         top, left, bottom, right = patch["window"]
-        touches = (top == 0, left == 0, bottom == height, right == width)
-        assert all(touch or pad == 0 for touch, pad in zip(touches, patch["pad"]))
-    assert schedule["patches"][0]["pad"][:2] == [1, 1]  # conv 3x3/2, padding 1: the top-left patch pads
+        assert [bottom - top, right - left] == window_hw  # one stage model: every window the same size
+        border = (top < 0, left < 0, bottom > height, right > width)
+        for mask, valid in zip(schedule["masks"], patch["valid"]):
+            full = [0, 0, *mask["shape"]]
+            cut = [valid[0] > 0, valid[1] > 0, valid[2] < full[2], valid[3] < full[3]]
+            assert all(b or not c for b, c in zip(border, cut)), (patch, mask)  # masked only at the image border
+    center = schedule["patches"][4]
+    assert all(v == [0, 0, *m["shape"]] for m, v in zip(schedule["masks"], center["valid"]))
+    top_left = schedule["patches"][0]
+    assert top_left["window"][0] < 0 and top_left["window"][1] < 0  # reaches past the image: filled, not read
+    assert all(v[0] > 0 and v[1] > 0 for v in top_left["valid"])  # and every mask cuts its top and left
 
 
-def test_padding_at_patch_borders_breaks_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
-    """Run interior patches with the top-left class (zero-point padding where the halo should be): wrong."""
+def _with_valid(schedule: dict, patch: int, valid: list[list[int]]) -> dict:
+    patches = [dict(p) for p in schedule["patches"]]
+    patches[patch]["valid"] = valid
+    return {**schedule, "patches": patches}
+
+
+def test_masks_decide_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
+    """Junk instead of padding at the image border, or padding at a patch border: both wrong."""
     path, artifacts = mbv2
     schedule = artifacts.schedule
-    corner = schedule["classes"][0]["input"]["shape"][1:3]
-    stride = schedule["input"]["shape"][1] // schedule["stage"]["shape"][1]
-    wrong = {**schedule, "patches": []}
-    for patch in schedule["patches"]:
-        top, left = patch["tile"][0] * stride, patch["tile"][1] * stride
-        if patch["class"] != 0 and top + corner[0] <= schedule["input"]["shape"][1] \
-                and left + corner[1] <= schedule["input"]["shape"][2]:
-            patch = {**patch, "class": 0, "window": [top, left, top + corner[0], left + corner[1]]}
-        wrong["patches"].append(patch)
-    assert wrong["patches"] != schedule["patches"]
     x = _frame(artifacts)
     expected = _full(path, artifacts, "litert", x)
     assert np.array_equal(PatchExecutor(artifacts.files, schedule, "litert").run_raw(x), expected)
-    assert not np.array_equal(PatchExecutor(artifacts.files, wrong, "litert").run_raw(x), expected)
+    unmasked = _with_valid(schedule, 0, [[0, 0, *m["shape"]] for m in schedule["masks"]])
+    center = len(schedule["patches"]) // 2
+    padded = _with_valid(schedule, center, [[1, 0, *m["shape"]] for m in schedule["masks"]])
+    for wrong in (unmasked, padded):
+        assert wrong != schedule
+        assert not np.array_equal(PatchExecutor(artifacts.files, wrong, "litert").run_raw(x), expected)
 
 
-def test_shared_model_stores_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
+def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
     from edgekit.graph.from_tflite import read_model
 
     path, artifacts = mbv2
-    (path.parent / "patched.tflite").write_bytes(artifacts.files["patched.tflite"])
-    constant_bytes = lambda model: sum(len(b.data) for b in model.buffers if b.data is not None)  # noqa: E731
-    original, shared = read_model(path)[0], read_model(path.parent / "patched.tflite")[0]
-    assert len(shared.subgraphs) == len(artifacts.schedule["classes"]) + 1
-    new_constants = constant_bytes(shared) - constant_bytes(original)  # crop offsets and pad amounts only
-    assert 0 <= new_constants < 4096
-    assert artifacts.stage_weight_copies_bytes == artifacts.schedule["stage_weight_bytes"] * (
-        len(artifacts.schedule["classes"]) - 1)
+    weights = lambda *models: sorted(bytes(b.data) for m in models for b in m.buffers  # noqa: E731
+                                     if b.data is not None and len(b.data) >= 64)
+    written = [path.parent / name for name in artifacts.write(path.parent / "artifacts")]
+    stage, rest = (read_model(p)[0] for p in written if p.name in ("patch_stage.tflite", "patch_rest.tflite"))
+    assert len(stage.subgraphs) == len(rest.subgraphs) == 1
+    assert weights(stage, rest) == weights(read_model(path)[0])  # every weight buffer once, none repeated
+    flash = artifacts.schedule["flash_bytes"]
+    assert flash["patched"] == sum(len(artifacts.files[n]) for n in ("patch_stage.tflite", "patch_rest.tflite"))
+    assert flash["full"] == path.stat().st_size and flash["patched"] < 1.01 * flash["full"]
 
 
 def test_tflm_patched_peak_is_below_the_full_arena(resnet: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
@@ -166,14 +177,16 @@ def test_mcu_pack_and_schedule_header_compile(resnet: tuple[Path, PatchArtifacts
     _, artifacts = resnet
     write_patch_pack(artifacts, tmp_path)
     for name in ("patch_schedule.h", "patch_schedule.json", "op_resolver.h", "arena.h", "patch_rest_data.cc",
-                 "patch_class0_data.h"):
+                 "patch_stage_data.h"):
         assert (tmp_path / name).is_file(), name
     count = len(artifacts.schedule["patches"])
     (tmp_path / "check.c").write_text(
         '#include "patch_schedule.h"\n'
         f"_Static_assert(EK_PATCH_COUNT == {count}, \"patch count\");\n"
         "_Static_assert(sizeof(ek_patches) / sizeof(ek_patches[0]) == EK_PATCH_COUNT, \"table\");\n"
-        "int last_tile_right(void) { return ek_patches[EK_PATCH_COUNT - 1].tile.right; }\n")
+        f"_Static_assert(EK_MASK_COUNT == {len(artifacts.schedule['masks'])}, \"mask count\");\n"
+        "int last_tile_right(void) { return ek_patches[EK_PATCH_COUNT - 1].tile.right; }\n"
+        "int first_valid_top(void) { return ek_patches[0].valid[0].top + ek_masks[0].rows_len; }\n")
     for compiler in (["gcc", "-std=c99"], ["g++", "-x", "c++", "-std=c++17"]):
         if compiler[0] == "g++":
             (tmp_path / "check.c").write_text((tmp_path / "check.c").read_text().replace("_Static_assert",
@@ -195,7 +208,7 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     path, artifacts = mbv2
     assert main(["plan", "patch", str(path), "--target", "stm32f746", "--emit", str(tmp_path / "pack")]) == 0
     names = {p.name for p in (tmp_path / "pack").iterdir()}
-    assert {"manifest.json", "patched.tflite", "patch_rest.tflite", "patch_schedule.h", "arena.h",
+    assert {"manifest.json", "patch_stage.tflite", "patch_rest.tflite", "patch_schedule.h", "arena.h",
             "op_resolver.h"} <= names
     session = load(tmp_path / "pack", backend=backend)
     assert "patch schedule" in session.info()["stages"][0]["engine"]

@@ -1,18 +1,20 @@
 """INT8 patch-stage artifacts (MCUNetV2) cut from a full-integer `.tflite`, so patched output is bit-exact.
 
-The plan (made on `from_tflite` of the same file) splits the stage output into tiles. For each tile the
-stage ops are rewritten to compute exactly the region that tile needs: every conv/pool runs VALID on its
-input region, cropped with SLICE where a tensor holds more than one reader needs (residual skips), and
-padded with PAD/PADV2 only on the sides where that region crosses the tensor's true border (int8 PAD fills
-with the zero point, which is what SAME padding means in int8; max pools pad with -128). Patches whose
-rewritten graph is identical share a "class". Outputs:
+The plan (made on `from_tflite` of the same file) splits the stage output into tiles. One *stage model*
+computes any tile: every patch runs the same ops on same-sized regions (the largest tile plus its halo),
+each conv/pool VALID, SLICE cropping what a reader needs from a larger tensor (residual skips). Where a
+region crosses a tensor's true border (image-border patches), a padded op must see its pad value there,
+not computed junk: the stage model masks those positions with SELECT_V2 (zero point, or -128 before a
+max pool), driven by per-patch row/column masks that are small bool inputs. So border and interior
+patches share one subgraph and one weight copy, and TF Lite Micro, which invokes only subgraph 0, runs
+it as is. Outputs:
 
-- `patched.tflite`: one subgraph per class plus the rest of the network, all referencing the original
-  weight buffers (stored once), one SignatureDef each ("class_<k>", "rest"): what LiteRT runs;
-- `patch_class<k>.tflite` / `patch_rest.tflite`: the same subgraphs as standalone models (subgraph 0),
-  because TF Lite Micro invokes only subgraph 0; each class file carries its own copy of the stage weights;
+- `patch_stage.tflite`: input 0 the patch's window of the int8 image (outside the image: the schedule's
+  fill value), then a (rows, cols) bool pair per mask; output the tile (the largest tile's size: smaller
+  tiles take its top-left part);
+- `patch_rest.tflite`: the rest of the network on the stage buffer;
 - the schedule (a JSON-able dict; `edgekit.convert.patch_pack` renders it as a C header): per patch its
-  input window in image coordinates, border padding, class and tile in the stage buffer.
+  window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from edgekit.graph.from_tflite import _schema, from_tflite, op_name, read_model
 from edgekit.plan.patch import PatchPlan, PlanError, Region, clip_region, window_region
 from edgekit.runtime.patched import SCHEDULE_VERSION
 
-SHARED_MODEL = "patched.tflite"
+STAGE_MODEL, REST_MODEL = "patch_stage.tflite", "patch_rest.tflite"
 _WINDOW_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"}
 _PAD_OPS = {"PAD", "PADV2"}
 _POINTWISE_OPS = {"ADD", "SUB", "MUL", "QUANTIZE", "RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH",
                   "HARD_SWISH", "LEAKY_RELU", "MAXIMUM", "MINIMUM", "CONCATENATION"}
 _SAME, _VALID = 0, 1  # Padding enum of the TFLite schema
-_INT32, _INT8 = 2, 9  # TensorType enum
-_DTYPES = {_INT8: "int8", 3: "uint8", 7: "int16", 0: "float32"}
+_INT32, _BOOL, _INT8 = 2, 6, 9  # TensorType enum
+_DTYPES = {_INT8: "int8", 3: "uint8", 7: "int16", 0: "float32", _BOOL: "bool"}
+Shift = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,6 @@ class PatchArtifacts:
 
     files: dict[str, bytes]
     schedule: dict
-
-    @property
-    def stage_weight_copies_bytes(self) -> int:
-        """Flash the standalone class files spend on repeated stage weights (vs one copy in patched.tflite)."""
-        return self.schedule["stage_weight_bytes"] * (len(self.schedule["classes"]) - 1)
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write every model file and patch_schedule.json into out_dir."""
@@ -73,9 +71,12 @@ def _hw(region: Region) -> tuple[int, int]:
     return region[2] - region[0], region[3] - region[1]
 
 
-def _border(want: Region, clipped: Region) -> tuple[int, int, int, int]:
-    """Padding (top, left, bottom, right) that `want` needs beyond what the tensor holds (`clipped`)."""
-    return clipped[0] - want[0], clipped[1] - want[1], want[2] - clipped[2], want[3] - clipped[3]
+def _name(tensor: Any) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name or ""
+
+
+def _shifted(region: Region, by: Shift) -> Region:
+    return region[0] + by[0], region[1] + by[1], region[2] + by[0], region[3] + by[1]
 
 
 class _Model:
@@ -83,7 +84,7 @@ class _Model:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.model, _ = read_model(path)
+        self.model, self.data = read_model(path)
         self.sub = self.model.subgraphs[0]
         self.ops = list(self.sub.operators or [])
         self.names = [op_name(self.model, op) for op in self.ops]
@@ -102,16 +103,24 @@ class _Model:
         shape = self.sub.tensors[index].shape
         return int(shape[1]), int(shape[2])
 
+    def zero_point(self, index: int) -> int:
+        q = self.sub.tensors[index].quantization
+        return int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+
     def acts(self, op: Any) -> list[int]:
         return [i for i in op.inputs if i >= 0 and not self.is_const(i)]
 
-    def window(self, index: int, out: Region) -> tuple[int, Region]:
-        """(activation input, unclipped input region) that stage op `index` reads for output region `out`."""
+    def window(self, index: int, out: Region) -> tuple[int, Region, int | None]:
+        """(activation input, unclipped input region, pad value or None) of stage op `index` for output `out`.
+
+        The pad value is what the op reads beyond its input's border: the zero point (PAD, SAME convs),
+        PADV2's constant, -128 for a SAME max pool; None when the op does not pad."""
         op, name = self.ops[index], self.names[index]
         x = self.acts(op)[0]
         if name in _PAD_OPS:
             pads = self.const(op.inputs[1])
-            return x, window_region(out, (1, 1), (1, 1), (1, 1), (int(pads[1][0]), int(pads[2][0])))
+            fill = self.zero_point(x) if name == "PAD" else int(self.const(op.inputs[2]).ravel()[0])
+            return x, window_region(out, (1, 1), (1, 1), (1, 1), (int(pads[1][0]), int(pads[2][0]))), fill
         o = op.builtinOptions
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             w = self.sub.tensors[op.inputs[1]].shape
@@ -121,7 +130,24 @@ class _Model:
         stride = (o.strideH, o.strideW)
         pads = same_padding(self.hw(x), self.hw(op.outputs[0]), kernel, stride, dilation) \
             if o.padding == _SAME else (0, 0, 0, 0)
-        return x, window_region(out, kernel, stride, dilation, pads[:2])
+        if not any(pads):
+            fill = None
+        elif name == "AVERAGE_POOL_2D":
+            raise ConversionError(f"{self.path}: operator {index} (AVERAGE_POOL_2D) pads at the border; TFLite "
+                                  "averages over the valid pixels only, which a padded patch cannot reproduce")
+        else:
+            fill = -128 if name == "MAX_POOL_2D" else self.zero_point(x)
+        return x, window_region(out, kernel, stride, dilation, pads[:2]), fill
+
+    def macs(self, index: int, out_hw: tuple[int, int]) -> int:
+        """Multiply-accumulates of conv op `index` producing `out_hw` rows x cols (0 for other ops)."""
+        op, name = self.ops[index], self.names[index]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            return 0
+        w = [int(d) for d in self.sub.tensors[op.inputs[1]].shape]  # OHWI (conv) or 1HWO (depthwise)
+        per_output = w[1] * w[2] * (w[3] if name == "CONV_2D" else 1)
+        channels = w[0] if name == "CONV_2D" else w[3]
+        return out_hw[0] * out_hw[1] * channels * per_output
 
 
 def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
@@ -142,6 +168,9 @@ def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
             raise ConversionError(f"{src.path}: operator {index} in the patch stage is {name}; patches can "
                                   f"only rewrite {', '.join(sorted(_WINDOW_OPS | _PAD_OPS | _POINTWISE_OPS))} "
                                   "(an NCHW-input model starts with TRANSPOSE: convert with NHWC input)")
+        if name == "CONCATENATION" and src.ops[index].builtinOptions.axis not in (3, -1):
+            raise ConversionError(f"{src.path}: operator {index} concatenates along axis "
+                                  f"{src.ops[index].builtinOptions.axis}; patches need channel concatenation (axis 3)")
     produced = {tensor} | {t for op in src.ops[end + 1:] for t in op.outputs}
     for index in range(end + 1, len(src.ops)):
         leaked = [t for t in src.acts(src.ops[index]) if t not in produced]
@@ -151,44 +180,59 @@ def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
     return end, tensor
 
 
-def _regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> tuple[dict[int, Region], Region]:
-    """Region of each stage tensor one tile needs (clipped), and the raw window on the model input."""
+def _regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> dict[int, Region]:
+    """Region of each stage tensor (unclipped: it may reach past the border) that computing `tile` reads."""
     needed: dict[int, Region] = {stage_tensor: tile}
-    raw: Region | None = None
-    image = src.sub.inputs[0]
     for index in range(end, -1, -1):
         out = needed.get(src.ops[index].outputs[0])
         if out is None:
             continue
         if src.names[index] in _WINDOW_OPS | _PAD_OPS:
-            wants = [src.window(index, out)]
+            wants = [src.window(index, out)[:2]]
         else:
             wants = [(t, out) for t in src.acts(src.ops[index])]
         for tensor, want in wants:
-            if tensor == image:
-                raw = _union(raw, want)
-            needed[tensor] = _union(needed.get(tensor), clip_region(want, src.hw(tensor)))
-    assert raw is not None  # the stage ops reach the input (checked by the planner's stage ends)
-    return needed, raw
+            needed[tensor] = _union(needed.get(tensor), want)
+    return needed
 
 
-class _Patch:
-    """The subgraph that computes one tile: tensors and operators over the source model's buffers."""
+def _inside(low: int, high: int, size: int) -> tuple[int, int]:
+    """The part of [low, high) inside [0, size), in coordinates local to low (empty: a == b)."""
+    start = min(max(0, -low), high - low)
+    return start, max(start, min(size, high) - low)
 
-    def __init__(self, src: _Model, codes: dict[str, int]) -> None:
-        self.src, self.codes = src, codes
+
+class _Stage:
+    """The stage subgraph under construction: tensors and operators over the source model's buffers.
+
+    Built once on patch 0's regions; `shifts[p][t]` is where patch p's region of source tensor t starts
+    relative to patch 0's, which decides which reads can cross a border (and so need a mask) and where.
+    """
+
+    def __init__(self, src: _Model, codes: dict[str, int], shifts: list[dict[int, Shift]]) -> None:
+        self.src, self.codes, self.shifts = src, codes, shifts
         self.tensors: list[Any] = []
         self.operators: list[Any] = []
+        self.inputs: list[int] = []  # the window, then a (rows, cols) pair per mask
+        self.masks: list[tuple[int, Region, int]] = []  # (source tensor, region, fill) per mask
         self.new_buffers: list[np.ndarray] = []  # data of new constants; buffer index set when kept
         self.held: dict[int, tuple[int, Region]] = {}
+        self.image_fill: int | None = None
+        self.macs = 0
         self._const: dict[int, int] = {}
-        self._crops: dict[tuple[int, Region], int] = {}
+        self._derived: dict[tuple[int, Region, int | None], int] = {}
 
     def tensor(self, like: int, hw: tuple[int, int], suffix: str = "") -> int:
         t = copy.deepcopy(self.src.sub.tensors[like])
         t.shape = np.array([1, hw[0], hw[1], t.shape[3]], np.int32)
         t.shapeSignature, t.buffer = None, 0
-        t.name = (t.name.decode() if isinstance(t.name, bytes) else t.name or "") + suffix
+        t.name = _name(t) + suffix
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def bool_tensor(self, shape: tuple[int, ...], name: str) -> int:
+        t = _schema().TensorT()
+        t.shape, t.type, t.name, t.buffer = np.array(shape, np.int32), _BOOL, name, 0
         self.tensors.append(t)
         return len(self.tensors) - 1
 
@@ -204,7 +248,7 @@ class _Patch:
         t.shape, t.type, t.name = np.array(values.shape, np.int32), _INT32, name
         if quantized_like is not None:
             t.type, t.quantization = _INT8, copy.deepcopy(self.tensors[quantized_like].quantization)
-        t.buffer = -1 - len(self.new_buffers)  # placeholder: the buffer index is set when the class is kept
+        t.buffer = -1 - len(self.new_buffers)  # placeholder: the buffer index is set when the model is packed
         dtype = np.int8 if quantized_like is not None else np.int32
         self.new_buffers.append(np.ascontiguousarray(values, dtype).view(np.uint8).ravel())
         self.tensors.append(t)
@@ -224,42 +268,70 @@ class _Patch:
         index, have = self.held[tensor]
         if have == region:
             return index
-        if (tensor, region) not in self._crops:
+        if (tensor, region, None) not in self._derived:
             schema = _schema()
             out = self.tensor(tensor, _hw(region), "/crop")
             c = int(self.src.sub.tensors[tensor].shape[3])
             begin = self.new_const(np.array([0, region[0] - have[0], region[1] - have[1], 0]), "crop_begin")
             size = self.new_const(np.array([1, *_hw(region), c]), "crop_size")
             self.emit("SLICE", [index, begin, size], out, (schema.BuiltinOptions.SliceOptions, schema.SliceOptionsT()))
-            self._crops[(tensor, region)] = out
-        return self._crops[(tensor, region)]
+            self._derived[(tensor, region, None)] = out
+        return self._derived[(tensor, region, None)]
 
-    def pad(self, index: int, like: int, border: tuple[int, int, int, int], fill: int | None) -> int:
-        """PAD (fills with the zero point) or PADV2 (fills with `fill`) by `border` (top, left, bottom, right)."""
-        schema = _schema()
-        hw = self.tensors[index].shape[1:3]
-        out = self.tensor(like, (int(hw[0]) + border[0] + border[2], int(hw[1]) + border[1] + border[3]), "/border")
-        top, left, bottom, right = border
-        pads = self.new_const(np.array([[0, 0], [top, bottom], [left, right], [0, 0]]), "border_pads")
-        if fill is None:
-            self.emit("PAD", [index, pads], out, (schema.BuiltinOptions.PadOptions, schema.PadOptionsT()))
-        else:
-            value = self.new_const(np.array([fill]), "border_fill", quantized_like=index)
-            self.emit("PADV2", [index, pads, value], out, (schema.BuiltinOptions.PadV2Options, schema.PadV2OptionsT()))
+    def crosses(self, tensor: int, region: Region) -> bool:
+        """Whether some patch's copy of `region` reaches past the border of source `tensor`."""
+        hw = self.src.hw(tensor)
+        return any(clip_region(_shifted(region, s[tensor]), hw) != _shifted(region, s[tensor]) for s in self.shifts)
+
+    def masked(self, tensor: int, region: Region, fill: int) -> int:
+        """`region` of source `tensor`, reading `fill` wherever a patch's copy of it lies beyond the border.
+
+        The image's fill is the window's (written by whoever cuts it); elsewhere SELECT_V2 picks the tensor
+        or `fill` by the patch's row and column masks (two small bool inputs, ANDed)."""
+        taken = self.take(tensor, region)
+        if not self.crosses(tensor, region):
+            return taken
+        if tensor == self.src.sub.inputs[0] and self.image_fill in (None, fill):
+            self.image_fill = fill
+            return taken
+        if (tensor, region, fill) not in self._derived:
+            schema = _schema()
+            height, width = _hw(region)
+            k = len(self.masks)
+            rows, cols = self.bool_tensor((1, height, 1, 1), f"mask{k}_rows"), self.bool_tensor((1, 1, width, 1),
+                                                                                                f"mask{k}_cols")
+            inside = self.bool_tensor((1, height, width, 1), f"mask{k}")
+            self.emit("LOGICAL_AND", [rows, cols], inside,
+                      (schema.BuiltinOptions.LogicalAndOptions, schema.LogicalAndOptionsT()))
+            value = self.new_const(np.array([fill]), f"mask{k}_fill", quantized_like=taken)
+            out = self.tensor(tensor, (height, width), "/masked")
+            self.emit("SELECT_V2", [inside, taken, value], out,
+                      (schema.BuiltinOptions.SelectV2Options, schema.SelectV2OptionsT()))
+            self.inputs += [rows, cols]
+            self.masks.append((tensor, region, fill))
+            self._derived[(tensor, region, fill)] = out
+        return self._derived[(tensor, region, fill)]
+
+    def valid(self, patch: int) -> list[list[int]]:
+        """Per mask, the part (top, left, bottom, right; local rows/cols) of patch `patch`'s region inside
+        the tensor: the rows and columns its masks mark True."""
+        out = []
+        for tensor, region, _ in self.masks:
+            top, left, bottom, right = _shifted(region, self.shifts[patch][tensor])
+            height, width = self.src.hw(tensor)
+            (r0, r1), (c0, c1) = _inside(top, bottom, height), _inside(left, right, width)
+            out.append([r0, c0, r1, c1])
         return out
 
-    def key(self) -> bytes:
-        """What makes two patches run the same subgraph: ops, wiring, shapes and new constants."""
-        ops = [(o.opcodeIndex, tuple(o.inputs), tuple(o.outputs)) for o in self.operators]
-        shapes = [tuple(t.shape) for t in self.tensors]
-        return repr((ops, shapes, [b.tobytes() for b in self.new_buffers])).encode()
 
-
-def _patch_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region]) -> _Patch:
-    """Rewrite stage ops 0..end to compute the `needed` regions, padding only at true borders."""
-    patch = _Patch(src, codes)
+def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
+                    shifts: list[dict[int, Shift]]) -> _Stage:
+    """Rewrite stage ops 0..end to compute the `needed` regions (VALID everywhere, masks at borders)."""
+    stage = _Stage(src, codes, shifts)
     image = src.sub.inputs[0]
-    patch.held[image] = (patch.tensor(image, _hw(needed[image])), needed[image])
+    window = stage.tensor(image, _hw(needed[image]), "/window")
+    stage.inputs.append(window)
+    stage.held[image] = (window, needed[image])
     for index in range(end + 1):
         op, name = src.ops[index], src.names[index]
         out_tensor = op.outputs[0]
@@ -267,35 +339,24 @@ def _patch_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[i
         if region is None:
             continue
         if name in _WINDOW_OPS | _PAD_OPS:
-            x, want = src.window(index, region)
-            clipped = clip_region(want, src.hw(x))
-            border = _border(want, clipped)
-            held = patch.take(x, clipped)
-            if name in _PAD_OPS:
-                fill = None if name == "PAD" else int(src.const(op.inputs[2]).ravel()[0])
-                patch.held[out_tensor] = (patch.pad(held, x, border, fill) if any(border) else held, region)
+            x, want, fill = src.window(index, region)
+            held = stage.take(x, want) if fill is None else stage.masked(x, want, fill)
+            if name in _PAD_OPS:  # the masked region is the padded tensor: the PAD itself disappears
+                stage.held[out_tensor] = (held, region)
                 continue
-            if any(border):
-                if name == "AVERAGE_POOL_2D":
-                    raise ConversionError(f"{src.path}: operator {index} (AVERAGE_POOL_2D) pads at the image "
-                                          "border; TFLite averages over the valid pixels only, which a padded "
-                                          "patch cannot reproduce")
-                held = patch.pad(held, x, border, -128 if name == "MAX_POOL_2D" else None)
-            out = patch.tensor(out_tensor, _hw(region))
+            out = stage.tensor(out_tensor, _hw(region))
             options = copy.deepcopy(op.builtinOptions)
             options.padding = _VALID
-            weights = [patch.const(i) if i >= 0 else -1 for i in op.inputs[1:]]
-            patch.emit(name, [held, *weights], out, (op.builtinOptionsType, options), like=op)
+            weights = [stage.const(i) if i >= 0 else -1 for i in op.inputs[1:]]
+            stage.emit(name, [held, *weights], out, (op.builtinOptionsType, options), like=op)
         else:
-            if name == "CONCATENATION" and op.builtinOptions.axis not in (3, -1):
-                raise ConversionError(f"{src.path}: operator {index} concatenates along axis "
-                                      f"{op.builtinOptions.axis}; patches need channel concatenation (axis 3)")
-            inputs = [patch.take(i, region) if i >= 0 and not src.is_const(i) else
-                      (patch.const(i) if i >= 0 else -1) for i in op.inputs]
-            out = patch.tensor(out_tensor, _hw(region))
-            patch.emit(name, inputs, out, like=op)
-        patch.held[out_tensor] = (out, region)
-    return patch
+            inputs = [stage.take(i, region) if i >= 0 and not src.is_const(i) else
+                      (stage.const(i) if i >= 0 else -1) for i in op.inputs]
+            out = stage.tensor(out_tensor, _hw(region))
+            stage.emit(name, inputs, out, like=op)
+        stage.held[out_tensor] = (out, region)
+        stage.macs += src.macs(index, _hw(region))
+    return stage
 
 
 def _compact(src: _Model, ops: list[Any], inputs: list[int], outputs: list[int], name: str) -> Any:
@@ -327,31 +388,19 @@ def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operato
     return sub
 
 
-def _signature(key: str, index: int, sub: Any) -> Any:
-    """SignatureDef `key` for subgraph `index`: its one input and one output, named "input" / "output"."""
-    schema = _schema()
-
-    def entry(name: str, tensor: int) -> Any:
-        mapping = schema.TensorMapT()
-        mapping.name, mapping.tensorIndex = name, int(tensor)
-        return mapping
-
-    sig = schema.SignatureDefT()
-    sig.signatureKey, sig.subgraphIndex = key, index
-    sig.inputs, sig.outputs = [entry("input", sub.inputs[0])], [entry("output", sub.outputs[0])]
-    return sig
+_NEW_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}  # op -> the version whose kernels take int8/bool
 
 
 def _opcodes(src: _Model) -> tuple[list[Any], dict[str, int]]:
-    """The model's operator codes plus PAD, PADV2 and SLICE, and name -> index for all of them."""
+    """The model's operator codes plus SLICE, LOGICAL_AND and SELECT_V2, and name -> index for all of them."""
     schema = _schema()
     codes = list(src.model.operatorCodes)
     index = {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}
-    for name in ("PAD", "PADV2", "SLICE"):
+    for name, version in _NEW_OPS.items():
         if name not in index:
             code = schema.OperatorCodeT()
             code.builtinCode = getattr(schema.BuiltinOperator, name)
-            code.deprecatedBuiltinCode, code.version = min(code.builtinCode, 127), 2
+            code.deprecatedBuiltinCode, code.version = min(code.builtinCode, 127), version
             index[name] = len(codes)
             codes.append(code)
     return codes, index
@@ -376,18 +425,16 @@ def _pack(model: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def _standalone(shared: Any, index: int) -> Any:
-    """Subgraph `index` of the shared model as a model of its own (subgraph 0), with only its buffers."""
-    model = copy.copy(shared)
-    sub = copy.deepcopy(shared.subgraphs[index])
+def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> bytes:
+    """A model of its own whose subgraph 0 is `sub`, carrying only the buffers it uses."""
+    model = copy.copy(src.model)
     used = sorted({0} | {int(t.buffer) for t in sub.tensors})
     remap = {b: i for i, b in enumerate(used)}
     for t in sub.tensors:
         t.buffer = remap[int(t.buffer)]
-    model.subgraphs, model.buffers = [sub], [shared.buffers[b] for b in used]
-    model.signatureDefs = [_signature(shared.signatureDefs[index].signatureKey, 0, sub)]
-    model.metadata, model.metadataBuffer = None, None
-    return model
+    model.subgraphs, model.buffers, model.operatorCodes = [sub], [buffers[b] for b in used], codes
+    model.signatureDefs, model.metadata, model.metadataBuffer = None, None, None
+    return _pack(model)
 
 
 def _tensor_info(tensor: Any) -> dict:
@@ -397,8 +444,12 @@ def _tensor_info(tensor: Any) -> dict:
             "scale": scale, "zero_point": int(q.zeroPoint[0]) if scale is not None else None}
 
 
+def _contains(outer: Region, inner: Region) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
 def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArtifacts:
-    """Rewrite a full-integer NHWC `.tflite` into per-class patch-stage subgraphs + the rest, per `plan`.
+    """Rewrite a full-integer NHWC `.tflite` into one patch-stage model and the rest model, per `plan`.
 
     `plan` must come from `plan_patches` / `fixed_plan` on `from_tflite(tflite_path)` (same layer names).
     """
@@ -406,54 +457,48 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     end, stage_tensor = _stage_split(src, plan)
     codes, code_index = _opcodes(src)
     image = src.sub.inputs[0]
-    kept: dict[bytes, _Patch] = {}
-    patches = []
-    for tile, window in zip(plan.tiles, plan.input_windows):
-        needed, raw = _regions(src, end, stage_tensor, tile)
-        if raw != tuple(window):
-            raise PlanError(f"{src.path}: tile {tile} needs input window {raw}, the plan says {tuple(window)}; "
-                            "the plan was made on another model")
-        patch = _patch_subgraph(src, code_index, end, needed)
-        key = patch.key()
-        kept.setdefault(key, patch)
-        patches.append({"class": list(kept).index(key), "window": list(needed[image]),
-                        "pad": list(_border(raw, needed[image])), "tile": list(tile)})
+    tile_h, tile_w = (max(_hw(t)[axis] for t in plan.tiles) for axis in (0, 1))
+    needed = [_regions(src, end, stage_tensor, (t[0], t[1], t[0] + tile_h, t[1] + tile_w)) for t in plan.tiles]
+    for tile, window, regions in zip(plan.tiles, plan.input_windows, needed):
+        if not _contains(regions[image], tuple(window)):
+            raise PlanError(f"{src.path}: tile {tile} needs input window {tuple(window)} by the plan, more than "
+                            f"this model's {regions[image]}; the plan was made on another model")
+        if {t: _hw(r) for t, r in regions.items()} != {t: _hw(r) for t, r in needed[0].items()}:
+            raise ConversionError(f"{src.path}: tile {tile} needs differently sized regions than tile "
+                                  f"{plan.tiles[0]}; one stage model cannot compute both")
+    shifts = [{t: (r[t][0] - needed[0][t][0], r[t][1] - needed[0][t][1]) for t in r} for r in needed]
+    stage = _stage_subgraph(src, code_index, end, needed[0], shifts)
     buffers = list(src.model.buffers)
-    subgraphs = []
-    for k, patch in enumerate(kept.values()):
-        for t in patch.tensors:
-            if t.buffer < 0:
-                t.buffer = len(buffers) + (-1 - t.buffer)
-        for data in patch.new_buffers:
-            buffer = _schema().BufferT()
-            buffer.data = data
-            buffers.append(buffer)
-        subgraphs.append(_subgraph(patch.tensors, [patch.held[image][0]], [patch.held[stage_tensor][0]],
-                                   patch.operators, f"class_{k}"))
-    subgraphs.append(_compact(src, src.ops[end + 1:], [stage_tensor], [int(t) for t in src.sub.outputs], "rest"))
-    shared = copy.copy(src.model)
-    shared.subgraphs, shared.buffers, shared.operatorCodes = subgraphs, buffers, codes
-    keys = [f"class_{k}" for k in range(len(kept))] + ["rest"]
-    shared.signatureDefs = [_signature(key, i, sub) for i, (key, sub) in enumerate(zip(keys, subgraphs))]
-    files = {SHARED_MODEL: _pack(shared)}
-    names = [f"patch_class{k}.tflite" for k in range(len(kept))] + ["patch_rest.tflite"]
-    for i, name in enumerate(names):
-        files[name] = _pack(_standalone(shared, i))
-    stage_weights = sum(len(buffers[b].data) for b in {int(t.buffer) for t in subgraphs[0].tensors}
-                        if buffers[b].data is not None)
+    for t in stage.tensors:
+        if t.buffer < 0:
+            t.buffer = len(buffers) + (-1 - t.buffer)
+    for data in stage.new_buffers:
+        buffers.append(_schema().BufferT())
+        buffers[-1].data = data
+    stage_out = stage.held[stage_tensor][0]
+    stage_sub = _subgraph(stage.tensors, stage.inputs, [stage_out], stage.operators, "patch_stage")
+    rest_sub = _compact(src, src.ops[end + 1:], [stage_tensor], [int(t) for t in src.sub.outputs], "patch_rest")
+    files = {STAGE_MODEL: _standalone(src, codes, stage_sub, buffers),
+             REST_MODEL: _standalone(src, codes, rest_sub, buffers)}
+    full_macs = sum(src.macs(i, src.hw(src.ops[i].outputs[0])) for i in range(end + 1))
+    input_info = _tensor_info(src.sub.tensors[image])
+    window_fill = stage.image_fill if stage.image_fill is not None else input_info["zero_point"] or 0
     assert plan.chosen is not None  # checked by _stage_split
     schedule = {
-        "kind": "patch", "version": SCHEDULE_VERSION, "shared_model": SHARED_MODEL, "layout": "NHWC",
+        "kind": "patch", "version": SCHEDULE_VERSION, "layout": "NHWC",
+        "stage_model": STAGE_MODEL, "rest_model": REST_MODEL,
         "stage_end": plan.chosen.stage_end, "grid": plan.chosen.grid,
-        "input": _tensor_info(src.sub.tensors[image]), "stage": _tensor_info(src.sub.tensors[stage_tensor]),
+        "input": input_info, "stage": _tensor_info(src.sub.tensors[stage_tensor]),
         "output": _tensor_info(src.sub.tensors[src.sub.outputs[0]]),
-        "classes": [{"model": names[k], "signature": keys[k], "subgraph": k,
-                     "input": _tensor_info(sub.tensors[sub.inputs[0]]),
-                     "output": _tensor_info(sub.tensors[sub.outputs[0]])} for k, sub in enumerate(subgraphs[:-1])],
-        "rest": {"model": names[-1], "signature": "rest", "subgraph": len(subgraphs) - 1},
-        "patches": patches,
-        "stage_weight_bytes": stage_weights,
-        "planner": {"peak_bytes": plan.chosen.peak_bytes, "layer_by_layer_peak_bytes": plan.layer_by_layer_peak_bytes},
+        "window": {**_tensor_info(stage.tensors[stage.inputs[0]]), "fill": window_fill},
+        "tile": _tensor_info(stage.tensors[stage_out]),
+        "masks": [{"tensor": _name(src.sub.tensors[t]), "shape": list(_hw(region)), "fill": fill,
+                   "inputs": [1 + 2 * k, 2 + 2 * k]} for k, (t, region, fill) in enumerate(stage.masks)],
+        "patches": [{"window": list(r[image]), "tile": list(tile), "valid": stage.valid(p)}
+                    for p, (tile, r) in enumerate(zip(plan.tiles, needed))],
+        "macs": {"stage_full": full_macs, "stage_patched": stage.macs * len(plan.tiles)},
+        "flash_bytes": {"full": len(src.data), "patched": sum(len(data) for data in files.values())},
+        "planner": {"peak_bytes": plan.chosen.peak_bytes, "layer_by_layer_peak_bytes": plan.layer_by_layer_peak_bytes,
+                    "extra_macs": plan.chosen.extra_macs},
     }
     return PatchArtifacts(files, schedule)
-

@@ -70,12 +70,15 @@ def _quantization(scales: Any, zero_points: Any) -> tuple[float | None, int | No
 
 
 class LiteRTAdapter:
-    """A .tflite model under LiteRT (default delegates: XNNPACK on CPU)."""
+    """A .tflite model under LiteRT (default delegates: XNNPACK on CPU).
+
+    `side_inputs` > 0 accepts that many inputs after the first (a patch stage model's masks), each with a
+    buffer in `side_buffers` that every invoke passes along."""
 
     backend = "litert"
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, side_inputs: int = 0) -> None:
         interpreter_class = litert_interpreter_class()
         self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
         try:
@@ -84,12 +87,12 @@ class LiteRTAdapter:
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"LiteRT cannot load the model ({' '.join(str(exc).split())[:300]})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; the runtime runs "
-                               "single-input, single-output stages")
+        _check_arity(len(inputs), len(outputs), side_inputs)
         self._in, self._out = inputs[0], outputs[0]
         self._in_index, self._out_index = self._in["index"], self._out["index"]
         self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.side_buffers = [np.zeros(d["shape"], d["dtype"]) for d in inputs[1:]]
+        self._sides = [(d["index"], buffer) for d, buffer in zip(inputs[1:], self.side_buffers)]
         self.output_shape = output_shape
         self._set, self._invoke, self._get = (self.interpreter.set_tensor, self.interpreter.invoke,
                                               self.interpreter.get_tensor)
@@ -103,6 +106,8 @@ class LiteRTAdapter:
         return describe(self._in), describe(self._out)
 
     def invoke(self) -> np.ndarray:
+        for index, buffer in self._sides:
+            self._set(index, buffer)
         self._set(self._in_index, self.input_buffer)
         self._invoke()
         return self._get(self._out_index)
@@ -119,6 +124,13 @@ class LiteRTAdapter:
 
     def describe(self) -> str:
         return "LiteRT (default delegates)"
+
+
+def _check_arity(inputs: int, outputs: int, side_inputs: int) -> None:
+    if inputs != 1 + side_inputs or outputs != 1:
+        expected = "single-input" if not side_inputs else f"{1 + side_inputs}-input"
+        raise BackendError(f"the model has {inputs} inputs and {outputs} outputs; expected a {expected}, "
+                           "single-output model")
 
 
 def _tflite_constant_tensors(model: bytes) -> set[int]:
@@ -202,12 +214,14 @@ def choose_providers(available: list[str]) -> list[str]:
 
 
 class TflmAdapter:
-    """A .tflite model under the TF Lite Micro interpreter on the host: checks an MCU bundle before flashing."""
+    """A .tflite model under the TF Lite Micro interpreter on the host: checks an MCU bundle before flashing.
+
+    `side_inputs` as for `LiteRTAdapter`."""
 
     backend = "tflite-micro"
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None, arena_bytes: int | None = None) -> None:
+                 threads: int | None = None, arena_bytes: int | None = None, side_inputs: int = 0) -> None:
         try:
             from tflite_micro.python.tflite_micro import runtime
         except ImportError:
@@ -222,6 +236,13 @@ class TflmAdapter:
         self._model = model
         self._in, self._out = self.interpreter.get_input_details(0), self.interpreter.get_output_details(0)
         self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.side_buffers = []
+        for index in range(1, 1 + side_inputs):
+            try:
+                details = self.interpreter.get_input_details(index)
+            except (RuntimeError, ValueError, IndexError):
+                raise BackendError(f"the model has {index} inputs; expected {1 + side_inputs}") from None
+            self.side_buffers.append(np.zeros(details["shape"], details["dtype"]))
         self.output_shape = output_shape
         self._arena_used: int | None = None
 
@@ -234,6 +255,8 @@ class TflmAdapter:
         return describe(self._in, "input 0"), describe(self._out, "output 0")
 
     def invoke(self) -> np.ndarray:
+        for index, buffer in enumerate(self.side_buffers, 1):
+            self.interpreter.set_input(buffer, index)
         self.interpreter.set_input(self.input_buffer, 0)
         self.interpreter.invoke()
         return self.interpreter.get_output(0)

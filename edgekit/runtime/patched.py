@@ -1,51 +1,47 @@
 """Run an INT8 patch schedule (MCUNetV2) on the device: numpy + one TFLite backend, never torch.
 
-Each patch's input window is cut from the int8 image and run through its class model, which pads the
-true image border itself; the output tile is written into one preallocated stage buffer; the rest model
-then runs on the stage buffer. Artifacts and schedule come from `edgekit.convert.patch_artifacts`.
-Backends: "litert" runs the shared `patched.tflite` (one weight copy) through its signatures;
-"tflite-micro" runs the standalone per-class files, since TF Lite Micro invokes only subgraph 0.
+For each patch the executor writes the patch's window of the int8 image into the stage model's input
+(the schedule's fill value where the window lies beyond the image), sets the patch's border masks, runs
+the stage model and copies the tile it computed into one preallocated stage buffer; the rest model then
+runs on the stage buffer. One stage model serves every patch, so its weights are stored once, under
+LiteRT and TF Lite Micro alike. Artifacts and schedule come from `edgekit.convert.patch_artifacts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.backends import BackendError, ModelTensor, TflmAdapter, litert_interpreter_class
+from edgekit.runtime.backends import BackendError, LiteRTAdapter, ModelTensor, TflmAdapter
 
-SCHEDULE_VERSION = 1
-Step = Callable[[np.ndarray], np.ndarray]
-
-
-def _litert_steps(files: dict[str, bytes], schedule: dict, threads: int | None) -> tuple[list[Step], Step, Any]:
-    """One LiteRT interpreter over the shared model; a signature runner per class and one for the rest."""
-    try:
-        interpreter = litert_interpreter_class()(model_content=files[schedule["shared_model"]], num_threads=threads)
-        runners = [interpreter.get_signature_runner(c["signature"]) for c in schedule["classes"]]
-        rest = interpreter.get_signature_runner(schedule["rest"]["signature"])
-    except (ValueError, RuntimeError) as exc:
-        raise BackendError(f"LiteRT cannot load {schedule['shared_model']} ({' '.join(str(exc).split())[:300]})") \
-            from None
-    steps = [lambda a, r=r: r(input=np.ascontiguousarray(a))["output"] for r in runners]
-    return steps, lambda a: rest(input=a)["output"], interpreter
+SCHEDULE_VERSION = 2
+Slices = tuple[slice, slice]
 
 
-def _tflm_step(adapter: TflmAdapter) -> Step:
-    def run(a: np.ndarray) -> np.ndarray:
-        adapter.input_buffer[...] = a
-        return adapter.invoke()
-
-    return run
+def schedule_files(schedule: dict) -> list[str]:
+    """The model files a patch schedule runs: the stage model and the rest model."""
+    return [schedule["stage_model"], schedule["rest_model"]]
 
 
-def schedule_files(schedule: dict, backend: str) -> list[str]:
-    """The model files `backend` reads for `schedule`: the shared model (litert) or the standalone ones."""
-    if backend == "litert":
-        return [schedule["shared_model"]]
-    return [c["model"] for c in schedule["classes"]] + [schedule["rest"]["model"]]
+def _copy_plan(window: list[int], height: int, width: int) -> tuple[Slices, Slices]:
+    """(image rows/cols, window-buffer rows/cols) of the part of `window` (top, left, bottom, right) inside
+    an image of height x width."""
+    top, left, bottom, right = window
+    rows, cols = (max(top, 0), min(bottom, height)), (max(left, 0), min(right, width))
+    return ((slice(*rows), slice(*cols)),
+            (slice(rows[0] - top, rows[1] - top), slice(cols[0] - left, cols[1] - left)))
+
+
+def _masks(schedule: dict, patch: dict) -> list[np.ndarray]:
+    """The patch's mask inputs: per mask a rows and a cols bool vector, True inside the tensor."""
+    out = []
+    for mask, (top, left, bottom, right) in zip(schedule["masks"], patch["valid"]):
+        height, width = mask["shape"]
+        rows, cols = np.zeros((1, height, 1, 1), bool), np.zeros((1, 1, width, 1), bool)
+        rows[0, top:bottom], cols[0, :, left:right] = True, True
+        out += [rows, cols]
+    return out
 
 
 class PatchExecutor:
@@ -56,24 +52,30 @@ class PatchExecutor:
         if schedule.get("kind") != "patch" or schedule.get("version") != SCHEDULE_VERSION:
             raise BackendError(f"expected a patch schedule (kind 'patch', version {SCHEDULE_VERSION}), found kind "
                                f"{schedule.get('kind')!r} version {schedule.get('version')!r}")
-        if backend not in ("litert", "tflite-micro"):
+        adapters = {"litert": LiteRTAdapter, "tflite-micro": TflmAdapter}
+        if backend not in adapters:
             raise BackendError(f"patch schedules run on 'litert' or 'tflite-micro', found {backend!r}")
-        missing = [name for name in schedule_files(schedule, backend) if name not in files]
+        missing = [name for name in schedule_files(schedule) if name not in files]
         if missing:
-            raise BackendError(f"patch schedule on {backend}: model file {missing[0]!r} missing "
+            raise BackendError(f"patch schedule: model file {missing[0]!r} missing "
                                f"(given: {', '.join(sorted(files)) or 'none'})")
         self.schedule, self.backend = schedule, backend
         self.stage = np.zeros(schedule["stage"]["shape"], schedule["stage"]["dtype"])
         self.input_buffer = np.zeros(schedule["input"]["shape"], schedule["input"]["dtype"])
-        self._adapters: list[TflmAdapter] = []
-        if backend == "litert":
-            self._classes, self._rest, self._interpreter = _litert_steps(files, schedule, threads)
-        else:
-            specs = [(c["model"], c["input"]["shape"], c["output"]["shape"]) for c in schedule["classes"]]
-            specs.append((schedule["rest"]["model"], schedule["stage"]["shape"], schedule["output"]["shape"]))
-            self._adapters = [TflmAdapter(files[name], tuple(i), tuple(o)) for name, i, o in specs]
-            self._classes = [_tflm_step(a) for a in self._adapters[:-1]]
-            self._rest = _tflm_step(self._adapters[-1])
+        masks = len(schedule["masks"])
+        self._stage = adapters[backend](files[schedule["stage_model"]], tuple(schedule["window"]["shape"]),
+                                        tuple(schedule["tile"]["shape"]), threads, side_inputs=2 * masks)
+        self._rest = adapters[backend](files[schedule["rest_model"]], tuple(schedule["stage"]["shape"]),
+                                       tuple(schedule["output"]["shape"]), threads)
+        shapes = [tuple(b.shape) for b in self._stage.side_buffers]
+        declared = [s for m in schedule["masks"] for s in ((1, m["shape"][0], 1, 1), (1, 1, m["shape"][1], 1))]
+        if shapes != declared or tuple(self._stage.input_buffer.shape) != tuple(self._stage.model_tensors()[0].shape):
+            raise BackendError(f"{schedule['stage_model']}: its inputs do not match the schedule's window and masks")
+        height, width = self.input_buffer.shape[1:3]
+        self._patches = [(*_copy_plan(p["window"], height, width), _masks(schedule, p),
+                          (slice(p["tile"][0], p["tile"][2]), slice(p["tile"][1], p["tile"][3])),
+                          (slice(0, p["tile"][2] - p["tile"][0]), slice(0, p["tile"][3] - p["tile"][1])))
+                         for p in schedule["patches"]]
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """The model's int8 input for a float NHWC frame (int8 frames pass as they are)."""
@@ -93,12 +95,15 @@ class PatchExecutor:
         With `input_buffer`, `model_tensors()` and `memory()` this is the backend-adapter surface of
         `edgekit.runtime.backends`, so a session can drive the schedule like any single model.
         """
-        image = self.input_buffer
-        for patch in self.schedule["patches"]:
-            top, left, bottom, right = patch["window"]
-            rows, cols = slice(patch["tile"][0], patch["tile"][2]), slice(patch["tile"][1], patch["tile"][3])
-            self.stage[:, rows, cols] = self._classes[patch["class"]](image[:, top:bottom, left:right])
-        return self._rest(self.stage)
+        image, window, fill = self.input_buffer, self._stage.input_buffer, self.schedule["window"]["fill"]
+        for (rows, cols), (w_rows, w_cols), masks, (t_rows, t_cols), (o_rows, o_cols) in self._patches:
+            window[...] = fill
+            window[:, w_rows, w_cols] = image[:, rows, cols]
+            for buffer, mask in zip(self._stage.side_buffers, masks):
+                buffer[...] = mask
+            self.stage[:, t_rows, t_cols] = self._stage.invoke()[:, o_rows, o_cols]
+        self._rest.input_buffer[...] = self.stage
+        return self._rest.invoke()
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """One frame (float NHWC, quantized here, or int8) to the model's raw (int8) output."""
@@ -120,30 +125,27 @@ class PatchExecutor:
         return describe(self.schedule["input"], "input"), describe(self.schedule["output"], "output")
 
     def memory(self) -> dict[str, Any]:
-        """Peak bytes (see `peak_bytes`), the stage buffer and, under tflite-micro, each model's arena."""
+        """Peak bytes (see `peak_bytes`), the stage buffer and, under tflite-micro, both models' arenas."""
         report: dict[str, Any] = {"stage_bytes": self.stage.nbytes}
-        if self._adapters:
-            arenas = [a.memory()["bytes"] for a in self._adapters]
-            report.update(class_arena_bytes=arenas[:-1], rest_arena_bytes=arenas[-1],
-                          kind="patch schedule: largest class arena + stage buffer, or the rest arena (TFLM)",
-                          bytes=max(max(arenas[:-1]) + self.stage.nbytes, arenas[-1]))
+        if isinstance(self._stage, TflmAdapter):
+            stage, rest = self._stage.memory()["bytes"], self._rest.memory()["bytes"]
+            report.update(stage_arena_bytes=stage, rest_arena_bytes=rest,
+                          kind="patch schedule: stage-model arena + stage buffer, or the rest arena (TFLM)",
+                          bytes=max(stage + self.stage.nbytes, rest))
         else:
-            window = max((p["window"][2] - p["window"][0]) * (p["window"][3] - p["window"][1])
-                         for p in self.schedule["patches"]) * self.input_buffer.shape[3]
-            tile = max((p["tile"][2] - p["tile"][0]) * (p["tile"][3] - p["tile"][1])
-                       for p in self.schedule["patches"]) * self.stage.shape[3]
-            report.update(kind="patch schedule: stage buffer + largest window and tile (LiteRT reports no arena)",
-                          bytes=self.stage.nbytes + (window + tile) * self.stage.itemsize)
+            report.update(kind="patch schedule: stage buffer + window and tile (LiteRT reports no arena)",
+                          bytes=self.stage.nbytes + self._stage.input_buffer.nbytes
+                          + int(np.prod(self.schedule["tile"]["shape"])) * self.stage.itemsize)
         return report
 
     def describe(self) -> str:
         """What runs: the schedule's size and the backend."""
-        return (f"patch schedule ({len(self.schedule['patches'])} patches, {len(self.schedule['classes'])} "
-                f"border classes, {self.schedule['grid']}x{self.schedule['grid']} grid) on {self.backend}")
+        return (f"patch schedule ({len(self.schedule['patches'])} patches, {self.schedule['grid']}x"
+                f"{self.schedule['grid']} grid, {len(self.schedule['masks'])} border masks) on {self.backend}")
 
     @property
     def peak_bytes(self) -> int:
-        """Peak SRAM of the schedule. tflite-micro: max(largest class arena + stage buffer, rest arena),
-        the rest arena holding the stage buffer as its input tensor (arenas as TFLM measures them, each
-        with its persistent tail). litert reports no arena: the stage buffer, largest window and tile."""
+        """Peak SRAM of the schedule. tflite-micro: max(stage-model arena + stage buffer, rest arena), the
+        rest arena holding the stage buffer as its input tensor (arenas as TFLM measures them, each with its
+        persistent tail). litert reports no arena: the stage buffer, window and tile."""
         return int(self.memory()["bytes"])

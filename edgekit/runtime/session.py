@@ -88,7 +88,7 @@ class _StageRunner:
         plan = bundle.manifest.plan or {}
         try:
             if plan.get("kind") == "patch":  # the stage's model runs patch by patch under the plan's schedule
-                files = {name: bundle.read(name) for name in schedule_files(plan, backend)}
+                files = {name: bundle.read(name) for name in schedule_files(plan)}
                 self.adapter = PatchExecutor(files, plan, backend, threads)
             else:
                 self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
