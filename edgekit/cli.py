@@ -139,7 +139,12 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
 
         data["emitted"] = emit_patch_artifacts(args.model, plan, args.emit,
                                                load_target(args.target) if args.target else None)
-        text += f"\npatch bundle ({len(data['emitted']['files'])} files) written to {args.emit}/"
+        emitted = data["emitted"]
+        flash, macs = emitted["flash_bytes"], emitted["macs"]
+        text += (f"\npatch bundle ({len(emitted['files'])} files) written to {args.emit}/: one stage model runs all "
+                 f"{emitted['patches']} patches ({emitted['masks']} border masks); model bytes {flash['full']:,} full, "
+                 f"{flash['patched']:,} patched (weights once); stage MACs x{macs['stage_patched'] / macs['stage_full']:.2f}"
+                 " (border patches compute their whole window)")
     _emit(args, data, text)
 
 

@@ -245,3 +245,24 @@ def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path
     for ours, theirs in zip(executor.model_tensors(), full.model_tensors()):  # what a session checks
         assert (ours.shape, ours.dtype, ours.zero_point) == (theirs.shape, theirs.dtype, theirs.zero_point)
         assert ours.scale == pytest.approx(theirs.scale, rel=1e-7)
+
+
+def test_a_corrupt_schedule_is_refused_not_run(resnet: tuple[Path, PatchArtifacts]) -> None:
+    from edgekit.runtime.backends import BackendError
+
+    _, artifacts = resnet
+    schedule = artifacts.schedule
+    first = schedule["patches"][0]
+    corrupt = {
+        "valid regions for": {**first, "valid": first["valid"][:-1]},
+        "window .* is not": {**first, "window": [first["window"][0] + 1, *first["window"][1:]]},
+        "do not cover the stage buffer exactly once": {**first, "tile": schedule["patches"][1]["tile"]},
+        "valid region lies outside its mask": {**first, "valid": [[0, 0, 99, 99]] * len(schedule["masks"])},
+        "malformed": {**first, "window": ["a", 0, 1, 2]},
+    }
+    for message, patch in corrupt.items():
+        bad = {**schedule, "patches": [patch, *schedule["patches"][1:]]}
+        with pytest.raises(BackendError, match=f"patch schedule: .*{message}"):
+            PatchExecutor(artifacts.files, bad, "litert")
+    with pytest.raises(BackendError, match="patch schedule: model file 'patch_rest.tflite' missing"):
+        PatchExecutor({"patch_stage.tflite": artifacts.files["patch_stage.tflite"]}, schedule, "litert")

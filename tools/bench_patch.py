@@ -6,9 +6,10 @@ the peak it measured from the tensors it held.
 
 With --int8: each INT8 model (NHWC int8 I/O, the MCU preset) is planned on its own .tflite graph
 under the target's SRAM, cut into patch artifacts, run patch by patch under the real tflite-micro
-interpreter and LiteRT (bit-exact check against the full model) and its arenas measured; LiteRT
-latency (1 thread, median of 200 calls interleaved with the full model's) of the patched schedule
-against the full model. Host measurements, not a board.
+interpreter and LiteRT (bit-exact check against the full model) and its arenas measured; latency of
+the patched schedule against the full model, 1 thread, interleaved: LiteRT median of 200 calls,
+tflite-micro (reference kernels: time tracks MACs, as on an MCU) median of 3. Host measurements, not a
+board.
 
 Run: python tools/bench_patch.py [--json] [--max-extra-macs 0.2]
      python tools/bench_patch.py --int8 [--target stm32f746] [--models mobilenet_v2_035_96,mobilenet_v2]
@@ -68,7 +69,7 @@ def measure(max_extra_macs: float) -> list[dict]:
     return rows
 
 
-def _median_ms(runs: dict[str, Callable[[], object]], rounds: int = 10, reps: int = 20) -> dict[str, float]:
+def _median_ms(runs: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
     """Median latency of each callable, rounds interleaved so machine noise lands on all alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():
@@ -83,10 +84,10 @@ def _median_ms(runs: dict[str, Callable[[], object]], rounds: int = 10, reps: in
 
 
 def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -> dict:
-    """INT8 artifacts of one model: planner vs tflite-micro peaks, bit-exactness, LiteRT latency."""
+    """INT8 artifacts of one model: planner vs tflite-micro peaks, MACs, flash, bit-exactness, latency."""
     from edgekit.convert.config import Int8Config
     from edgekit.convert.mcu import arena_parts
-    from edgekit.convert.patch_artifacts import build_patch_artifacts
+    from edgekit.convert.patch_artifacts import REST_MODEL, STAGE_MODEL, build_patch_artifacts
     from edgekit.convert.patch_pack import write_patch_pack
     from edgekit.convert.quantize import quantize
     from edgekit.graph.from_tflite import from_tflite
@@ -105,36 +106,36 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
     artifacts = build_patch_artifacts(path, plan)
     arenas = write_patch_pack(artifacts, workdir / name)
     schedule = artifacts.schedule
-    stage = int(np.prod(schedule["stage"]["shape"]))
-    classes = [arenas[c["model"]] for c in schedule["classes"]]
-    rest, full_arena = arenas[schedule["rest"]["model"]], arena_parts(path)
-    class_head = max(a["head"] for a in classes)
-    patched_head = max(class_head + stage, rest["head"])  # stage buffer placed as the rest model's input
+    stage_buffer = int(np.prod(schedule["stage"]["shape"]))
+    stage, rest, full_arena = arenas[STAGE_MODEL], arenas[REST_MODEL], arena_parts(path)
+    patched_head = max(stage["head"] + stage_buffer, rest["head"])  # stage buffer placed as the rest model's input
     x = np.random.default_rng(0).integers(-128, 128, schedule["input"]["shape"], dtype=np.int8)
-    exact = {}
-    for backend in ("tflite-micro", "litert"):
+    exact, latency = {}, {}
+    for backend, rounds, reps in (("tflite-micro", 3, 1), ("litert", 10, 20)):
         full = open_backend(backend, path.read_bytes(), tuple(schedule["input"]["shape"]),
                             tuple(schedule["output"]["shape"]), threads=1)
         full.input_buffer[...] = x
         patched = PatchExecutor(artifacts.files, schedule, backend, threads=1)
         exact[backend] = bool(np.array_equal(patched.run_raw(x), full.invoke()))
-    latency = _median_ms({"full": full.invoke, "patched": lambda: patched.run_raw(x)})
-    full_ms, patched_ms = latency["full"], latency["patched"]
+        latency[backend] = _median_ms({"full": full.invoke, "patched": lambda: patched.run_raw(x)}, rounds, reps)
     planner_reduction = plan.layer_by_layer_peak_bytes / plan.chosen.peak_bytes
-    tails = sum(a["tail"] for a in classes) + rest["tail"]  # every interpreter resident (TFLM multi-tenant)
+    macs = schedule["macs"]
     return {"model": name, "target": device.name, "stage_end": plan.chosen.stage_end, "grid": plan.chosen.grid,
-            "classes": len(schedule["classes"]), "extra_macs_ratio": plan.chosen.extra_macs_ratio(plan.total_macs),
+            "masks": len(schedule["masks"]), "extra_macs_ratio": plan.chosen.extra_macs_ratio(plan.total_macs),
+            "artifact_extra_macs_ratio": (macs["stage_patched"] - macs["stage_full"]) / plan.total_macs,
             "planner_layer_by_layer_bytes": plan.layer_by_layer_peak_bytes,
             "planner_patched_bytes": plan.chosen.peak_bytes, "planner_reduction": planner_reduction,
-            "tflm_full_head_bytes": full_arena["head"], "tflm_class_head_bytes": class_head,
-            "tflm_rest_head_bytes": rest["head"], "stage_bytes": stage, "tflm_patched_head_bytes": patched_head,
-            "tflm_patched_head_separate_stage_bytes": max(class_head, rest["head"]) + stage,
+            "tflm_full_head_bytes": full_arena["head"], "tflm_stage_head_bytes": stage["head"],
+            "tflm_rest_head_bytes": rest["head"], "stage_bytes": stage_buffer, "tflm_patched_head_bytes": patched_head,
+            "tflm_patched_head_separate_stage_bytes": max(stage["head"], rest["head"]) + stage_buffer,
             "tflm_reduction": full_arena["head"] / patched_head,
             "reduction_ratio": full_arena["head"] / patched_head / planner_reduction,
-            "tflm_full_tail_bytes": full_arena["tail"], "tflm_patched_tails_bytes": tails,
-            "tflm_full_total_bytes": full_arena["total"], "tflm_patched_total_bytes": patched_head + tails,
-            "bit_exact": exact, "stage_weight_copies_bytes": artifacts.stage_weight_copies_bytes,
-            "litert_full_ms": full_ms, "litert_patched_ms": patched_ms, "latency_ratio": patched_ms / full_ms}
+            "tflm_full_tail_bytes": full_arena["tail"], "tflm_patched_tails_bytes": stage["tail"] + rest["tail"],
+            "tflm_full_total_bytes": full_arena["total"],
+            "tflm_patched_total_bytes": patched_head + stage["tail"] + rest["tail"],
+            "bit_exact": exact, "flash_full_bytes": schedule["flash_bytes"]["full"],
+            "flash_patched_bytes": schedule["flash_bytes"]["patched"],
+            **{f"{b}_{k}_ms": v for b, times in latency.items() for k, v in times.items()}}
 
 
 def render_int8(rows: list[dict]) -> str:
@@ -142,20 +143,25 @@ def render_int8(rows: list[dict]) -> str:
     lines = [f"{r['model']}: no plan ({r['reason']})" for r in rows if "grid" not in r]
     activations = table(
         ("model", "grid", "planner LbL B", "planner patched B", "planner x", "TFLM head full B",
-         "TFLM head patched B (class+stage | rest)", "TFLM x", "ratio", "bit-exact"),
-        [(r["model"], f"{r['grid']}x{r['grid']} ({r['classes']} classes, +{r['extra_macs_ratio']:.1%} MACs)",
-          f"{r['planner_layer_by_layer_bytes']:,}",
+         "TFLM head patched B (stage+buffer | rest)", "TFLM x", "ratio", "bit-exact"),
+        [(r["model"], f"{r['grid']}x{r['grid']} ({r['masks']} masks)", f"{r['planner_layer_by_layer_bytes']:,}",
           f"{r['planner_patched_bytes']:,}", f"{r['planner_reduction']:.2f}x", f"{r['tflm_full_head_bytes']:,}",
-          f"{r['tflm_patched_head_bytes']:,} ({r['tflm_class_head_bytes']:,}+{r['stage_bytes']:,} | "
+          f"{r['tflm_patched_head_bytes']:,} ({r['tflm_stage_head_bytes']:,}+{r['stage_bytes']:,} | "
           f"{r['tflm_rest_head_bytes']:,})", f"{r['tflm_reduction']:.2f}x", f"{r['reduction_ratio']:.2f}",
           "/".join(k for k, v in r["bit_exact"].items() if v) or "NO") for r in done])
+
+    def ms(r: dict, backend: str) -> str:
+        full, patched = r[f"{backend}_full_ms"], r[f"{backend}_patched_ms"]
+        return f"{full:.2f} / {patched:.2f} ({patched / full:.2f}x)"
+
     totals = table(
-        ("model", "TFLM total full B (head+tail)", "TFLM total patched B (head+tails)", "stage weight copies B",
-         "LiteRT ms full / patched"),
+        ("model", "TFLM total full B (head+tail)", "TFLM total patched B (head+tails)", "flash full / patched B",
+         "extra MACs planner / artifact", "TFLM ms full / patched", "LiteRT ms full / patched"),
         [(r["model"], f"{r['tflm_full_total_bytes']:,} ({r['tflm_full_head_bytes']:,}+{r['tflm_full_tail_bytes']:,})",
           f"{r['tflm_patched_total_bytes']:,} ({r['tflm_patched_head_bytes']:,}+{r['tflm_patched_tails_bytes']:,})",
-          f"{r['stage_weight_copies_bytes']:,}",
-          f"{r['litert_full_ms']:.2f} / {r['litert_patched_ms']:.2f} ({r['latency_ratio']:.2f}x)") for r in done])
+          f"{r['flash_full_bytes']:,} / {r['flash_patched_bytes']:,}",
+          f"+{r['extra_macs_ratio']:.1%} / +{r['artifact_extra_macs_ratio']:.1%}", ms(r, "tflite-micro"),
+          ms(r, "litert")) for r in done])
     return "\n\n".join([activations, totals, *lines])
 
 

@@ -124,4 +124,5 @@ def emit_patch_artifacts(tflite_path: str | Path, plan: PatchPlan, out_dir: str 
                                   "tflite-micro" if mcu else "litert")
         write_bundle(tmp, manifest, out_dir)
     return {"dir": str(out_dir), "files": sorted(p.name for p in Path(out_dir).iterdir()),
-            "masks": len(artifacts.schedule["masks"]), "arenas": arenas}
+            "patches": len(artifacts.schedule["patches"]), "masks": len(artifacts.schedule["masks"]),
+            "flash_bytes": artifacts.schedule["flash_bytes"], "macs": artifacts.schedule["macs"], "arenas": arenas}

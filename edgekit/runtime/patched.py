@@ -44,6 +44,34 @@ def _masks(schedule: dict, patch: dict) -> list[np.ndarray]:
     return out
 
 
+def _check_patches(schedule: dict) -> None:
+    """Refuse a schedule whose patches would leave stale or misplaced data: every window the stage model's
+    input size, one valid region per mask inside it, tiles that fit the model output and cover the stage
+    buffer exactly once."""
+    window_hw, tile_hw = schedule["window"]["shape"][1:3], schedule["tile"]["shape"][1:3]
+    stage_hw = schedule["stage"]["shape"][1:3]
+    cover = np.zeros(stage_hw, np.int32)
+    for k, patch in enumerate(schedule["patches"]):
+        top, left, bottom, right = (int(v) for v in patch["window"])
+        t_top, t_left, t_bottom, t_right = (int(v) for v in patch["tile"])
+        valid = [[int(v) for v in region] for region in patch["valid"]]
+        problems = [
+            [bottom - top, right - left] != window_hw and f"window {patch['window']} is not {window_hw[0]}x{window_hw[1]}",
+            not (0 <= t_top < t_bottom <= stage_hw[0] and 0 <= t_left < t_right <= stage_hw[1]
+                 and t_bottom - t_top <= tile_hw[0] and t_right - t_left <= tile_hw[1])
+            and f"tile {patch['tile']} is outside the stage buffer or larger than the model's output",
+            len(valid) != len(schedule["masks"]) and f"{len(valid)} valid regions for {len(schedule['masks'])} masks",
+            any(not (0 <= r[0] <= r[2] <= m["shape"][0] and 0 <= r[1] <= r[3] <= m["shape"][1])
+                for r, m in zip(valid, schedule["masks"])) and "a valid region lies outside its mask",
+        ]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            raise BackendError(f"patch schedule: patch {k}: {problem}")
+        cover[t_top:t_bottom, t_left:t_right] += 1
+    if not (cover == 1).all():
+        raise BackendError("patch schedule: the tiles do not cover the stage buffer exactly once")
+
+
 class PatchExecutor:
     """Runs frames patch by patch under `schedule` ({"kind": "patch", ...}) on `backend`."""
 
@@ -59,6 +87,10 @@ class PatchExecutor:
         if missing:
             raise BackendError(f"patch schedule: model file {missing[0]!r} missing "
                                f"(given: {', '.join(sorted(files)) or 'none'})")
+        try:
+            _check_patches(schedule)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BackendError(f"patch schedule: malformed ({type(exc).__name__}: {exc})") from None
         self.schedule, self.backend = schedule, backend
         self.stage = np.zeros(schedule["stage"]["shape"], schedule["stage"]["dtype"])
         self.input_buffer = np.zeros(schedule["input"]["shape"], schedule["input"]["dtype"])
