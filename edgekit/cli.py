@@ -52,7 +52,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     target = load_target(args.target) if args.target else None
     graph = load_graph(args.model, args.input_shape)
-    result = analyze(graph, target, not args.no_inplace_depthwise, args.inplace_residual)
+    result = analyze(graph, target, not args.no_inplace_depthwise, args.inplace_residual, args.materialize_pads)
     data = result.to_dict()
     if args.plot:
         from edgekit.plot import plot_memory
@@ -123,7 +123,7 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
         raise EdgekitError("--stage-end and --grid go together (a hand-picked schedule), or neither (search)")
     budget = load_target(args.target).activation_budget_bytes if args.target else None
     graph = load_graph(args.model, args.input_shape)
-    policy = MemoryPolicy("int8", not args.no_inplace_depthwise, args.inplace_residual)
+    policy = MemoryPolicy("int8", not args.no_inplace_depthwise, args.inplace_residual, args.materialize_pads)
     if args.stage_end is not None:
         plan = fixed_plan(graph, args.stage_end, args.grid, args.input_resident, policy)
     else:
@@ -374,6 +374,9 @@ def _accounting_flags(p: argparse.ArgumentParser) -> None:
                    help="count depthwise input and output separately (default: in place, as MCUNetV2)")
     p.add_argument("--inplace-residual", action="store_true",
                    help="residual adds accumulate into their input (TinyEngine; the MCUNetV2 paper's 172 kB)")
+    p.add_argument("--materialize-pads", action="store_true",
+                   help="explicit PAD ops of a .tflite keep a padded copy, as TFLite runs them; with "
+                        "--no-inplace-depthwise: TF Lite Micro's arena head")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,12 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
   it costs max(input, output) instead of input + output;
 - with `inplace_residual`, a conv whose only reader is a residual add accumulates straight into
   the add's other input when that input dies at the add (TinyEngine-style fused add): neither the
-  conv output nor the add output takes a buffer of its own.
+  conv output nor the add output takes a buffer of its own;
+- with `materialize_pads`, a zero pad that the graph folded into a conv/pool from an explicit PAD op
+  (litert-torch emits PAD + VALID for PyTorch's stride-2 padding) is a buffer of its own, as TFLite and
+  TF Lite Micro run it: the PAD holds its input and the padded copy, the conv the padded copy and its
+  output. `MemoryPolicy.tflm()` (out-of-place depthwise, materialised pads) reproduces the head of TF
+  Lite Micro's arena on the INT8 reference models byte for byte (tested).
 Weights are not counted: they live in flash (MCU) or are loaded once (others).
 """
 
@@ -29,6 +34,12 @@ class MemoryPolicy:
     dtype: str = "int8"
     inplace_depthwise: bool = True
     inplace_residual: bool = False
+    materialize_pads: bool = False
+
+    @classmethod
+    def tflm(cls, dtype: str = "int8") -> MemoryPolicy:
+        """The accounting of TF Lite Micro's arena head: every op out of place, explicit pads materialised."""
+        return cls(dtype, inplace_depthwise=False, inplace_residual=False, materialize_pads=True)
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,10 @@ def _buffers(layers: Sequence[Layer], inputs: Iterable[str], policy: MemoryPolic
 
 
 def live_bytes(layers: Sequence[Layer], inputs: Iterable[str], outputs: Iterable[str], size_of: Callable[[str], int],
-               policy: MemoryPolicy) -> list[int]:
-    """Live bytes at each of `layers`, run in order, with tensor sizes from `size_of` (0 = not in this memory)."""
+               policy: MemoryPolicy, padded_of: Callable[[Layer], int] | None = None) -> list[int]:
+    """Live bytes at each of `layers`, run in order, with tensor sizes from `size_of` (0 = not in this memory).
+
+    `padded_of(layer)`: bytes of a layer's explicitly padded input, counted under `materialize_pads`."""
     inputs = list(inputs)
     buffer_of = _buffers(layers, inputs, policy)
     last_use = {buffer_of[name]: -1 for name in inputs}
@@ -99,6 +112,11 @@ def live_bytes(layers: Sequence[Layer], inputs: Iterable[str], outputs: Iterable
         source = buffer_of[layer.inputs[0]] if layer.inputs else None
         if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and last_use.get(source) == index:
             live -= min(size[source], size[output])
+        if policy.materialize_pads and padded_of is not None and any(layer.explicit_pad):
+            padded = padded_of(layer)
+            at_pad = sum(size[b] for b in alive) + padded  # the PAD op: its input and the padded copy
+            freed = size[source] if last_use.get(source) == index and source != output else 0  # dies at the PAD
+            live = max(at_pad, live - freed + padded)
         rows.append(live)
         alive.add(output)
         alive = {b for b in alive if last_use[b] > index}
@@ -113,6 +131,11 @@ def activation_memory(graph: Graph, policy: MemoryPolicy = MemoryPolicy()) -> Me
     def size_of(tensor: str) -> int:
         return numel(graph.tensor_shape(tensor)) * per_element
 
-    rows = live_bytes(graph.layers, [s.name for s in graph.inputs], graph.outputs, size_of, policy)
+    def padded_of(layer: Layer) -> int:
+        channels, height, width = layer.input_shapes[0][1:]
+        top, left, bottom, right = layer.explicit_pad
+        return channels * (height + top + bottom) * (width + left + right) * per_element
+
+    rows = live_bytes(graph.layers, [s.name for s in graph.inputs], graph.outputs, size_of, policy, padded_of)
     return MemoryProfile(policy, tuple(LayerMemory(layer.name, live, size_of(buffer_of[layer.output]))
                                        for layer, live in zip(graph.layers, rows)))

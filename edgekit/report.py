@@ -10,8 +10,18 @@ from edgekit.targets import Device, Link
 from edgekit.units import format_bytes, format_count
 
 if TYPE_CHECKING:
+    from edgekit.memory import MemoryPolicy
     from edgekit.plan.patch import PatchPlan
     from edgekit.plan.split import SplitCandidate, SplitPlan
+
+
+def _policy_text(policy: MemoryPolicy) -> str:
+    """The accounting switches of a memory policy, as a report line states them."""
+    def on(flag: bool) -> str:
+        return "on" if flag else "off"
+
+    return (f"depthwise in place {on(policy.inplace_depthwise)}; residual add in place {on(policy.inplace_residual)}; "
+            f"explicit pads materialised {on(policy.materialize_pads)}")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -48,8 +58,7 @@ def render_analysis(analysis: Analysis) -> str:
         f"params {format_count(graph.total_params)} ({graph.total_params:,}; {format_bytes(graph.total_param_bytes)})",
         f"peak activations, layer by layer: int8 {int8.peak_bytes:,} B ({format_bytes(int8.peak_bytes)}) at "
         f"{int8.peak_layer}; fp32 {fp32.peak_bytes:,} B ({format_bytes(fp32.peak_bytes)})",
-        f"accounting: depthwise in place {'on' if int8.policy.inplace_depthwise else 'off'}; residual add in place "
-        f"{'on' if int8.policy.inplace_residual else 'off'}; a residual input is freed after its last consumer; "
+        f"accounting: {_policy_text(int8.policy)}; a residual input is freed after its last consumer; "
         "reshape aliases; params after batch-norm folding",
     ]
     if analysis.target is not None:
@@ -94,8 +103,7 @@ def render_patch_plan(plan: PatchPlan) -> str:
     lines = [f"{plan.model}: layer-by-layer peak {plan.layer_by_layer_peak_bytes:,} B "
              f"({format_bytes(plan.layer_by_layer_peak_bytes)})"
              + (f"; budget {plan.budget_bytes:,} B ({format_bytes(plan.budget_bytes)})" if plan.budget_bytes else ""),
-             f"accounting: int8; depthwise in place {'on' if plan.policy.inplace_depthwise else 'off'}; "
-             f"residual add in place {'on' if plan.policy.inplace_residual else 'off'}; input "
+             f"accounting: int8; {_policy_text(plan.policy)}; input "
              f"{'resident in SRAM' if plan.input_resident else 'streamed per patch'}"]
     c = plan.chosen
     if c is not None:

@@ -29,3 +29,27 @@ def test_mobilenet_v2_peak_matches_mcunetv2_paper() -> None:
     # without in-place depthwise the stride-2 depthwise holds 112x112x96 in and 56x56x96 out
     assert separate.peak_bytes == 112 * 112 * 96 + 56 * 56 * 96
     assert activation_memory(graph, MemoryPolicy("fp32")).peak_bytes == 4 * 1_404_928
+
+
+def test_materialized_pads_count_the_padded_copy() -> None:
+    import torch
+    from torch import nn
+
+    class PadConv(nn.Module):
+        input_shape = (1, 3, 8, 8)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.pad, self.conv = nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3, 2, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.pad(x))
+
+    graph = load_graph(PadConv().eval())
+    assert [layer.op for layer in graph.layers] == ["conv2d"] and graph.layers[0].explicit_pad == (0, 0, 1, 1)
+    image, padded, out = 3 * 8 * 8, 3 * 9 * 9, 4 * 4 * 4
+    assert activation_memory(graph).peak_bytes == image + out  # the pad folded into the conv
+    # the PAD op holds the image and its padded copy; then the conv the copy and its output
+    assert activation_memory(graph, MemoryPolicy(materialize_pads=True)).peak_bytes == max(image + padded,
+                                                                                          padded + out)
+    assert MemoryPolicy.tflm() == MemoryPolicy("int8", inplace_depthwise=False, materialize_pads=True)

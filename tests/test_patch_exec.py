@@ -69,3 +69,31 @@ def test_a_stage_end_that_is_not_a_cut_is_refused() -> None:
     inside_block = next(l.name for l in graph.layers if l.name.endswith("body.0.0"))  # the residual input skips it
     with pytest.raises(PlanError, match="cannot end a patch stage"):
         fixed_plan(graph, inside_block, 2)
+
+
+class ExplicitPads(torch.nn.Module):
+    """Zero pads as their own modules (nn.ZeroPad2d), as TFLite graphs carry them: in the stage and after it."""
+
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = torch.nn.Sequential(torch.nn.ZeroPad2d((0, 1, 0, 1)), torch.nn.Conv2d(3, 8, 3, 2),
+                                         torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 1, 1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.ZeroPad2d(1), torch.nn.Conv2d(8, 4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("policy", [MemoryPolicy(), MemoryPolicy.tflm()])
+def test_explicit_pads_run_exactly_under_both_accountings(policy: MemoryPolicy) -> None:
+    model = ExplicitPads().eval()
+    graph = load_graph(model)
+    assert graph.layers[0].explicit_pad == (0, 0, 1, 1)  # folded into the conv, padding only the true border
+    plan = fixed_plan(graph, graph.layers[1].name, 2, policy=policy)
+    check(model, plan)
+    if policy.materialize_pads:  # the padded copies cost bytes: in the stage (per patch) and after it
+        default = fixed_plan(graph, graph.layers[1].name, 2)
+        assert plan.chosen.patch_stage_bytes > default.chosen.patch_stage_bytes
+        assert plan.chosen.rest_bytes > default.chosen.rest_bytes

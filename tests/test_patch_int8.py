@@ -218,6 +218,21 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
 
 
+def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
+    """MemoryPolicy.tflm() predicts TF Lite Micro's arena head byte for byte: full model and rest model."""
+    from edgekit.convert.mcu import arena_parts
+
+    path, artifacts = mbv2
+    arenas = write_patch_pack(artifacts, tmp_path)
+    graph = from_tflite(path)
+    stage_end = artifacts.schedule["stage_end"]
+    plan = fixed_plan(graph, stage_end, artifacts.schedule["grid"], policy=MemoryPolicy.tflm())
+    assert plan.layer_by_layer_peak_bytes == arena_parts(path)["head"]
+    assert plan.chosen.rest_bytes == arenas["patch_rest.tflite"]["head"]
+    default = fixed_plan(graph, stage_end, artifacts.schedule["grid"])
+    assert default.layer_by_layer_peak_bytes < plan.layer_by_layer_peak_bytes  # TFLM pays for PADs, dw copies
+
+
 def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],
                                               resnet: tuple[Path, PatchArtifacts]) -> None:
     from edgekit.plan.patch import PlanError

@@ -129,8 +129,9 @@ def _fold_pads(nodes: list[RawNode]) -> list[RawNode]:
         if node.op == "pad" and node.attrs.get("zero", False) and len(users) == 1 \
                 and users[0].op in ("conv2d", "avgpool2d") and len(node.inputs) == 1:
             user = users[0]
-            user.attrs["padding"] = tuple(a + b for a, b in zip(user.attrs.get("padding", (0, 0, 0, 0)),
-                                                                 node.attrs["padding"]))
+            for attr in ("padding", "explicit_pad"):
+                user.attrs[attr] = tuple(a + b for a, b in zip(user.attrs.get(attr, (0, 0, 0, 0)),
+                                                               node.attrs["padding"]))
             user.inputs = [node.inputs[0] if t == node.output else t for t in user.inputs]
         else:
             kept.append(node)
@@ -177,6 +178,7 @@ def _to_layer(node: RawNode, in_shapes: tuple, rf: tuple, jump: tuple) -> Layer:
         output_shape=tuple(int(d) for d in node.output_shape), dtype=node.dtype, macs=int(macs),
         params=int(params), param_bytes=int(param_bytes), kernel=tuple(a.get("kernel", (1, 1))),
         stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0, 0, 0))),
+        explicit_pad=tuple(a.get("explicit_pad", (0, 0, 0, 0))),
         dilation=tuple(a.get("dilation", (1, 1))), groups=int(a.get("groups", 1)), activation=a.get("act"),
         rf=rf, jump=jump,
     )

@@ -100,8 +100,11 @@ def _translate(node: Any, name: str, inputs: list[str], shape: tuple, dtype: str
         return raw("transpose")
     if target in ("aten.pad.default", "aten.constant_pad_nd.default"):
         left, right, top, bottom = (list(node.args[1]) + [0, 0, 0, 0])[:4]
-        value = float(_arg(node, 2, 0.0) or 0.0)
-        return raw("pad", padding=(top, left, bottom, right), zero=value == 0.0)
+        if target == "aten.pad.default":  # (input, pad, mode="constant", value=None)
+            constant, value = _arg(node, 2, "constant") == "constant", _arg(node, 3, None)
+        else:  # constant_pad_nd(input, pad, value=0)
+            constant, value = True, _arg(node, 2, 0.0)
+        return raw("pad", padding=(top, left, bottom, right), zero=constant and float(value or 0.0) == 0.0)
     raise UnsupportedOpError(f"torch graph: layer '{name}' uses operator {target}, which edgekit cannot analyse yet")
 
 

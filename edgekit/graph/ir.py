@@ -49,6 +49,7 @@ class Layer:
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    explicit_pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # the part of `padding` folded in from a PAD op
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     activation: str | None = None  # fused relu / relu6

@@ -167,7 +167,10 @@ def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], wi
             return _area((0, 0, shape[-2], shape[-1]) if input_resident else clip_region(window, shape)) * shape[1]
         return _area(regions.get(tensor, (0, 0, 0, 0))) * shape[1]
 
-    return live_bytes(stage, inputs, [], size_of, policy)
+    def padded_of(layer: Layer) -> int:  # the patch's padded window: its input region, before clipping
+        return _area(input_region(layer, regions.get(layer.output, (0, 0, 0, 0)))) * layer.input_shapes[0][1]
+
+    return live_bytes(stage, inputs, [], size_of, policy, padded_of)
 
 
 def evaluate(graph: Graph, end: int, grid: int, input_resident: bool = False,

@@ -21,6 +21,7 @@ from edgekit.plan.patch import PatchPlan, PlanError, Region, clip_region, input_
 
 _CONV = {"aten.conv2d.default", "aten.convolution.default"}
 _POOL = {"aten.max_pool2d.default", "aten.avg_pool2d.default"}
+_PAD = {"aten.pad.default", "aten.constant_pad_nd.default"}
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ def _crop(value: Any, have: Region, want: Region) -> Any:
     return value[..., top: top + want[2] - want[0], left: left + want[3] - want[1]]
 
 
-def _windowed(node: Any, layer: Layer, args: list, value: Any, have: Region, out: Region, full: tuple) -> Any:
-    """Run a conv/pool on exactly the input region `out` needs, padding only at the true border."""
+def _windowed(node: Any, layer: Layer, args: list, value: Any, have: Region, out: Region,
+              full: tuple) -> tuple[Any, int]:
+    """Run a conv/pool on exactly the input region `out` needs, padding only at the true border; also the
+    elements of the padded window it ran on."""
     import torch.nn.functional as F
 
     want = input_region(layer, out)
@@ -75,13 +78,13 @@ def _windowed(node: Any, layer: Layer, args: list, value: Any, have: Region, out
     window = F.pad(_crop(value, have, clipped), pad, value=fill)
     if target in _CONV:
         weight, bias = args[1], args[2] if len(args) > 2 else None
-        return F.conv2d(window, weight, bias, layer.stride, 0, layer.dilation, layer.groups)
+        return F.conv2d(window, weight, bias, layer.stride, 0, layer.dilation, layer.groups), window.numel()
     if "max_pool" in target:
-        return F.max_pool2d(window, layer.kernel, layer.stride, 0, layer.dilation)
+        return F.max_pool2d(window, layer.kernel, layer.stride, 0, layer.dilation), window.numel()
     count_include_pad = args[5] if len(args) > 5 else True
     if not count_include_pad and any(layer.padding):
         raise PlanError(f"layer '{layer.name}': average pooling without count_include_pad cannot be patched exactly")
-    return F.avg_pool2d(window, layer.kernel, layer.stride, 0)
+    return F.avg_pool2d(window, layer.kernel, layer.stride, 0), window.numel()
 
 
 def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
@@ -101,8 +104,12 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
     input_name = graph.inputs[0].name
     stage_tensors = {layer.output for layer in stage}
     nodes = [n for n in program.graph.nodes if n.op == "call_function"]
-    stage_nodes = [n for n in nodes if head.get(n.name) in stage_tensors]
-    rest_nodes = [n for n in nodes if n not in stage_nodes]
+    # a zero pad the graph folded into its conv/pool is that layer's padding: in the stage, the conv reads the
+    # pad's input and pads only at the true border; in the rest, the pad runs as traced
+    pads = [n for n in nodes if str(n.target) in _PAD and n.name not in layer_of]
+    stage_nodes = [n for n in nodes if n not in pads and head.get(n.name) in stage_tensors]
+    folded = {n.name: n.all_input_nodes[0].name for n in pads if all(user in stage_nodes for user in n.users)}
+    rest_nodes = [n for n in nodes if n not in stage_nodes and n.name not in folded]
     stage_end = stage_nodes[-1]
     full_input = torch.from_numpy(x)
     shape_of = {n.name: tuple(n.meta["val"].shape) for n in nodes} | {input_name: tuple(x.shape)}
@@ -113,6 +120,7 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
             regions, _ = patch_regions(graph, stage, tile)
             first = clip_region(window, x.shape)
             env = {input_name: (_crop(full_input, (0, 0, x.shape[2], x.shape[3]), first), first)}
+            padded: dict[str, int] = {}
             for node in stage_nodes:
                 out = regions.get(head[node.name])
                 if out is None:
@@ -120,8 +128,10 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
                 sources = [a for a in node.all_input_nodes if a.name in env]
                 if str(node.target) in _CONV | _POOL:
                     args = list(map_arg(node.args, lambda n: params.get(n.name, env.get(n.name, (None,))[0])))
-                    value, have = env[sources[0].name]
-                    result = _windowed(node, layer_of[node.name], args, value, have, out, shape_of[sources[0].name])
+                    source = folded.get(node.all_input_nodes[0].name, node.all_input_nodes[0].name)
+                    value, have = env[source]
+                    result, padded[node.name] = _windowed(node, layer_of[node.name], args, value, have, out,
+                                                          shape_of[source])
                 else:
                     cropped = {a.name: _crop(*env[a.name], out) for a in sources}
                     args = map_arg(node.args, lambda n: cropped.get(n.name, params.get(n.name)))
@@ -129,7 +139,8 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
                 env[node.name] = (result, out)
             held = {head[name]: value.numel() for name, (value, _) in env.items() if head.get(name) == name}
             held[stage[-1].output] = 0  # the stage's last layer writes straight into the stage buffer
-            working = max(working, *live_bytes(stage, [input_name], [], lambda t: held.get(t, 0), plan.policy))
+            working = max(working, *live_bytes(stage, [input_name], [], lambda t: held.get(t, 0), plan.policy,
+                                               lambda layer: padded.get(layer.output, 0)))
             buffer[..., tile[0]:tile[2], tile[1]:tile[3]] = env[stage_end.name][0]
         env_full: dict[str, Any] = {stage_end.name: buffer}
         for node in rest_nodes:
@@ -140,6 +151,8 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
     sizes = {stage[-1].output: buffer.numel()}
     sizes |= {head[name]: value.numel() for name, value in env_full.items() if head.get(name) == name}
     rest_layers = graph.layers[len(stage):]
-    rest = max(live_bytes(rest_layers, [stage[-1].output], graph.outputs, sizes.__getitem__, plan.policy), default=0)
+    padded_rest = {user.name: env_full[pad.name].numel() for pad in pads if pad.name not in folded for user in pad.users}
+    rest = max(live_bytes(rest_layers, [stage[-1].output], graph.outputs, sizes.__getitem__, plan.policy,
+                          lambda layer: padded_rest.get(layer.output, 0)), default=0)
     patch_stage = working + buffer.numel()
     return PatchedRun(output.numpy(), max(patch_stage, rest), patch_stage, rest)
