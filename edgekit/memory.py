@@ -14,8 +14,9 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
 - with `materialize_pads`, a zero pad that the graph folded into a conv/pool from an explicit PAD op
   (litert-torch emits PAD + VALID for PyTorch's stride-2 padding) is a buffer of its own, as TFLite and
   TF Lite Micro run it: the PAD holds its input and the padded copy, the conv the padded copy and its
-  output. `MemoryPolicy.tflm()` (out-of-place depthwise, materialised pads) reproduces the head of TF
-  Lite Micro's arena on the INT8 reference models byte for byte (tested).
+  output. `MemoryPolicy.tflm()` (out-of-place depthwise, materialised pads) is what TF Lite Micro must
+  hold; its greedy arena planner places that with no gap on most INT8 reference models (tested on one;
+  7.7% fragmentation on MobileNetV2-1.0's rest model, see BENCHMARKS.md).
 Weights are not counted: they live in flash (MCU) or are loaded once (others).
 """
 
