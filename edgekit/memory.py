@@ -15,8 +15,8 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
   (litert-torch emits PAD + VALID for PyTorch's stride-2 padding) is a buffer of its own, as TFLite and
   TF Lite Micro run it: the PAD holds its input and the padded copy, the conv the padded copy and its
   output. `MemoryPolicy.tflm()` (out-of-place depthwise, materialised pads) is what TF Lite Micro must
-  hold; its greedy arena planner places that with no gap on most INT8 reference models (tested on one;
-  7.7% fragmentation on MobileNetV2-1.0's rest model, see BENCHMARKS.md).
+  hold: its measured arena head on the INT8 reference models (tested; where TFLM's greedy planner leaves
+  gaps, an offline plan from `edgekit.convert.arena_plan` closes them, see BENCHMARKS.md).
 Weights are not counted: they live in flash (MCU) or are loaded once (others).
 """
 

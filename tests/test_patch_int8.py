@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,11 @@ def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) 
     from edgekit.graph.from_tflite import read_model
 
     path, artifacts = mbv2
-    weights = lambda *models: sorted(bytes(b.data) for m in models for b in m.buffers  # noqa: E731
-                                     if b.data is not None and len(b.data) >= 64)
+    def weights(*models: Any) -> list[bytes]:  # tensor data of 64 bytes or more (not metadata, e.g. arena plans)
+        used = [(m, {t.buffer for sub in m.subgraphs for t in sub.tensors}) for m in models]
+        return sorted(bytes(m.buffers[i].data) for m, buffers in used for i in buffers
+                      if m.buffers[i].data is not None and len(m.buffers[i].data) >= 64)
+
     written = [path.parent / name for name in artifacts.write(path.parent / "artifacts")]
     stage, rest = (read_model(p)[0] for p in written if p.name in ("patch_stage.tflite", "patch_rest.tflite"))
     assert len(stage.subgraphs) == len(rest.subgraphs) == 1
@@ -185,6 +189,7 @@ def test_mcu_pack_and_schedule_header_compile(resnet: tuple[Path, PatchArtifacts
         f"_Static_assert(EK_PATCH_COUNT == {count}, \"patch count\");\n"
         "_Static_assert(sizeof(ek_patches) / sizeof(ek_patches[0]) == EK_PATCH_COUNT, \"table\");\n"
         f"_Static_assert(EK_MASK_COUNT == {len(artifacts.schedule['masks'])}, \"mask count\");\n"
+        "_Static_assert(EK_REST_INPUT_OFFSET == 0, \"stage buffer heads the rest arena\");\n"
         "int last_tile_right(void) { return ek_patches[EK_PATCH_COUNT - 1].tile.right; }\n"
         "int first_valid_top(void) { return ek_patches[0].valid[0].top + ek_masks[0].rows_len; }\n")
     for compiler in (["gcc", "-std=c99"], ["g++", "-x", "c++", "-std=c++17"]):
@@ -231,6 +236,30 @@ def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], t
     assert plan.chosen.rest_bytes == arenas["patch_rest.tflite"]["head"]
     default = fixed_plan(graph, stage_end, artifacts.schedule["grid"])
     assert default.layer_by_layer_peak_bytes < plan.layer_by_layer_peak_bytes  # TFLM pays for PADs, dw copies
+
+
+def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path, PatchArtifacts],
+                                                                tmp_path: Path) -> None:
+    """The rest model's offline plan (input = stage buffer at offset 0) is what TFLM allocates: its head is
+    the plan's, and a wrong plan (every tensor at offset 0) changes the output."""
+    from edgekit.convert.arena_plan import ArenaPlan, attach_arena_plan
+    from edgekit.convert.mcu import arena_parts
+    from edgekit.convert.patch_artifacts import _pack
+    from edgekit.graph.from_tflite import read_model
+
+    path, artifacts = mbv2
+    rest_file = tmp_path / "patch_rest.tflite"
+    rest_file.write_bytes(artifacts.files["patch_rest.tflite"])
+    planned = artifacts.schedule["rest_arena"]
+    assert planned["input_offset"] == 0
+    assert arena_parts(rest_file)["head"] == planned["head_bytes"] == planned["lower_bound_bytes"]
+    x = _frame(artifacts)
+    expected = _full(path, artifacts, "tflite-micro", x)
+    model = read_model(rest_file)[0]
+    attach_arena_plan(model, ArenaPlan((0,) * len(model.subgraphs[0].tensors), 0, 0))
+    clobbered = {**artifacts.files, "patch_rest.tflite": _pack(model)}
+    assert np.array_equal(PatchExecutor(artifacts.files, artifacts.schedule, "tflite-micro").run_raw(x), expected)
+    assert not np.array_equal(PatchExecutor(clobbered, artifacts.schedule, "tflite-micro").run_raw(x), expected)
 
 
 def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],

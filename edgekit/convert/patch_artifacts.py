@@ -12,7 +12,8 @@ it as is. Outputs:
 - `patch_stage.tflite`: input 0 the patch's window of the int8 image (outside the image: the schedule's
   fill value), then a (rows, cols) bool pair per mask; output the tile (the largest tile's size: smaller
   tiles take its top-left part);
-- `patch_rest.tflite`: the rest of the network on the stage buffer;
+- `patch_rest.tflite`: the rest of the network on the stage buffer, with an offline arena plan
+  (`edgekit.convert.arena_plan`) that puts its input, the stage buffer, at offset 0 of TFLM's arena;
 - the schedule (a JSON-able dict; `edgekit.convert.patch_pack` renders it as a C header): per patch its
   window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.convert.arena_plan import attach_arena_plan, plan_arena
 from edgekit.errors import ConversionError
 from edgekit.graph.build import same_padding
 from edgekit.graph.from_tflite import _schema, from_tflite, op_name, read_model
@@ -425,7 +427,7 @@ def _pack(model: Any) -> bytes:
     return bytes(builder.Output())
 
 
-def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> bytes:
+def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> Any:
     """A model of its own whose subgraph 0 is `sub`, carrying only the buffers it uses."""
     model = copy.copy(src.model)
     used = sorted({0} | {int(t.buffer) for t in sub.tensors})
@@ -434,7 +436,7 @@ def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> 
         t.buffer = remap[int(t.buffer)]
     model.subgraphs, model.buffers, model.operatorCodes = [sub], [buffers[b] for b in used], codes
     model.signatureDefs, model.metadata, model.metadataBuffer = None, None, None
-    return _pack(model)
+    return model
 
 
 def _tensor_info(tensor: Any) -> dict:
@@ -478,8 +480,10 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     stage_out = stage.held[stage_tensor][0]
     stage_sub = _subgraph(stage.tensors, stage.inputs, [stage_out], stage.operators, "patch_stage")
     rest_sub = _compact(src, src.ops[end + 1:], [stage_tensor], [int(t) for t in src.sub.outputs], "patch_rest")
-    files = {STAGE_MODEL: _standalone(src, codes, stage_sub, buffers),
-             REST_MODEL: _standalone(src, codes, rest_sub, buffers)}
+    rest_model = _standalone(src, codes, rest_sub, buffers)
+    rest_arena = plan_arena(rest_model, {int(rest_sub.inputs[0]): 0})  # the stage buffer heads the rest's arena
+    attach_arena_plan(rest_model, rest_arena)
+    files = {STAGE_MODEL: _pack(_standalone(src, codes, stage_sub, buffers)), REST_MODEL: _pack(rest_model)}
     full_macs = sum(src.macs(i, src.hw(src.ops[i].outputs[0])) for i in range(end + 1))
     input_info = _tensor_info(src.sub.tensors[image])
     window_fill = stage.image_fill if stage.image_fill is not None else input_info["zero_point"] or 0
@@ -498,6 +502,8 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
                     for p, (tile, r) in enumerate(zip(plan.tiles, needed))],
         "macs": {"stage_full": full_macs, "stage_patched": stage.macs * len(plan.tiles)},
         "flash_bytes": {"full": len(src.data), "patched": sum(len(data) for data in files.values())},
+        "rest_arena": {"input_offset": 0, "head_bytes": rest_arena.head_bytes,
+                       "lower_bound_bytes": rest_arena.lower_bound_bytes},
         "planner": {"peak_bytes": plan.chosen.peak_bytes, "layer_by_layer_peak_bytes": plan.layer_by_layer_peak_bytes,
                     "extra_macs": plan.chosen.extra_macs},
     }

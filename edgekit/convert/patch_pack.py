@@ -4,8 +4,11 @@ The firmware gets the stage model and the rest model (each a C array; the weight
 model), one op resolver for both, an arena sized for the larger, and `patch_schedule.h`. The firmware
 loop, per patch: fill the stage model's input with EK_WINDOW_FILL and copy in the part of the window
 that lies inside the image; set each mask's rows/cols inputs (True inside `valid`); invoke; copy the
-tile's rows/cols from the top-left of the output into the stage buffer. Then copy (or, to reach the
-smaller peak, place) the stage buffer as the rest model's input and invoke.
+tile's rows/cols from the top-left of the output into the stage buffer. Then invoke the rest model on
+the stage buffer. The rest model carries an offline arena plan with its input at offset 0 of its arena
+head (EK_REST_INPUT_OFFSET): a firmware whose stage buffer is the first EK_STAGE_BYTES of the rest
+interpreter's arena head fills it patch by patch and starts the rest without a copy, reaching the
+smaller peak (max(stage head + stage buffer, rest head)); one that copies pays the stage buffer twice.
 """
 
 from __future__ import annotations
@@ -54,12 +57,15 @@ def schedule_header(schedule: dict) -> str:
             " * cols [valid[m].left, valid[m].right), False elsewhere: where a patch crosses the image border\n"
             " * the model reads its padding value there. Invoke, and copy the first (tile.bottom - tile.top)\n"
             " * rows and (tile.right - tile.left) cols of its output (EK_TILE_H x EK_TILE_W) into rows/cols\n"
-            " * `tile` of the stage buffer. Then run the rest model (g_patch_rest_data) on the stage buffer.\n"
+            " * `tile` of the stage buffer. Then run the rest model (g_patch_rest_data) on the stage buffer,\n"
+            " * which its offline arena plan puts at EK_REST_INPUT_OFFSET of its arena head (no copy needed).\n"
             " * Regions are {top, left, bottom, right}, bottom/right exclusive. */\n"
             "#ifndef EDGEKIT_PATCH_SCHEDULE_H\n#define EDGEKIT_PATCH_SCHEDULE_H\n\n#include <stdint.h>\n\n"
             f"{dims(image, 'EK_INPUT')}{quant(image, 'EK_INPUT')}"
             f"{dims(stage, 'EK_STAGE')}{quant(stage, 'EK_STAGE')}"
             "#define EK_STAGE_BYTES (EK_STAGE_H * EK_STAGE_W * EK_STAGE_C)\n"
+            f"#define EK_REST_INPUT_OFFSET {schedule['rest_arena']['input_offset']}  "
+            "/* the stage buffer's place in the rest model's arena head (its offline plan) */\n"
             f"{dims(window, 'EK_WINDOW')}#define EK_WINDOW_FILL {window['fill']}\n"
             f"{dims(tile, 'EK_TILE')}"
             f"#define EK_MASK_COUNT {len(schedule['masks'])}\n"

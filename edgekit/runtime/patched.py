@@ -178,6 +178,7 @@ class PatchExecutor:
     @property
     def peak_bytes(self) -> int:
         """Peak SRAM of the schedule. tflite-micro: max(stage-model arena + stage buffer, rest arena), the
-        rest arena holding the stage buffer as its input tensor (arenas as TFLM measures them, each with its
-        persistent tail). litert reports no arena: the stage buffer, window and tile."""
+        rest arena holding the stage buffer as its input tensor (at offset 0, by its offline plan; arenas as
+        TFLM measures them, each with its persistent tail). litert reports no arena: the stage buffer,
+        window and tile."""
         return int(self.memory()["bytes"])
