@@ -110,7 +110,9 @@ def render_patch_plan(plan: PatchPlan) -> str:
         lines.append(f"chosen: patch stage = layers 0..'{c.stage_end}' ({len(plan.stage_layers)} layers), "
                      f"{c.grid}x{c.grid} patches; peak {c.peak_bytes:,} B ({format_bytes(c.peak_bytes)}), "
                      f"{plan.layer_by_layer_peak_bytes / c.peak_bytes:.1f}x lower; extra MACs {c.extra_macs:,} "
-                     f"({c.extra_macs_ratio(plan.total_macs):.1%})")
+                     f"({c.extra_macs_ratio(plan.total_macs):.1%}; "
+                     f"{c.stage_model_extra_macs / max(plan.total_macs, 1):.1%} as the INT8 artifacts run it: "
+                     "one stage model, whole windows at the border)")
         lines.append(f"  patch stage {c.patch_stage_bytes:,} B (worst patch + {c.stage_output_bytes:,} B stage "
                      f"buffer), rest {c.rest_bytes:,} B")
     lines.append(("why: " if plan.feasible else "") + plan.reason)

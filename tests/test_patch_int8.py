@@ -238,6 +238,16 @@ def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], t
     assert default.layer_by_layer_peak_bytes < plan.layer_by_layer_peak_bytes  # TFLM pays for PADs, dw copies
 
 
+def test_planner_predicts_the_stage_models_macs(mbv2: tuple[Path, PatchArtifacts]) -> None:
+    """Border patches of the one stage model compute their whole window: the planner's second MAC figure."""
+    path, artifacts = mbv2
+    schedule = artifacts.schedule
+    plan = fixed_plan(from_tflite(path), schedule["stage_end"], schedule["grid"])
+    macs = schedule["macs"]
+    assert macs["stage_patched"] - macs["stage_full"] == plan.chosen.stage_model_extra_macs
+    assert plan.chosen.stage_model_extra_macs > plan.chosen.extra_macs == schedule["planner"]["extra_macs"]
+
+
 def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path, PatchArtifacts],
                                                                 tmp_path: Path) -> None:
     """The rest model's offline plan (input = stage buffer at offset 0) is what TFLM allocates: its head is

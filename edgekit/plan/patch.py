@@ -44,7 +44,8 @@ class PatchCandidate:
     patch_stage_bytes: int
     rest_bytes: int
     stage_output_bytes: int
-    extra_macs: int
+    extra_macs: int  # each patch computing its own clipped regions (the paper's figure, the float executor's)
+    stage_model_extra_macs: int = 0  # one stage model for all patches (the INT8 artifacts): whole windows
 
     def extra_macs_ratio(self, total_macs: int) -> float:
         return self.extra_macs / total_macs if total_macs else 0.0
@@ -123,8 +124,9 @@ def _area(region: Region) -> int:
     return max(region[2] - region[0], 0) * max(region[3] - region[1], 0)
 
 
-def patch_regions(graph: Graph, stage: list[Layer], tile: Region) -> tuple[dict[str, Region], Region]:
-    """Region of every stage tensor one patch computes (clipped), and its raw window on the model input."""
+def patch_regions(graph: Graph, stage: list[Layer], tile: Region, clip: bool = True) -> tuple[dict[str, Region], Region]:
+    """Region of every stage tensor one patch computes (clipped to each tensor unless `clip` is False, as
+    one stage model for all patches computes them), and its raw window on the model input."""
     needed: dict[str, Region] = {stage[-1].output: tile}
     raw_input: Region | None = None
     for layer in reversed(stage):
@@ -135,7 +137,7 @@ def patch_regions(graph: Graph, stage: list[Layer], tile: Region) -> tuple[dict[
         for tensor in layer.inputs:
             if graph.producer_index(tensor) is None:
                 raw_input = _union(raw_input, want)
-            needed[tensor] = _union(needed.get(tensor), clip_region(want, graph.tensor_shape(tensor)))
+            needed[tensor] = _union(needed.get(tensor), clip_region(want, graph.tensor_shape(tensor)) if clip else want)
     assert raw_input is not None  # a valid stage starts at the graph input
     return needed, raw_input
 
@@ -194,8 +196,12 @@ def evaluate(graph: Graph, end: int, grid: int, input_resident: bool = False,
     profile = activation_memory(graph, policy)
     rest = max((m.live_bytes for m in profile.layers[end + 1:]), default=0)
     base = sum(layer.macs for layer in stage)
+    largest = (0, 0, max(t[2] - t[0] for t in tiles), max(t[3] - t[1] for t in tiles))
+    uniform, _ = patch_regions(graph, stage, largest, clip=False)
+    stage_model_macs = len(tiles) * sum(layer.macs * _area(uniform.get(layer.output, largest)) //
+                                        (layer.output_shape[-2] * layer.output_shape[-1]) for layer in stage)
     candidate = PatchCandidate(stage[-1].name, grid, max(working + stage_output, rest), working + stage_output,
-                               rest, stage_output, patched_macs - base)
+                               rest, stage_output, patched_macs - base, stage_model_macs - base)
     return candidate, tiles, tuple(windows)
 
 
