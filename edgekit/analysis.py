@@ -95,7 +95,8 @@ def _weights_are_int8(graph: Graph) -> bool:
 def analyze(graph: Graph, target: Device | None = None, inplace_depthwise: bool = True,
             inplace_residual: bool = False, materialize_pads: bool = False) -> Analysis:
     """Per-layer memory under int8 and fp32 accounting and, with a target, fit verdicts."""
-    memory = {dtype: activation_memory(graph, MemoryPolicy(dtype, inplace_depthwise, inplace_residual, materialize_pads))
+    memory = {dtype: activation_memory(graph, MemoryPolicy(dtype, inplace_depthwise, inplace_residual,
+                                                           materialize_pads))
               for dtype in ("int8", "fp32")}
     fits = check_fit(graph, memory, target) if target else ()
     return Analysis(graph, memory, target, fits)

@@ -141,10 +141,10 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
                                                load_target(args.target) if args.target else None)
         emitted = data["emitted"]
         flash, macs = emitted["flash_bytes"], emitted["macs"]
-        text += (f"\npatch bundle ({len(emitted['files'])} files) written to {args.emit}/: one stage model runs all "
-                 f"{emitted['patches']} patches ({emitted['masks']} border masks); model bytes {flash['full']:,} full, "
-                 f"{flash['patched']:,} patched (weights once); stage MACs x{macs['stage_patched'] / macs['stage_full']:.2f}"
-                 " (border patches compute their whole window)")
+        text += (f"\npatch bundle ({len(emitted['files'])} files) written to {args.emit}/: one stage model runs "
+                 f"all {emitted['patches']} patches ({emitted['masks']} border masks); model bytes "
+                 f"{flash['full']:,} full, {flash['patched']:,} patched (weights once); stage MACs "
+                 f"x{macs['stage_patched'] / macs['stage_full']:.2f} (border patches compute their whole window)")
     _emit(args, data, text)
 
 

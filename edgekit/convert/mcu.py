@@ -135,7 +135,8 @@ def arena_parts(tflite_path: str | Path, arena_size: int | None = None) -> dict[
     captured = CapturedStderr()
     try:
         with captured:
-            _run_tflm(data, len([] if model.subgraphs[0].inputs is None else model.subgraphs[0].inputs), arena_size).print_allocations()
+            inputs = model.subgraphs[0].inputs
+            _run_tflm(data, 0 if inputs is None else len(inputs), arena_size).print_allocations()
     except (RuntimeError, ValueError) as exc:
         reason = "; ".join(" ".join(text.split()) for text in (str(exc), captured.text) if text.strip())
         raise ConversionError(f"{path}: TF Lite Micro could not run the model in a {arena_size:,}-byte arena "

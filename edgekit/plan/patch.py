@@ -124,7 +124,8 @@ def _area(region: Region) -> int:
     return max(region[2] - region[0], 0) * max(region[3] - region[1], 0)
 
 
-def patch_regions(graph: Graph, stage: list[Layer], tile: Region, clip: bool = True) -> tuple[dict[str, Region], Region]:
+def patch_regions(graph: Graph, stage: list[Layer], tile: Region,
+                  clip: bool = True) -> tuple[dict[str, Region], Region]:
     """Region of every stage tensor one patch computes (clipped to each tensor unless `clip` is False, as
     one stage model for all patches computes them), and its raw window on the model input."""
     needed: dict[str, Region] = {stage[-1].output: tile}
@@ -137,7 +138,8 @@ def patch_regions(graph: Graph, stage: list[Layer], tile: Region, clip: bool = T
         for tensor in layer.inputs:
             if graph.producer_index(tensor) is None:
                 raw_input = _union(raw_input, want)
-            needed[tensor] = _union(needed.get(tensor), clip_region(want, graph.tensor_shape(tensor)) if clip else want)
+            held = clip_region(want, graph.tensor_shape(tensor)) if clip else want
+            needed[tensor] = _union(needed.get(tensor), held)
     assert raw_input is not None  # a valid stage starts at the graph input
     return needed, raw_input
 

@@ -151,7 +151,8 @@ def run_patched(model: Any, plan: PatchPlan, x: np.ndarray) -> PatchedRun:
     sizes = {stage[-1].output: buffer.numel()}
     sizes |= {head[name]: value.numel() for name, value in env_full.items() if head.get(name) == name}
     rest_layers = graph.layers[len(stage):]
-    padded_rest = {user.name: env_full[pad.name].numel() for pad in pads if pad.name not in folded for user in pad.users}
+    padded_rest = {user.name: env_full[pad.name].numel()
+                   for pad in pads if pad.name not in folded for user in pad.users}
     rest = max(live_bytes(rest_layers, [stage[-1].output], graph.outputs, sizes.__getitem__, plan.policy,
                           lambda layer: padded_rest.get(layer.output, 0)), default=0)
     patch_stage = working + buffer.numel()

@@ -56,7 +56,8 @@ def _check_patches(schedule: dict) -> None:
         t_top, t_left, t_bottom, t_right = (int(v) for v in patch["tile"])
         valid = [[int(v) for v in region] for region in patch["valid"]]
         problems = [
-            [bottom - top, right - left] != window_hw and f"window {patch['window']} is not {window_hw[0]}x{window_hw[1]}",
+            [bottom - top, right - left] != window_hw
+            and f"window {patch['window']} is not {window_hw[0]}x{window_hw[1]}",
             not (0 <= t_top < t_bottom <= stage_hw[0] and 0 <= t_left < t_right <= stage_hw[1]
                  and t_bottom - t_top <= tile_hw[0] and t_right - t_left <= tile_hw[1])
             and f"tile {patch['tile']} is outside the stage buffer or larger than the model's output",
