@@ -93,13 +93,13 @@ class PatchExecutor:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BackendError(f"patch schedule: malformed ({type(exc).__name__}: {exc})") from None
         self.schedule, self.backend = schedule, backend
-        self.stage = np.zeros(schedule["stage"]["shape"], schedule["stage"]["dtype"])
         self.input_buffer = np.zeros(schedule["input"]["shape"], schedule["input"]["dtype"])
         masks = len(schedule["masks"])
         self._stage = adapters[backend](files[schedule["stage_model"]], tuple(schedule["window"]["shape"]),
                                         tuple(schedule["tile"]["shape"]), threads, side_inputs=2 * masks)
         self._rest = adapters[backend](files[schedule["rest_model"]], tuple(schedule["stage"]["shape"]),
                                        tuple(schedule["output"]["shape"]), threads)
+        self.stage = self._rest.input_buffer  # the tiles land in the rest model's input: no copy per frame
         shapes = [tuple(b.shape) for b in self._stage.side_buffers]
         declared = [s for m in schedule["masks"] for s in ((1, m["shape"][0], 1, 1), (1, 1, m["shape"][1], 1))]
         if shapes != declared or tuple(self._stage.input_buffer.shape) != tuple(self._stage.model_tensors()[0].shape):
@@ -135,7 +135,6 @@ class PatchExecutor:
             for buffer, mask in zip(self._stage.side_buffers, masks):
                 buffer[...] = mask
             self.stage[:, t_rows, t_cols] = self._stage.invoke()[:, o_rows, o_cols]
-        self._rest.input_buffer[...] = self.stage
         return self._rest.invoke()
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
