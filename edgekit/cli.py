@@ -27,7 +27,7 @@ def _emit(args: argparse.Namespace, data: object, text: str) -> None:
 
 
 def cmd_targets_list(args: argparse.Namespace) -> None:
-    from edgekit.report import render_targets
+    from edgekit.report.analysis import render_targets
     from edgekit.targets import list_targets, load_link, load_target
 
     devices = [load_target(n) for n in list_targets(args.pattern, kind="device")]
@@ -37,7 +37,7 @@ def cmd_targets_list(args: argparse.Namespace) -> None:
 
 
 def cmd_targets_show(args: argparse.Namespace) -> None:
-    from edgekit.report import render_profile
+    from edgekit.report.analysis import render_profile
     from edgekit.targets import load_profile
 
     profile = load_profile(args.name)
@@ -47,7 +47,7 @@ def cmd_targets_show(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from edgekit.analysis import analyze
     from edgekit.graph import load_graph
-    from edgekit.report import render_analysis
+    from edgekit.report.analysis import render_analysis
     from edgekit.targets import load_target
 
     target = load_target(args.target) if args.target else None
@@ -55,7 +55,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     result = analyze(graph, target, not args.no_inplace_depthwise, args.inplace_residual, args.materialize_pads)
     data = result.to_dict()
     if args.plot:
-        from edgekit.plot import plot_memory
+        from edgekit.report.plot import plot_memory
 
         data["plot"] = str(plot_memory(result, args.plot))
     text = render_analysis(result) + (f"\nplot written to {data['plot']}" if args.plot else "")
@@ -116,7 +116,7 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
     from edgekit.graph import load_graph
     from edgekit.memory import MemoryPolicy
     from edgekit.plan.patch import fixed_plan, patched_live_bytes, plan_patches
-    from edgekit.report import render_patch_plan
+    from edgekit.report.plans import render_patch_plan
     from edgekit.targets import load_target
 
     if (args.stage_end is None) != (args.grid is None):
@@ -130,7 +130,7 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
         plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy)
     data, text = plan.to_dict(), render_patch_plan(plan)
     if args.plot:
-        from edgekit.plot import plot_patch_plan
+        from edgekit.report.plot import plot_patch_plan
 
         data["plot"] = str(plot_patch_plan(graph, plan, patched_live_bytes(graph, plan), args.plot))
         text += f"\nplot written to {data['plot']}"
@@ -160,7 +160,7 @@ def _bit_rate(text: str) -> float:
 def cmd_plan_split(args: argparse.Namespace) -> None:
     from edgekit.graph import load_graph
     from edgekit.plan.split import check_cut, plan_split
-    from edgekit.report import render_split_plan
+    from edgekit.report.plans import render_split_plan
     from edgekit.targets import load_link, load_target
 
     graph = load_graph(args.model, args.input_shape)
@@ -171,7 +171,7 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
         check_cut(plan, args.split)
     data, text = plan.to_dict(), render_split_plan(plan)
     if args.plot:
-        from edgekit.plot import plot_split
+        from edgekit.report.plot import plot_split
 
         data["plot"] = str(plot_split(graph, device, server, link, args.objective, args.plot))
         text += f"\nplot written to {data['plot']}"
@@ -189,22 +189,33 @@ def _positive(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from edgekit.runtime.tasks import predict, render_prediction
+    from edgekit.formats.bundle import load_bundle
+    from edgekit.report.runtime import render_prediction
+    from edgekit.runtime.tasks import predict
 
-    result = predict(args.bundle, args.input, args.backend, args.top, args.threads, args.target, args.broker,
-                     args.deadline_ms / 1000)
+    bundle = load_bundle(args.bundle)
+    if args.broker is None:
+        result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target)
+    else:
+        from edgekit.offload.client import OffloadClient
+
+        with OffloadClient.for_bundle(bundle, args.broker) as client:
+            result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target, client,
+                             args.deadline_ms / 1000)
     _emit(args, result, render_prediction(result))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from edgekit.runtime.tasks import benchmark, render_benchmark
+    from edgekit.report.runtime import render_benchmark
+    from edgekit.runtime.tasks import benchmark
 
     result = benchmark(args.bundle, args.runs, args.warmup, args.backend, args.threads, show_progress=True)
     _emit(args, result, render_benchmark(result))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from edgekit.calibrate import calibrate, evaluate, render_errors
+    from edgekit.cost.calibrate import calibrate, evaluate
+    from edgekit.report.calibration import render_errors
 
     name = args.model.rpartition(":")[2]
     command = (f"edgekit calibrate {args.model} --target {args.target} --backend {args.backend} "
@@ -357,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from edgekit.offload.connection import BrokerConfig
-    from edgekit.offload.server import render_metrics, serve
+    from edgekit.offload.server import serve
+    from edgekit.report.runtime import render_metrics
 
     broker = None if args.broker is None else BrokerConfig.parse(
         args.broker, ca_certs=args.ca, certfile=args.cert, keyfile=args.key,

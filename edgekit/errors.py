@@ -31,3 +31,35 @@ class BundleError(EdgekitError):
 
 class OffloadError(EdgekitError):
     """Offloading failed: the broker refused or is unreachable, a payload is too large, or no answer came."""
+
+
+class InputError(EdgekitError):
+    """A frame the model cannot take: wrong shape or dtype, NaN or infinity, an unreadable image."""
+
+
+class TargetMismatchError(EdgekitError):
+    """The bundle was built for another target than the one this device expects."""
+
+
+class BackendError(EdgekitError):
+    """A backend is unknown, not installed, cannot run the stage's model format, or refuses the model."""
+
+
+class PlanError(EdgekitError):
+    """A plan was asked for that cannot exist (no valid stage, bad grid)."""
+
+
+class SplitError(EdgekitError):
+    """No valid split exists, or a requested one is not a valid cut."""
+
+
+class FrameError(EdgekitError):
+    """A frame that cannot be decoded: truncated, corrupt, oversized or of an unknown version."""
+
+
+class PayloadTooLargeError(OffloadError):
+    """A frame is larger than the broker accepts (its Maximum Packet Size): pick a later cut or compress."""
+
+
+class BrokerError(OffloadError):
+    """The broker could not be started: mosquitto missing, bad config, port taken."""

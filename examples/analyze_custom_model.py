@@ -9,7 +9,7 @@ from torch import nn
 
 from edgekit.analysis import analyze
 from edgekit.graph import load_graph
-from edgekit.report import render_analysis
+from edgekit.report.analysis import render_analysis
 from edgekit.targets import load_target
 
 BOARD = """

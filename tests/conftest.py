@@ -75,10 +75,9 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mbv2_int8_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgekit.models import create_model
-
     from edgekit.convert.config import Int8Config
     from edgekit.convert.quantize import quantize
+    from edgekit.models import create_model
 
     model = create_model("mobilenet_v2_035_96")
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)

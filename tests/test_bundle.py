@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import (
+from edgekit.errors import BundleError
+from edgekit.formats.bundle import (
     FileEntry,
     InputPreprocessing,
     Manifest,
@@ -25,7 +26,6 @@ from edgekit.bundle import (
     load_bundle,
     write_bundle,
 )
-from edgekit.errors import BundleError
 
 MODEL = "digits_cnn_int8.tflite"
 MODEL_BYTES = b"TFL3" + bytes(range(60))  # 64 bytes; the loader never looks inside
@@ -284,10 +284,10 @@ def test_symlink_in_folder_refused(source: Path, tmp_path: Path) -> None:
 
 
 def test_import_needs_neither_numpy_nor_torch() -> None:
-    code = ("import sys, edgekit.bundle; "
+    code = ("import sys, edgekit.formats.bundle; "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; "
             "loaded = sorted(m for m in sys.modules if m.startswith('edgekit')); "
-            "assert loaded == ['edgekit', 'edgekit.bundle', 'edgekit.errors'], loaded")
+            "assert loaded == ['edgekit', 'edgekit.errors', 'edgekit.formats', 'edgekit.formats.bundle'], loaded")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

@@ -12,15 +12,15 @@ import pytest
 from conftest import run
 from onnx import helper
 
-from edgekit.calibrate import measure, render_profile
 from edgekit.cli import main
-from edgekit.cost import layer_cost, layer_seconds
-from edgekit.costfit import fit_roofline, nonnegative_lstsq, prediction_error
+from edgekit.cost.calibrate import measure, render_profile
+from edgekit.cost.fit import fit_roofline, nonnegative_lstsq, prediction_error
+from edgekit.cost.measure_litert import compute_cuts, isotonic
+from edgekit.cost.measure_ort import attribute, kernel_layers, kernel_medians
+from edgekit.cost.model import layer_cost, layer_seconds
 from edgekit.errors import CalibrationError, ProfileError
 from edgekit.graph import load_graph
 from edgekit.graph.ir import Layer
-from edgekit.layer_timing import attribute, kernel_layers, kernel_medians
-from edgekit.litert_timing import compute_cuts, isotonic
 from edgekit.targets import DeviceCalibration, MeasuredModel, Quantity, load_target
 from edgekit.units import parse_quantity
 

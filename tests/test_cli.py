@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run
 
 from edgekit.cli import main
@@ -84,7 +83,7 @@ def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path
     pack = ["mcu"] if fmt == "tflite" else []
     assert sorted(p.name for p in out.iterdir()) == [artifact, "manifest.json", *pack, "report.json", "report.txt"]
     assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / artifact).stat().st_size
-    from edgekit.bundle import load_bundle
+    from edgekit.formats.bundle import load_bundle
 
     manifest = load_bundle(out).manifest  # the output is a verified bundle
     stage = manifest.stages[0]

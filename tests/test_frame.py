@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import mutated
 
-from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode, peek_request_id
+from edgekit.errors import FrameError
+from edgekit.formats.frame import MAX_TENSOR_BYTES, Frame, Tensor, decode, encode, peek_request_id
 
 
 def sample_frame() -> Frame:

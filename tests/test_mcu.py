@@ -14,8 +14,14 @@ import pytest
 from edgekit.backends import LiteRTModel
 from edgekit.convert.config import Int8Config
 from edgekit.convert.mcu import (
-    TFLM_ADD_METHODS, TFLM_BUILTIN_OPS, check_mcu_fit, generous_arena_bytes, measure_arena, model_ops,
-    unsupported_tflm_ops, write_mcu_pack,
+    TFLM_ADD_METHODS,
+    TFLM_BUILTIN_OPS,
+    check_mcu_fit,
+    generous_arena_bytes,
+    measure_arena,
+    model_ops,
+    unsupported_tflm_ops,
+    write_mcu_pack,
 )
 from edgekit.convert.quantize import quantize
 from edgekit.errors import ConversionError, ModelLoadError

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.offload.broker import Broker, BrokerError, find_mosquitto
+from edgekit.errors import BrokerError, OffloadError, PayloadTooLargeError
+from edgekit.formats.frame import Frame, Tensor, decode, encode
+from edgekit.offload.broker import Broker, find_mosquitto
 from edgekit.offload.client import OffloadClient
 from edgekit.offload.connection import BrokerConfig
-from edgekit.offload.frame import Frame, Tensor, decode, encode
 from edgekit.offload.handler import TailHandler
 from edgekit.offload.link import LinkEstimate, LinkMeter
-from edgekit.offload.protocol import OffloadError, PayloadTooLargeError, Topics, publish_properties
+from edgekit.offload.protocol import Topics, publish_properties
 from edgekit.offload.server import OffloadServer, serve
 from edgekit.runtime import load
 from edgekit.runtime.session import Session

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.offload.broker import Broker, BrokerError, find_mosquitto
+from edgekit.errors import BrokerError
+from edgekit.offload.broker import Broker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.offload.broker import Broker, BrokerError, find_mosquitto
+from edgekit.errors import BrokerError, OffloadError
+from edgekit.offload.broker import Broker, find_mosquitto
 from edgekit.offload.client import OffloadClient
-from edgekit.offload.protocol import OffloadError, Topics
+from edgekit.offload.protocol import Topics
 from edgekit.offload.security import acl_text, make_dev_pki, write_acl, write_password_file
 from edgekit.offload.server import OffloadServer
 from edgekit.runtime import load

@@ -7,10 +7,11 @@ import pytest
 import torch
 from test_plan_patch import TwoConvs
 
+from edgekit.errors import PlanError
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
-from edgekit.plan.patch import PlanError, fixed_plan, plan_patches
+from edgekit.plan.patch import fixed_plan, plan_patches
 from edgekit.plan.patch_exec import run_patched
 
 

@@ -17,6 +17,7 @@ from edgekit.convert.config import Int8Config
 from edgekit.convert.patch_artifacts import PatchArtifacts, build_patch_artifacts
 from edgekit.convert.patch_pack import write_patch_pack
 from edgekit.convert.quantize import quantize
+from edgekit.errors import BackendError, PlanError
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
@@ -274,7 +275,6 @@ def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path,
 
 def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],
                                               resnet: tuple[Path, PatchArtifacts]) -> None:
-    from edgekit.plan.patch import PlanError
 
     mbv2_path, resnet_path = mbv2[0], resnet[0]
     graph = from_tflite(resnet_path)
@@ -284,7 +284,6 @@ def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],
 
 
 def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path, PatchArtifacts]) -> None:
-    from edgekit.runtime.backends import BackendError
 
     path, artifacts = resnet
     executor = PatchExecutor(artifacts.files, artifacts.schedule, "litert")
@@ -302,7 +301,6 @@ def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path
 
 
 def test_a_corrupt_schedule_is_refused_not_run(resnet: tuple[Path, PatchArtifacts]) -> None:
-    from edgekit.runtime.backends import BackendError
 
     _, artifacts = resnet
     schedule = artifacts.schedule

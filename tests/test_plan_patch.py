@@ -10,9 +10,10 @@ import torch
 from conftest import export_onnx
 from torch import nn
 
+from edgekit.errors import PlanError
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy
-from edgekit.plan.patch import PatchPlan, PlanError, evaluate, patch_regions, plan_patches, split_tiles
+from edgekit.plan.patch import PatchPlan, evaluate, patch_regions, plan_patches, split_tiles
 
 
 class TwoConvs(nn.Module):

@@ -9,10 +9,11 @@ import pytest
 from conftest import tiny_net
 from test_plan_patch import TwoConvs
 
-from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
+from edgekit.errors import SplitError
+from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
 from edgekit.graph import load_graph
-from edgekit.plan.split import SplitError, SplitPlan, check_cut, plan_split
-from edgekit.report import render_split_plan
+from edgekit.plan.split import SplitPlan, check_cut, plan_split
+from edgekit.report.plans import render_split_plan
 from edgekit.targets import load_link, load_target
 
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 from edgekit.backends import load_backend
-from edgekit.bundle import InputPreprocessing, Manifest, Stage, write_bundle
 from edgekit.convert.compile import tensor_infos
-from edgekit.errors import BundleError, EdgekitError
-from edgekit.runtime import BackendError, InputError, TargetMismatchError, choose_providers, load
-from edgekit.runtime.tasks import benchmark, predict, render_benchmark, render_prediction
+from edgekit.errors import BackendError, BundleError, EdgekitError, InputError, TargetMismatchError
+from edgekit.formats.bundle import InputPreprocessing, Manifest, Stage, write_bundle
+from edgekit.report.runtime import render_benchmark, render_prediction
+from edgekit.runtime import choose_providers, load
+from edgekit.runtime.tasks import benchmark, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = tuple(str(d) for d in range(10))

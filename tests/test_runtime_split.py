@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.bundle import Manifest, Stage, write_bundle
 from edgekit.convert.compile import tensor_infos
-from edgekit.errors import BundleError, EdgekitError
-from edgekit.offload import frame
+from edgekit.errors import BundleError, EdgekitError, OffloadError
+from edgekit.formats import frame
+from edgekit.formats.bundle import Manifest, Stage, write_bundle
 from edgekit.runtime import load
-from edgekit.runtime.split_exec import OffloadError, Resplit
+from edgekit.runtime.split_exec import Resplit
 from edgekit.runtime.transport import InProcessTransport, dequantize
 
 pytestmark = pytest.mark.slow  # one litert conversion
@@ -61,6 +61,7 @@ def _tail_session_handler(bundle: Path):
 @pytest.fixture(scope="module")
 def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from conftest import export_onnx
+
     from edgekit.convert.config import Int8Config
     from edgekit.convert.quantize import quantize
 
@@ -191,7 +192,9 @@ def test_a_slow_link_runs_frames_here_but_keeps_probing(split_bundle: dict, tmp_
 
 def test_split_bundle_over_a_real_broker_gives_the_local_numbers(split_bundle: dict, tmp_path: Path) -> None:
     """`edgekit serve` serves the server stages of the split bundle; `run --broker` gets its answers."""
+    from edgekit.formats.bundle import load_bundle
     from edgekit.offload.broker import Broker, find_mosquitto
+    from edgekit.offload.client import OffloadClient
     from edgekit.offload.server import OffloadServer, tail_session
     from edgekit.runtime.tasks import predict
 
@@ -204,8 +207,9 @@ def test_split_bundle_over_a_real_broker_gives_the_local_numbers(split_bundle: d
     local = predict(split_bundle["bundle"], frames, top=5)
     with Broker() as broker, OffloadServer(tail_session(split_bundle["bundle"]), broker.start().url):
         assert tail_session(split_bundle["bundle"]).input.name == split_bundle["stages"][1].inputs[0].name
-        remote = predict(split_bundle["bundle"], frames, top=5, broker=broker.url, deadline_s=5.0)
+        with OffloadClient.for_bundle(load_bundle(split_bundle["bundle"]), broker.url) as client:
+            remote = predict(split_bundle["bundle"], frames, top=5, transport=client, deadline_s=5.0)
     assert [r["answered_by"]["source"] for r in remote["results"]] == ["remote"] * 3
     assert [r["top"] for r in remote["results"]] == [r["top"] for r in local["results"]]
     with pytest.raises(BundleError, match="needs a split bundle"):
-        predict(split_bundle["tail"], frames, broker=broker.url)
+        OffloadClient.for_bundle(load_bundle(split_bundle["tail"]), broker.url)

@@ -1,7 +1,7 @@
 """Bytes per frame and accuracy effect of sending a boundary tensor as int8 (raw or zlib) instead of fp32.
 
 For each model and cut (the output of a top-level block), the boundary activation is quantized per
-tensor to int8 with a scale from calibration data (min/max), framed with `edgekit.offload.frame`,
+tensor to int8 with a scale from calibration data (min/max), framed with `edgekit.formats.frame`,
 decoded, dequantized and fed to the rest of the float model (a forward hook replaces the block's
 output). Reported: frame bytes for fp32 / int8 / int8+zlib, the ratio, and top-1 agreement with the
 unmodified float model (and accuracy, for the digits CNN's held-out labels).
@@ -18,10 +18,10 @@ import sys
 import numpy as np
 import torch
 
+from edgekit.formats.frame import Frame, Tensor, decode, encode
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
-from edgekit.offload.frame import Frame, Tensor, decode, encode
-from edgekit.report import table
+from edgekit.report.table import table
 
 CUTS = {"digits_cnn": ("features.0", "features.1", "features.2"),
         "mobilenet_v2_035_96": ("features.3", "features.6", "features.13")}

@@ -30,7 +30,7 @@ import numpy as np
 from edgekit.backends import LiteRTModel, OrtModel
 from edgekit.convert.config import Int8Config
 from edgekit.convert.quantize import quantize
-from edgekit.report import table
+from edgekit.report.table import table
 
 MODELS = ("mobilenet_v2_035_96", "digits_cnn")
 RUNTIMES = {"litert": "tflite", "onnxruntime": "onnx"}  # runtime -> model format it runs

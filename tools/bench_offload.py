@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekit.offload.frame import Tensor  # noqa: E402
+from edgekit.formats.frame import Tensor  # noqa: E402
 from edgekit.runtime.session import load  # noqa: E402
 
 SHAPE, SCALE, ZERO_POINT = (1, 8, 4, 4), 0.05, -3
@@ -41,7 +41,7 @@ def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_outp
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekit.bundle import Manifest, Stage, TensorInfo, write_bundle
+    from edgekit.formats.bundle import Manifest, Stage, TensorInfo, write_bundle
 
     rng = np.random.default_rng(0)
     shape = (1, channels, 4, 4)
@@ -139,9 +139,9 @@ def overhead_test(bundle: Path, url: str, rounds: int, per_round: int, protocol:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
+    from edgekit.formats.frame import Frame, encode
     from edgekit.offload.client import OffloadClient
     from edgekit.offload.connection import BrokerConfig
-    from edgekit.offload.frame import Frame, encode
     from edgekit.offload.server import OffloadServer
 
     session = load(bundle)

@@ -35,7 +35,7 @@ from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
 from edgekit.plan.patch import fixed_plan, plan_patches
 from edgekit.plan.patch_exec import run_patched
-from edgekit.report import table
+from edgekit.report.table import table
 
 MODELS = ("mobilenet_v2", "mobilenet_v2_035_96", "mcunet_in", "mcunet_vww", "resnet18")
 POLICIES = {"default": MemoryPolicy(), "inplace-residual": MemoryPolicy(inplace_residual=True)}

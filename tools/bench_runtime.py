@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bench_int8 import load_model, machine_info, stdout_to_stderr, time_interleaved  # same folder: tools/
-from edgekit.bundle import Manifest, Stage, write_bundle
+
 from edgekit.convert.compile import tensor_infos
-from edgekit.report import table
+from edgekit.formats.bundle import Manifest, Stage, write_bundle
+from edgekit.report.table import table
 from edgekit.runtime import load
 
 MODELS = ("digits_cnn", "mobilenet_v2_035_96")

@@ -6,7 +6,7 @@ cgroup v1 CPU quota (tools/cpulimit.py) to emulate a slow device. Every candidat
 model becomes a real split bundle (float ONNX head and tail, cut by `edgekit.convert.split_export`), run by
 `edgekit.runtime` with the boundary tensor sent through a transport (a plain TCP socket, or MQTT through a
 Mosquitto broker in the server namespace). The device and server profiles are calibrated in place
-(`edgekit.calibrate`, the device under its quota), then `plan_split` picks a cut per bandwidth, which is
+(`edgekit.cost.calibrate`, the device under its quota), then `plan_split` picks a cut per bandwidth, which is
 compared with the measured oracle and with all-device, all-server (raw pixels) and all-server (JPEG).
 
 Run (root; ~10 min): python tools/bench_split_link.py [--quick] [--transport socket|mqtt] [--plot out/split_link.png]
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgekit.offload import frame  # noqa: E402
+from edgekit.formats import frame  # noqa: E402
 from edgekit.runtime.transport import Fallback, Reply, dequantize  # noqa: E402
 
 MODEL, RESOLUTION = "resnet18", 160  # ~0.93 G MACs: a head spans many quota periods on the device
@@ -297,9 +297,9 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
     cached in `work`."""
     import torch
 
-    from edgekit.bundle import Manifest, Stage, write_bundle
     from edgekit.convert.compile import tensor_infos
     from edgekit.convert.split_export import split_model
+    from edgekit.formats.bundle import Manifest, Stage, write_bundle
     from edgekit.progress import progress
 
     example = torch.zeros(1, 3, RESOLUTION, RESOLUTION)
@@ -345,7 +345,7 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
 
 def calibrate_side(args: argparse.Namespace) -> None:
     """Calibrate this process's share of the machine (under the quota, for the device) into `--out`."""
-    from edgekit.calibrate import calibrate
+    from edgekit.cost.calibrate import calibrate
 
     model, _ = reference_model()
     calibrate(model, MODEL, args.base, backend="onnxruntime", threads=1, out=Path(args.out),
@@ -435,7 +435,7 @@ def run_all(args: argparse.Namespace) -> dict:
 
 def render(result: dict) -> str:
     """One row per bandwidth: oracle, planner's choice (measured), ratio, and the three baselines."""
-    from edgekit.report import table
+    from edgekit.report.table import table
 
     names = {c["id"]: (c["layer"] if c["kind"] == "split" else c["id"]) for c in result["cuts"]}
     rows = []

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import MANIFEST, InputPreprocessing, Manifest, Stage, TensorInfo, write_bundle
 from edgekit.convert.calibration import Preprocessing, load_calibration, load_labelled
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity, measure_fidelity, onnx_layer_sqnr
@@ -22,6 +21,8 @@ from edgekit.convert.mcu import McuFit, check_mcu_fit, write_mcu_pack
 from edgekit.convert.quantize import quantize
 from edgekit.convert.synthetic import synthesize_calibration
 from edgekit.errors import ConversionError
+from edgekit.formats.bundle import MANIFEST, InputPreprocessing, Manifest, Stage, TensorInfo, write_bundle
+from edgekit.report.fidelity import render_fidelity
 from edgekit.targets import Device
 
 SQNR_SAMPLES = 16  # held-out samples run through the augmented ONNX models for per-layer SQNR
@@ -68,16 +69,6 @@ class CompileReport:
                          f"({self.target}); deployment pack in mcu/")
             lines += [f"  {fit.describe()}" for fit in (self.mcu.sram, self.mcu.flash)]
         return "\n".join(lines)
-
-
-def render_fidelity(f: Fidelity | None, what: str, name: str) -> str:
-    """The held-out check as one line: `what` it checked, top-1 agreement, accuracy fp32 vs `name`, output error."""
-    if f is None:
-        return f"{what}: not measured (pass --eval with held-out data)"
-    accuracy = "" if f.fp32_accuracy is None or f.int8_accuracy is None else \
-        f"; top-1 accuracy fp32 {100 * f.fp32_accuracy:.2f}% {name} {100 * f.int8_accuracy:.2f}%"
-    return (f"{what} on {f.samples} held-out samples: top-1 agreement {100 * f.top1_agreement:.2f}%{accuracy}; "
-            f"output error max {f.max_abs_error:.4f} mean {f.mean_abs_error:.4f}")
 
 
 def drop_points(fidelity: Fidelity) -> float:

@@ -23,21 +23,31 @@ import numpy as np
 import torch
 
 from edgekit.backends import load_backend
-from edgekit.bundle import Manifest, Stage, TensorInfo, write_bundle
 from edgekit.convert.calibration import Preprocessing, load_labelled
-from edgekit.convert.compile import (calibration_samples, check_output, drop_points, fidelity_vs_float,
-                                     render_fidelity,
-                                     full_integer_check, image_preprocessing, json_default, nchw_runner, stage_backend,
-                                     staging, tensor_infos)
+from edgekit.convert.compile import (
+    calibration_samples,
+    check_output,
+    drop_points,
+    fidelity_vs_float,
+    full_integer_check,
+    image_preprocessing,
+    json_default,
+    nchw_runner,
+    stage_backend,
+    staging,
+    tensor_infos,
+)
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity
 from edgekit.convert.islands import FloatIsland
 from edgekit.convert.mcu import McuFit, check_mcu_fit, write_mcu_pack
 from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
-from edgekit.errors import ConversionError
+from edgekit.errors import ConversionError, SplitError
+from edgekit.formats.bundle import Manifest, Stage, TensorInfo, write_bundle
 from edgekit.graph.from_torch import from_torch
-from edgekit.plan.split import SplitCandidate, SplitError, SplitPlan, check_cut, deployable_cut, plan_split
+from edgekit.plan.split import SplitCandidate, SplitPlan, check_cut, deployable_cut, plan_split
+from edgekit.report.fidelity import render_fidelity
 from edgekit.targets import Device, Link
 
 TAIL_DTYPES = ("fp32", "int8")
@@ -73,7 +83,7 @@ class SplitCompileReport:
         return data
 
     def render(self) -> str:
-        from edgekit.report import render_split_plan
+        from edgekit.report.plans import render_split_plan
 
         cut, b = self.plan.chosen, self.boundary
         quantized = f", scale {b.scale:g} zero point {b.zero_point}" if b.scale is not None else ""

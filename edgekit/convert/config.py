@@ -35,7 +35,7 @@ class Int8Config:
             raise EdgekitError(f"Int8Config.max_samples must be >= 1, found {self.max_samples}")
 
     @classmethod
-    def for_target(cls, device: Device, **overrides: Any) -> "Int8Config":
+    def for_target(cls, device: Device, **overrides: Any) -> Int8Config:
         """MCU: full-integer TFLite with NHWC I/O; Pi-class: full-integer TFLite; Jetson, servers: ONNX QDQ."""
         uses_onnx = device.device_class in ("gpu-sbc", "server") or "litert" not in device.runtimes and \
             "tflite-micro" not in device.runtimes and "tflite-runtime" not in device.runtimes

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from edgekit.convert.arena_plan import attach_arena_plan, plan_arena
-from edgekit.errors import ConversionError
+from edgekit.errors import ConversionError, PlanError
 from edgekit.graph.build import same_padding
 from edgekit.graph.from_tflite import _schema, from_tflite, op_name, read_model
-from edgekit.plan.patch import PatchPlan, PlanError, Region, clip_region, window_region
+from edgekit.plan.patch import PatchPlan, Region, clip_region, window_region
 from edgekit.runtime.patched import SCHEDULE_VERSION
 
 STAGE_MODEL, REST_MODEL = "patch_stage.tflite", "patch_rest.tflite"

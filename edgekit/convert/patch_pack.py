@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.bundle import Manifest, Stage, TensorInfo, write_bundle
 from edgekit.convert.compile import check_output, staging
 from edgekit.convert.mcu import _arena_file, _model_files, _resolver_file, _tflm_ops, arena_parts
 from edgekit.convert.patch_artifacts import PatchArtifacts, build_patch_artifacts
 from edgekit.errors import ConversionError
+from edgekit.formats.bundle import Manifest, Stage, TensorInfo, write_bundle
 from edgekit.plan.patch import PatchPlan
 from edgekit.runtime.patched import schedule_files
 from edgekit.targets import Device

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgekit.errors import SplitError
 from edgekit.graph.from_torch import export_program, graph_from_program
 from edgekit.graph.ir import Graph
-from edgekit.plan.split import SplitError, crossing_tensors
+from edgekit.plan.split import crossing_tensors
 
 if TYPE_CHECKING:
     import torch

@@ -14,18 +14,15 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from edgekit.errors import BrokerError
 from edgekit.offload.connection import BrokerConfig
-from edgekit.offload.protocol import OffloadError
 
 Launcher = Callable[[list[str]], subprocess.Popen]
 
-
-class BrokerError(OffloadError):
-    """The broker could not be started: mosquitto missing, bad config, port taken."""
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import BundleError, FrameError, OffloadError
+from edgekit.formats.bundle import Bundle
+from edgekit.formats.frame import CODECS, Frame, Tensor, decode, encode
 from edgekit.offload.connection import BrokerConfig, packed_properties
-from edgekit.offload.frame import CODECS, Frame, FrameError, Tensor, decode, encode
 from edgekit.offload.link import LinkEstimate, LinkMeter
-from edgekit.offload.protocol import CONTENT_TYPE, OffloadError, Topics, check_publish_size, publish_properties
+from edgekit.offload.protocol import CONTENT_TYPE, Topics, check_publish_size, publish_properties
+from edgekit.runtime.split_exec import SplitLayout
 from edgekit.runtime.transport import Fallback, Reply, dequantize
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,15 @@ class OffloadClient:
 
     # paho callbacks (its network thread)
 
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, broker: str | BrokerConfig, **options: Any) -> OffloadClient:
+        """A client for a split bundle's tail, named by the model id and version its plan records."""
+        layout = SplitLayout.of_bundle(bundle)
+        if layout is None:
+            raise BundleError(f"{bundle.path}: offloading needs a split bundle (compile with --split); this one runs "
+                              "whole on the device")
+        return cls(broker, layout.model_id, model_version=layout.model_version, **options)
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._refused = str(reason)

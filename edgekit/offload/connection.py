@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgekit.offload.protocol import OffloadError
+from edgekit.errors import OffloadError
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
-from edgekit.offload.frame import MAX_TENSOR_BYTES, Frame, FrameError, Tensor, decode, encode, peek_request_id
+from edgekit.errors import EdgekitError, FrameError
+from edgekit.formats.frame import MAX_TENSOR_BYTES, Frame, Tensor, decode, encode, peek_request_id
 from edgekit.runtime.session import Session
 from edgekit.runtime.transport import dequantize
 

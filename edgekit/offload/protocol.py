@@ -12,21 +12,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from edgekit.errors import OffloadError
+from edgekit.errors import OffloadError, PayloadTooLargeError
 
 CONTENT_TYPE = "application/x-edgekit-frame; v=2"
 # Bytes a PUBLISH adds to its payload besides the two topic names: fixed header, packet id, property
 # lengths, correlation data (16), message expiry and content type. Generous, so a publish that passes
 # the size check is never over the broker's limit.
 PUBLISH_OVERHEAD = 5 + 2 + 2 + 4 + 3 + 19 + 5 + 3 + len(CONTENT_TYPE) + 16
-# What the cost model adds to each request's tensor bytes: the frame around one 4-D tensor with short model and
-# tensor names (~75 B) plus an MQTT 3.1.1 PUBLISH with a short topic (~30 B), rounded up. v5 properties add
-# PUBLISH_OVERHEAD's share on top; an estimate, not an exact count.
-PROTOCOL_OVERHEAD_BYTES = 128
 
-
-class PayloadTooLargeError(OffloadError):
-    """A frame is larger than the broker accepts (its Maximum Packet Size): pick a later cut or compress."""
 
 
 def _level(text: str, what: str) -> str:

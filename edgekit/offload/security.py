@@ -12,7 +12,8 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from edgekit.offload.broker import BrokerError, TlsFiles
+from edgekit.errors import BrokerError
+from edgekit.offload.broker import TlsFiles
 from edgekit.offload.protocol import Topics
 
 

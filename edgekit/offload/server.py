@@ -18,14 +18,16 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from edgekit.errors import OffloadError
 from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.handler import STATUSES, TailHandler
-from edgekit.offload.protocol import OffloadError, Topics, publish_properties
+from edgekit.offload.protocol import Topics, publish_properties
 from edgekit.runtime.session import Session, load
 from edgekit.runtime.split_exec import SplitLayout
 
@@ -66,20 +68,9 @@ def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def render_metrics(metrics: dict[str, Any]) -> str:
-    """The merged metrics as the lines `edgekit serve` prints on shutdown."""
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f} ms"
-
-    return (f"served {metrics['requests']} requests with {metrics['workers']} worker(s) "
-            f"(per worker {metrics['per_worker_requests']}): {metrics['ok']} answered, {metrics['error']} error "
-            f"answers, {metrics['expired']} expired, {metrics['dropped']} dropped; handling p50 "
-            f"{ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
-
-
 def tail_session(bundle: str | Path, backend: str | None = None, threads: int | None = None) -> Session:
     """What a tail server runs: the server stages of a split bundle, or the whole of any other bundle."""
-    from edgekit.bundle import load_bundle
+    from edgekit.formats.bundle import load_bundle
 
     verified = load_bundle(bundle)
     return load(verified, backend, threads=threads, part="server" if SplitLayout.of_bundle(verified) else None)
@@ -196,7 +187,7 @@ def serve(bundle: str | Path, broker: str | BrokerConfig | None = None, *, worke
     Without `broker`, an embedded Mosquitto is started on a free port of `listen` (see broker.Broker) and
     its URL announced for devices. Announces the broker, the request topic and readiness through `announce`.
     """
-    from edgekit.bundle import load_bundle
+    from edgekit.formats.bundle import load_bundle
     from edgekit.offload.broker import Broker, advertised_host
 
     if workers < 1:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import PlanError
 from edgekit.graph.ir import SPATIAL_OPS, Graph, Layer
 from edgekit.memory import MemoryPolicy, activation_memory, live_bytes
 
@@ -29,9 +29,6 @@ ELEMENTWISE_OPS = frozenset({"add", "mul", "sub", "concat", "relu", "relu6", "ha
 DEFAULT_MAX_EXTRA_MACS = 0.20
 GRIDS = (2, 3, 4, 5, 6, 7, 8)
 
-
-class PlanError(EdgekitError):
-    """A plan was asked for that cannot exist (no valid stage, bad grid)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ class PatchPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PatchPlan":
+    def from_dict(cls, data: dict) -> PatchPlan:
         candidate = lambda d: PatchCandidate(**d) if d is not None else None  # noqa: E731
         return cls(**{**data, "policy": MemoryPolicy(**data["policy"]), "chosen": candidate(data["chosen"]),
                       "stage_layers": tuple(data["stage_layers"]),

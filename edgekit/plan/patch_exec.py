@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import PlanError
 from edgekit.graph.from_torch import export_program, graph_from_program
 from edgekit.graph.ir import Graph, Layer
 from edgekit.memory import live_bytes
-from edgekit.plan.patch import PatchPlan, PlanError, Region, clip_region, input_region, patch_regions
+from edgekit.plan.patch import PatchPlan, Region, clip_region, input_region, patch_regions
 
 _CONV = {"aten.conv2d.default", "aten.convolution.default"}
 _POOL = {"aten.max_pool2d.default", "aten.avg_pool2d.default"}

@@ -13,18 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from edgekit.cost import LATENCY_SOURCES, Cost, invocation_cost, layer_cost, layer_seconds, transfer_cost
-from edgekit.errors import EdgekitError
+from edgekit.cost.model import LATENCY_SOURCES, Cost, invocation_cost, layer_cost, layer_seconds, transfer_cost
+from edgekit.errors import SplitError
+from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
 from edgekit.graph.ir import DTYPE_BYTES, Graph, numel
 from edgekit.memory import MemoryPolicy, activation_memory
-from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.targets import Device, Link, Quantity
 
 OBJECTIVES = ("latency", "energy")
 
-
-class SplitError(EdgekitError):
-    """No valid split exists, or a requested one is not a valid cut."""
 
 
 @dataclass(frozen=True)

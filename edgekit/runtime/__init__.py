@@ -6,8 +6,9 @@
     session.stats()                      # p50/p90/p99 ms, peak RSS, backend memory
 """
 
-from edgekit.runtime.backends import BACKENDS, BackendError, choose_providers
-from edgekit.runtime.session import InputError, Session, TargetMismatchError, load, peak_rss_bytes
+from edgekit.errors import BackendError, InputError, TargetMismatchError
+from edgekit.runtime.backends import BACKENDS, choose_providers
+from edgekit.runtime.session import Session, load, peak_rss_bytes
 
 __all__ = ["BACKENDS", "BackendError", "InputError", "Session", "TargetMismatchError", "choose_providers", "load",
            "peak_rss_bytes"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import BackendError
 
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
@@ -28,9 +28,6 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
               "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32"}
 TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
-
-class BackendError(EdgekitError):
-    """A backend is unknown, not installed, cannot run the stage's model format, or refuses the model."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.backends import BackendError, LiteRTAdapter, ModelTensor, TflmAdapter
+from edgekit.errors import BackendError
+from edgekit.runtime.backends import LiteRTAdapter, ModelTensor, TflmAdapter
 
 SCHEDULE_VERSION = 2
 Slices = tuple[slice, slice]

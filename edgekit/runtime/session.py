@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
-from edgekit.errors import BundleError, EdgekitError
-from edgekit.runtime.backends import BACKENDS, FORMATS, BackendError, ModelTensor, open_backend
+from edgekit.errors import BackendError, BundleError, EdgekitError, InputError, TargetMismatchError
+from edgekit.formats.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
+from edgekit.runtime.backends import BACKENDS, FORMATS, ModelTensor, open_backend
 from edgekit.runtime.patched import PatchExecutor, schedule_files
 from edgekit.runtime.split_exec import Resplit, SplitLayout, SplitRunner
 from edgekit.runtime.transport import SOURCES, Reply, Transport
@@ -29,12 +29,6 @@ LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
 PARTS = ("device", "server")  # the sides of a split bundle that load(part=...) opens alone
 
 
-class InputError(EdgekitError):
-    """A frame the model cannot take: wrong shape or dtype, NaN or infinity, an unreadable image."""
-
-
-class TargetMismatchError(EdgekitError):
-    """The bundle was built for another target than the one this device expects."""
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -14,10 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekit.bundle import Bundle
 from edgekit.errors import BundleError, OffloadError
-from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
-from edgekit.offload.frame import Tensor
+from edgekit.formats.bundle import Bundle
+from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES, Tensor
 from edgekit.runtime.transport import Reply, Transport
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import Bundle, load_bundle
-from edgekit.errors import BundleError
-from edgekit.runtime.session import InputError, Session, load
+from edgekit.errors import InputError
+from edgekit.formats.bundle import Bundle
+from edgekit.runtime.session import Session, load
+from edgekit.runtime.transport import Transport
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -67,74 +68,31 @@ def summarise_output(output: np.ndarray) -> dict[str, Any]:
             "max": float(output.max()), "mean": float(output.mean())}
 
 
-def predict(bundle: str | Path, input_path: str | Path, backend: str | None = None, top: int = 5,
-            threads: int | None = None, expected_target: str | None = None, broker: str | None = None,
+def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | None = None, top: int = 5,
+            threads: int | None = None, expected_target: str | None = None, transport: Transport | None = None,
             deadline_s: float = 1.0) -> dict[str, Any]:
     """Load `bundle`, run every frame of `input_path`, and give top-k classes (or an output summary) per frame.
 
     Class-score outputs are those with one non-singleton axis; labels come from the manifest when it has one
-    per score. With `broker` (a split bundle), the tail runs on the edge server behind that MQTT broker, each
-    frame answered within `deadline_s` by the server or by the local tail; each result says which.
+    per score. With a `transport` (a split bundle), the tail runs behind it (the MQTT `OffloadClient`: on the edge
+    server), each frame answered within `deadline_s` by the server or by the local tail; each result says which.
     """
-    verified = load_bundle(bundle)
-    transport = _offload_client(verified, broker) if broker else None
-    try:
-        session = load(verified, backend, expected_target, threads=threads, transport=transport,
-                       deadline_s=deadline_s)
-        frames = read_frames(session, input_path)
-        batched = frames.shape != session.input.shape
-        results = []
-        for i in range(len(frames) if batched else 1):
-            output = session.run(frames[i:i + 1] if batched else frames)
-            is_vector = sum(d > 1 for d in output.shape) <= 1
-            results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
-                           else {"frame": i, "output": summarise_output(output)})
-            if session.last_reply is not None:
-                reply = session.last_reply
-                results[-1]["answered_by"] = {"source": reply.source, "ms": reply.latency_s * 1e3,
-                                              "detail": reply.detail}
-    finally:
-        if transport is not None:
-            transport.close()
-    return {"bundle": str(bundle), "model": session.manifest.model, "target": session.manifest.target,
+    session = load(bundle, backend, expected_target, threads=threads, transport=transport, deadline_s=deadline_s)
+    frames = read_frames(session, input_path)
+    batched = frames.shape != session.input.shape
+    results = []
+    for i in range(len(frames) if batched else 1):
+        output = session.run(frames[i:i + 1] if batched else frames)
+        is_vector = sum(d > 1 for d in output.shape) <= 1
+        results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
+                       else {"frame": i, "output": summarise_output(output)})
+        if session.last_reply is not None:
+            reply = session.last_reply
+            results[-1]["answered_by"] = {"source": reply.source, "ms": reply.latency_s * 1e3,
+                                          "detail": reply.detail}
+    return {"bundle": str(session.bundle.path), "model": session.manifest.model, "target": session.manifest.target,
             "backends": list(session.backends), "input": str(input_path), "results": results,
             "latency_ms": session.stats()["p50_ms"]}
-
-
-def _offload_client(bundle: Bundle, broker: str) -> Any:
-    """An MQTT client for a split bundle's tail, named by the bundle's model id and version."""
-    from edgekit.offload.client import OffloadClient
-    from edgekit.runtime.split_exec import SplitLayout
-
-    layout = SplitLayout.of_bundle(bundle)
-    if layout is None:
-        raise BundleError(f"{bundle.path}: --broker needs a split bundle (compile with --split); this one runs "
-                          "whole on the device")
-    return OffloadClient(broker, layout.model_id, model_version=layout.model_version)
-
-
-def render_prediction(result: dict[str, Any]) -> str:
-    """The prediction as text: a header, then per frame its top-k or its output summary."""
-    from edgekit.report import table
-
-    lines = [f"{result['model']} ({result['target']}) on {', '.join(result['backends'])}: {result['input']}"]
-    for frame in result["results"]:
-        if len(result["results"]) > 1:
-            lines.append(f"frame {frame['frame']}:")
-        if "top" in frame:
-            lines.append(table(("rank", "class", "score"),
-                               [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
-                                for rank, t in enumerate(frame["top"], 1)]))
-        else:
-            o = frame["output"]
-            lines.append(f"output {o['dtype']} {tuple(o['shape'])}: min {o['min']:.4g} max {o['max']:.4g} "
-                         f"mean {o['mean']:.4g}")
-        if "answered_by" in frame:
-            by = frame["answered_by"]
-            lines.append(f"tail answered by: {by['source']} in {by['ms']:.1f} ms" +
-                         (f" ({by['detail']})" if by["detail"] else ""))
-    lines.append(f"latency (median of {len(result['results'])} frame(s)): {result['latency_ms']:.3f} ms")
-    return "\n".join(lines)
 
 
 def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: str | None = None,
@@ -170,19 +128,3 @@ def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: st
             "engines": [s["engine"] for s in session.info()["stages"]], "backends": list(session.backends),
             "runs": runs, "warmup": warmup, "threads": threads, **stats, "throughput_fps": runs / wall}
 
-
-def render_benchmark(result: dict[str, Any]) -> str:
-    """The benchmark as text: latency percentiles, throughput, peak RSS and what the backend reports."""
-    from edgekit.report import table
-    from edgekit.units import format_bytes
-
-    rss = result["peak_rss_bytes"]
-    rows = [("latency p50", f"{result['p50_ms']:.3f} ms"), ("latency p90", f"{result['p90_ms']:.3f} ms"),
-            ("latency p99", f"{result['p99_ms']:.3f} ms"), ("throughput", f"{result['throughput_fps']:.1f} frames/s"),
-            ("peak RSS (process)", "unknown" if rss is None else f"{rss:,} B ({format_bytes(rss)})")]
-    for m in result["backend_memory"]:
-        value = "not reported" if m["bytes"] is None else f"{m['bytes']:,} B ({format_bytes(m['bytes'])})"
-        rows.append((f"{m['stage']}: {m['kind']}", value))
-    header = (f"{result['model']} ({result['target']}) on {'; '.join(result['engines'])}: {result['runs']} runs "
-              f"after {result['warmup']} warm-up, one frame at a time")
-    return header + "\n" + table(("figure", "value"), rows)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.offload import frame
-from edgekit.offload.frame import Tensor
+from edgekit.formats import frame
+from edgekit.formats.frame import Tensor
 
 SOURCES = ("remote", "fallback", "local", "timeout", "error")  # local: the link is too slow, by the plan
 

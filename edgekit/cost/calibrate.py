@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.cost import fitted_seconds, layer_seconds
-from edgekit.costfit import PredictionError, RooflineFit, fit_roofline, prediction_error
+from edgekit.cost.fit import PredictionError, RooflineFit, fit_roofline, prediction_error
+from edgekit.cost.measure_ort import LayerTimings, measure_onnxruntime
+from edgekit.cost.model import fitted_seconds, layer_seconds
 from edgekit.errors import CalibrationError
 from edgekit.graph.ir import Graph
-from edgekit.layer_timing import LayerTimings, measure_onnxruntime
 from edgekit.targets import Device, DeviceCalibration, MeasuredModel, Quantity, load_target
 from edgekit.units import parse_quantity
 
@@ -76,7 +76,7 @@ def measure(model: Any, name: str, device: Device, backend: str = "onnxruntime",
     if backend == "onnxruntime":
         weights = {layer.name: layer_seconds(layer, device, "fp32")[0] for layer in graph.layers}
         return graph, measure_onnxruntime(program, graph, weights, threads, repeats)
-    from edgekit.litert_timing import measure_litert
+    from edgekit.cost.measure_litert import measure_litert
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(artifact) if artifact is not None else _litert_fp32(module, tuple(shape), Path(tmp))
@@ -119,7 +119,7 @@ def calibrate(model: Any, name: str, target: str | Path | Device, backend: str =
     if timings.unmapped:
         raise CalibrationError(f"{name}: backend kernels with no graph layer: {', '.join(sorted(timings.unmapped))}")
     fit = fit_roofline(graph.layers, timings.layers, timings.dtype)
-    command = command or (f"edgekit.calibrate.calibrate({name!r}, {base.name!r}, backend={backend!r}, "
+    command = command or (f"edgekit.cost.calibrate.calibrate({name!r}, {base.name!r}, backend={backend!r}, "
                           f"threads={threads}, repeats={repeats}, artifact={str(artifact) if artifact else None!r})")
     calibration = _device_calibration(graph, timings, fit, command)
     device = dataclasses.replace(base, calibration=calibration)
@@ -222,25 +222,3 @@ def evaluate(calibration: Calibration, models: Sequence[tuple[Any, str, str | Pa
         rows += prediction_errors(calibration, graph, fresh)
     return rows
 
-
-def render_errors(calibration: Calibration, rows: Sequence[PredictionError]) -> str:
-    """The fit, then one line per model and predictor: per-layer median |% error| and end-to-end % error."""
-    cal = calibration.device.calibration
-    assert cal is not None
-    lines = [f"calibrated {calibration.base.name} on {calibration.model}: {cal.backend}, {cal.threads} thread(s), "
-             f"{cal.dtype}, median of {cal.repeats} runs",
-             f"  measured end to end {calibration.timings.total * 1e3:.3f} ms = layers "
-             f"{sum(calibration.timings.layers.values()) * 1e3:.3f} ms + overhead "
-             f"{calibration.timings.overhead * 1e3:.3f} ms",
-             f"  layers: {calibration.timings.layers_method}",
-             f"  fitted: {cal.throughput.text}, bandwidth {cal.bandwidth.text if cal.bandwidth else 'no weight'}, "
-             f"{cal.layer_overhead.text if cal.layer_overhead else '0 us'} per executed layer "
-             f"(profile estimate: {calibration.base.throughput[cal.dtype].text})",
-             "", f"{'model':<24} {'predictor':<15} {'layers':>6} {'median |err| %':>14} {'predicted ms':>12} "
-                 f"{'measured ms':>11} {'total err %':>11}"]
-    for r in rows:
-        lines.append(f"{r.model:<24} {r.predictor:<15} {r.layers:>6} {r.median_abs_pct:>14.1f} "
-                     f"{r.predicted_total * 1e3:>12.3f} {r.measured_total * 1e3:>11.3f} {r.total_pct:>+11.1f}")
-    if calibration.profile_path:
-        lines += ["", f"calibrated profile written to {calibration.profile_path}"]
-    return "\n".join(lines)

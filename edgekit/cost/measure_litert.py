@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.cost.measure_ort import LayerTimings
 from edgekit.errors import CalibrationError
 from edgekit.graph.ir import Graph
-from edgekit.layer_timing import LayerTimings
 
 
 def isotonic(values: Sequence[float]) -> list[float]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
 from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Layer, numel
-from edgekit.offload.protocol import PROTOCOL_OVERHEAD_BYTES
 from edgekit.targets import Device, DeviceCalibration, Link
 
 LATENCY_SOURCES = ("measured", "fitted", "estimate")  # the order `layer_seconds` prefers them in

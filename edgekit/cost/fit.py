@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.cost import is_executed, moved_bytes
+from edgekit.cost.model import is_executed, moved_bytes
 from edgekit.errors import CalibrationError
 from edgekit.graph.ir import Layer
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import FrameError
 
 MAGIC = b"EKF"
 VERSION = 2
@@ -42,10 +42,11 @@ _KIND_CODES = {name: code for code, name in KINDS.items()}
 _HEAD = struct.Struct("<3sBB16sQ")
 _TENSOR = struct.Struct("<BBB")
 _QUANT = struct.Struct("<fiI")
+# What the cost model adds to each request's tensor bytes: the frame around one 4-D tensor with short model and
+# tensor names (~75 B) plus an MQTT 3.1.1 PUBLISH with a short topic (~30 B), rounded up. v5 properties add
+# offload.protocol.PUBLISH_OVERHEAD's share on top; an estimate, not an exact count.
+PROTOCOL_OVERHEAD_BYTES = 128
 
-
-class FrameError(EdgekitError):
-    """A frame that cannot be decoded: truncated, corrupt, oversized or of an unknown version."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""The patch and split plans as text."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgekit.report.analysis import policy_text
+from edgekit.report.table import table
+from edgekit.units import format_bytes
+
+if TYPE_CHECKING:
+    from edgekit.plan.patch import PatchPlan
+    from edgekit.plan.split import SplitCandidate, SplitPlan
+
+
+def render_patch_plan(plan: PatchPlan) -> str:
+    """The chosen schedule, its peak against layer by layer, and the Pareto frontier."""
+    lines = [f"{plan.model}: layer-by-layer peak {plan.layer_by_layer_peak_bytes:,} B "
+             f"({format_bytes(plan.layer_by_layer_peak_bytes)})"
+             + (f"; budget {plan.budget_bytes:,} B ({format_bytes(plan.budget_bytes)})" if plan.budget_bytes else ""),
+             f"accounting: int8; {policy_text(plan.policy)}; input "
+             f"{'resident in SRAM' if plan.input_resident else 'streamed per patch'}"]
+    c = plan.chosen
+    if c is not None:
+        lines.append(f"chosen: patch stage = layers 0..'{c.stage_end}' ({len(plan.stage_layers)} layers), "
+                     f"{c.grid}x{c.grid} patches; peak {c.peak_bytes:,} B ({format_bytes(c.peak_bytes)}), "
+                     f"{plan.layer_by_layer_peak_bytes / c.peak_bytes:.1f}x lower; extra MACs {c.extra_macs:,} "
+                     f"({c.extra_macs_ratio(plan.total_macs):.1%}; "
+                     f"{c.stage_model_extra_macs / max(plan.total_macs, 1):.1%} as the INT8 artifacts run it: "
+                     "one stage model, whole windows at the border)")
+        lines.append(f"  patch stage {c.patch_stage_bytes:,} B (worst patch + {c.stage_output_bytes:,} B stage "
+                     f"buffer), rest {c.rest_bytes:,} B")
+    lines.append(("why: " if plan.feasible else "") + plan.reason)
+    rows = [(x.stage_end, f"{x.grid}x{x.grid}", f"{x.peak_bytes:,}", f"{x.patch_stage_bytes:,}", f"{x.rest_bytes:,}",
+             f"{x.extra_macs_ratio(plan.total_macs):.1%}", "<- chosen" if x == c else "") for x in plan.pareto]
+    lines += ["", "Pareto frontier (peak bytes vs extra MACs):",
+              table(("stage end", "grid", "peak B", "patch stage B", "rest B", "extra MACs", ""), rows)]
+    return "\n".join(lines)
+
+
+def _bps(bps: float) -> str:
+    for unit, factor in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= factor:
+            return f"{bps / factor:.3g} {unit}"
+    return f"{bps:.3g} bit/s"
+
+
+def _split_row(label: str, c: SplitCandidate) -> tuple:
+    return (label, c.last_device_layer or "(raw input)", c.device_layers, f"{c.payload_bytes:,}",
+            f"{1000 * c.device_seconds:.2f}", f"{1000 * c.transfer_seconds:.2f}", f"{1000 * c.server_seconds:.2f}",
+            f"{1000 * c.total_seconds:.2f}", f"{1000 * c.device_joules:.1f}" if c.device_joules else "-",
+            "" if c.valid else c.why_invalid)
+
+
+def render_split_plan(plan: SplitPlan) -> str:
+    """The chosen cut beside the all-device and all-server baselines, and the bandwidth decision map."""
+    headers = ("", "head ends at", "device layers", "payload B", "device ms", "link ms", "server ms", "total ms",
+               "device mJ", "invalid because")
+    rows = [_split_row("chosen", plan.chosen), _split_row("all device", plan.all_device),
+            _split_row("all server", plan.all_server)]
+    if plan.jpeg is not None:  # SC2's baseline: not chosen, since its codec time and accuracy loss are unmodelled
+        rows.append(_split_row("all server, JPEG*", plan.jpeg)[:1] + ("(JPEG of the input)",)
+                    + _split_row("", plan.jpeg)[2:])
+    names = {c.device_layers: c.last_device_layer or "(all on server)" for c in plan.candidates}
+    ranges = [(f"{_bps(lo)} .. {_bps(hi)}", names[k], k) for lo, hi, k in plan.decision_map]
+    return "\n".join([
+        f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
+        f"objective {plan.objective}; layer times: device {plan.figures[0]}, server {plan.figures[1]} "
+        "(measured/fitted: edgekit calibrate; estimate: the profile's throughput figures)",
+        "", table(headers, rows), *([] if plan.jpeg is None else [
+            "* JPEG: encoding and decoding time and the lossy codec's accuracy cost are not modelled"]), "",
+        "decision map (which cut wins as the uplink changes):",
+        table(("uplink", "head ends at", "device layers"), ranges),
+    ])

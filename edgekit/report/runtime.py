@@ -1,0 +1,57 @@
+"""What `edgekit run`, `bench` and `serve` print: predictions, benchmarks, server metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgekit.report.table import table
+from edgekit.units import format_bytes
+
+
+def render_prediction(result: dict[str, Any]) -> str:
+    """The prediction as text: a header, then per frame its top-k or its output summary."""
+
+    lines = [f"{result['model']} ({result['target']}) on {', '.join(result['backends'])}: {result['input']}"]
+    for frame in result["results"]:
+        if len(result["results"]) > 1:
+            lines.append(f"frame {frame['frame']}:")
+        if "top" in frame:
+            lines.append(table(("rank", "class", "score"),
+                               [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
+                                for rank, t in enumerate(frame["top"], 1)]))
+        else:
+            o = frame["output"]
+            lines.append(f"output {o['dtype']} {tuple(o['shape'])}: min {o['min']:.4g} max {o['max']:.4g} "
+                         f"mean {o['mean']:.4g}")
+        if "answered_by" in frame:
+            by = frame["answered_by"]
+            lines.append(f"tail answered by: {by['source']} in {by['ms']:.1f} ms" +
+                         (f" ({by['detail']})" if by["detail"] else ""))
+    lines.append(f"latency (median of {len(result['results'])} frame(s)): {result['latency_ms']:.3f} ms")
+    return "\n".join(lines)
+
+
+def render_benchmark(result: dict[str, Any]) -> str:
+    """The benchmark as text: latency percentiles, throughput, peak RSS and what the backend reports."""
+
+    rss = result["peak_rss_bytes"]
+    rows = [("latency p50", f"{result['p50_ms']:.3f} ms"), ("latency p90", f"{result['p90_ms']:.3f} ms"),
+            ("latency p99", f"{result['p99_ms']:.3f} ms"), ("throughput", f"{result['throughput_fps']:.1f} frames/s"),
+            ("peak RSS (process)", "unknown" if rss is None else f"{rss:,} B ({format_bytes(rss)})")]
+    for m in result["backend_memory"]:
+        value = "not reported" if m["bytes"] is None else f"{m['bytes']:,} B ({format_bytes(m['bytes'])})"
+        rows.append((f"{m['stage']}: {m['kind']}", value))
+    header = (f"{result['model']} ({result['target']}) on {'; '.join(result['engines'])}: {result['runs']} runs "
+              f"after {result['warmup']} warm-up, one frame at a time")
+    return header + "\n" + table(("figure", "value"), rows)
+
+
+def render_metrics(metrics: dict[str, Any]) -> str:
+    """The merged metrics as the lines `edgekit serve` prints on shutdown."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} ms"
+
+    return (f"served {metrics['requests']} requests with {metrics['workers']} worker(s) "
+            f"(per worker {metrics['per_worker_requests']}): {metrics['ok']} answered, {metrics['error']} error "
+            f"answers, {metrics['expired']} expired, {metrics['dropped']} dropped; handling p50 "
+            f"{ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
