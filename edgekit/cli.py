@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from edgekit.errors import EdgekitError
+from edgekit.progress import set_quiet
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -235,6 +236,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (always so with --json)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(sub: argparse._SubParsersAction, name: str, func: object, help_text: str) -> argparse.ArgumentParser:
@@ -394,6 +396,7 @@ def _accounting_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one-line errors with a non-zero exit; tracebacks only with --debug."""
     args = build_parser().parse_args(argv)
+    set_quiet(args.quiet or getattr(args, "json", False))
     try:
         args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly

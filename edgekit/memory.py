@@ -111,12 +111,14 @@ def live_bytes(layers: Sequence[Layer], inputs: Iterable[str], outputs: Iterable
         output = buffer_of[layer.output]
         live = sum(size[b] for b in alive | {output})
         source = buffer_of[layer.inputs[0]] if layer.inputs else None
-        if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and last_use.get(source) == index:
+        if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and source is not None \
+                and last_use.get(source) == index:
             live -= min(size[source], size[output])
         if policy.materialize_pads and padded_of is not None and any(layer.explicit_pad):
             padded = padded_of(layer)
             at_pad = sum(size[b] for b in alive) + padded  # the PAD op: its input and the padded copy
-            freed = size[source] if last_use.get(source) == index and source != output else 0  # dies at the PAD
+            dies = source is not None and source != output and last_use.get(source) == index  # at the PAD
+            freed = size[source] if source is not None and dies else 0
             live = max(at_pad, live - freed + padded)
         rows.append(live)
         alive.add(output)

@@ -202,7 +202,7 @@ def _check_value(value: Any, kind: Any, where: str, dotted: str) -> Any:
         return _check_calibration(value, where, dotted)
     if kind in ("models", "layers"):
         return _check_named_tables(value, kind, where, dotted)
-    expected = {"str": str, "int": int, "list[str]": list, "list[int]": list}[kind]
+    expected: Any = {"str": str, "int": int, "list[str]": list, "list[int]": list}[kind]
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ProfileError(f"{where}: '{dotted}' must be {kind}, found {type(value).__name__} {value!r}")
     item = {"list[str]": str, "list[int]": int}.get(kind)

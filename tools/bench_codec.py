@@ -75,7 +75,8 @@ def measure(name: str, cut: str) -> dict:
            "ratio_int8": sizes["fp32"] / sizes["int8"], "ratio_int8_zlib": sizes["fp32"] / sizes["int8+zlib"],
            "top1_agreement": float(np.mean(predicted == reference))}
     if labels is not None:
-        row["accuracy_fp32"], row["accuracy_int8"] = float(np.mean(reference == labels)), float(np.mean(predicted == labels))
+        row["accuracy_fp32"] = float(np.mean(reference == labels))
+        row["accuracy_int8"] = float(np.mean(predicted == labels))
     return row
 
 
@@ -96,7 +97,8 @@ def main() -> None:
                 [(r["model"], r["cut"], "x".join(map(str, r["shape"])), f"{r['fp32_bytes']:,}", f"{r['int8_bytes']:,}",
                   f"{r['int8+zlib_bytes']:,}", f"{r['ratio_int8']:.2f}x", f"{r['ratio_int8_zlib']:.2f}x",
                   f"{100 * r['top1_agreement']:.2f}%",
-                  f"{100 * r['accuracy_fp32']:.2f}% -> {100 * r['accuracy_int8']:.2f}%" if "accuracy_fp32" in r else "-")
+                  f"{100 * r['accuracy_fp32']:.2f}% -> {100 * r['accuracy_int8']:.2f}%"
+                  if "accuracy_fp32" in r else "-")
                  for r in rows]))
 
 

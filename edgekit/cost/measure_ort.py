@@ -174,7 +174,7 @@ def attribute(medians: Mapping[str, float], covered: Mapping[str, set[str]], wei
 
 
 def _session(path: Path | bytes, threads: int, profile_prefix: str | None = None,
-             optimized_path: Path | None = None):  # type: ignore[no-untyped-def]
+             optimized_path: Path | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -190,7 +190,7 @@ def _session(path: Path | bytes, threads: int, profile_prefix: str | None = None
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _empty_session(shape: tuple[int, ...], threads: int):  # type: ignore[no-untyped-def]
+def _empty_session(shape: tuple[int, ...], threads: int) -> Any:
     """An ORT session of a one-node model that takes an fp32 input of `shape` and only reads its shape: its run
     time is the per-inference cost that belongs to no layer (the call, binding feeds and fetches)."""
     from onnx import TensorProto, helper
@@ -222,6 +222,8 @@ def measure_onnxruntime(program: Any, graph: Graph, weights: Mapping[str, float]
     owners = fx_owners(program, graph)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        if onnx_program is None:
+            raise CalibrationError(f"{graph.name}: torch.onnx.export gave no program to profile")
         path, optimized_path = Path(tmp) / "model.onnx", Path(tmp) / "optimized.onnx"
         onnx_program.save(str(path))
         source = onnx.load(str(path))

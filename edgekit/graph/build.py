@@ -101,11 +101,12 @@ def _fold_into_producer(nodes: list[RawNode], outputs: list[str]) -> list[RawNod
     kept = []
     for node in nodes:
         producer = by_output.get(node.inputs[0]) if len(node.inputs) == 1 else None
-        sole_reader = producer is not None and counts.get(producer.output) == 1
-        if node.op == "batchnorm" and sole_reader and producer.op in ("conv2d", "linear") \
-                and "act" not in producer.attrs:
+        if producer is None or counts.get(producer.output) != 1:  # fold only into a sole-read producer
+            kept.append(node)
+            continue
+        if node.op == "batchnorm" and producer.op in ("conv2d", "linear") and "act" not in producer.attrs:
             producer.attrs["bias"] = True
-        elif node.op in FUSABLE_ACTIVATIONS and sole_reader and producer.op != "reshape" \
+        elif node.op in FUSABLE_ACTIVATIONS and producer.op != "reshape" \
                 and "act" not in producer.attrs:
             producer.attrs["act"] = node.op
         else:

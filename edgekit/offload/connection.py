@@ -101,7 +101,7 @@ class BrokerConfig:
             client.tls_set(ca_certs=self.ca_certs, certfile=self.certfile, keyfile=self.keyfile)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
-        client.reconnect_delay_set(*reconnect_s)
+        client.reconnect_delay_set(*reconnect_s)  # type: ignore[arg-type]  # hinted int; sub-second floats work
         client.max_inflight_messages_set(1000)  # our own window bounds what is in flight
         client.on_socket_open = _no_delay
         return client

@@ -33,7 +33,8 @@ def render_analysis(analysis: Analysis) -> str:
     rows = []
     for i, (layer, m8) in enumerate(zip(graph.layers, int8.layers)):
         op = layer.op + (f"+{layer.activation}" if layer.activation else "")
-        geometry = f"{layer.kernel[0]}x{layer.kernel[1]}/{layer.stride[0]}" if layer.op.endswith(("conv2d", "pool2d")) else ""
+        spatial = layer.op.endswith(("conv2d", "pool2d"))
+        geometry = f"{layer.kernel[0]}x{layer.kernel[1]}/{layer.stride[0]}" if spatial else ""
         rows.append((i, layer.name, op, _shape(layer.output_shape), geometry, format_count(layer.macs),
                      format_count(layer.params), format_bytes(m8.output_bytes), format_bytes(m8.live_bytes),
                      f"{layer.rf[0]}x{layer.rf[1]}"))

@@ -71,7 +71,8 @@ def plot_patch_plan(graph: Graph, plan: PatchPlan, patched: list[int], path: str
     before = [m.live_bytes / 1024 for m in activation_memory(graph, plan.policy).layers]
     after = [b / 1024 for b in patched]
     fig, ax = _axes(len(before))
-    ax.bar(range(len(before)), before, width=0.85, color="#c7c7c7", label=f"layer by layer (peak {max(before):.0f} KiB)")
+    ax.bar(range(len(before)), before, width=0.85, color="#c7c7c7",
+           label=f"layer by layer (peak {max(before):.0f} KiB)")
     ax.bar(range(len(after)), after, width=0.5, color="#1f77b4", label=f"patched (peak {max(after):.0f} KiB)")
     if plan.chosen is not None:
         ax.axvspan(-0.5, len(plan.stage_layers) - 0.5, color="#ff7f0e", alpha=0.08,

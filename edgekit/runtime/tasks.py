@@ -58,8 +58,8 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[di
     """The k highest entries of a class-score vector: index, label (or None) and score."""
     flat = scores.reshape(-1)
     order = np.argsort(-flat, kind="stable")[:max(1, k)]
-    named = labels is not None and len(labels) == flat.size
-    return [{"index": int(i), "label": labels[i] if named else None, "score": float(flat[i])} for i in order]
+    names = labels if labels is not None and len(labels) == flat.size else None
+    return [{"index": int(i), "label": names[i] if names else None, "score": float(flat[i])} for i in order]
 
 
 def summarise_output(output: np.ndarray) -> dict[str, Any]:
