@@ -8,9 +8,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edgekit.errors import EdgekitError
 from edgekit.progress import set_quiet
+
+if TYPE_CHECKING:
+    from edgekit.convert.compile import CompileReport
+    from edgekit.convert.compile_split import SplitCompileReport
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -73,7 +78,6 @@ def _floats(text: str) -> tuple[float, ...]:
 def cmd_compile(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from edgekit.convert.calibration import Preprocessing
     from edgekit.convert.compile import compile_int8
     from edgekit.convert.config import Int8Config
     from edgekit.graph import resolve_module
@@ -94,7 +98,6 @@ def cmd_compile(args: argparse.Namespace) -> None:
     config = replace(config, **overrides)
     model = resolve_module(args.model, **({"pretrained": True} if args.pretrained else {}))
     name = args.model.rpartition(":")[2]
-    preprocessing = Preprocessing(args.mean or (0.0,), args.std or (1.0,))
     if args.split:
         from edgekit.convert.compile_split import compile_split
         from edgekit.targets import load_link
@@ -102,14 +105,14 @@ def cmd_compile(args: argparse.Namespace) -> None:
         if not (args.server and args.link):
             raise EdgekitError("--split needs --server SERVER (runs the tail) and --link LINK (between device and "
                                "server), e.g. --server x86-server --link wifi")
-        report = compile_split(model, name, target, load_target(args.server), load_link(args.link), args.output,
-                               args.calib, args.eval, args.split, args.bandwidth, config=config,
-                               max_drop_points=args.max_drop, preprocessing=preprocessing)
+        report: CompileReport | SplitCompileReport = compile_split(
+            model, name, target, load_target(args.server), load_link(args.link), args.output, args.calib, args.eval,
+            args.split, args.bandwidth, config=config, max_drop_points=args.max_drop, mean=args.mean, std=args.std)
     elif args.server or args.link or args.bandwidth:
         raise EdgekitError("--server, --link and --bandwidth describe a split: pass them with --split auto|LAYER")
     else:
         report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
-                              preprocessing)
+                              mean=args.mean, std=args.std)
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
@@ -310,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), help="ONNX only")
     p.add_argument("--max-samples", type=int, help="cap on calibration samples (default 200)")
     p.add_argument("--io-layout", choices=("nchw", "nhwc"), help="TFLite input layout (default: nhwc for MCUs)")
-    p.add_argument("--mean", type=_floats, help="image calibration: per-channel mean after scaling to [0, 1]")
-    p.add_argument("--std", type=_floats, help="image calibration: per-channel std after scaling to [0, 1]")
+    p.add_argument("--mean", type=_floats, help="image preprocessing: per-channel mean after scaling to [0, 1] "
+                                                "(default: the model's cfg, else 0)")
+    p.add_argument("--std", type=_floats, help="image preprocessing: per-channel std after scaling to [0, 1] "
+                                               "(default: the model's cfg, else 1)")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
     p.add_argument("--split", metavar="auto|LAYER", help="split computing: INT8 head for --target up to LAYER (or "
                                                          "the planner's cut), fp32 ONNX tail for --server")

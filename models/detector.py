@@ -7,7 +7,7 @@ from torch import nn
 
 from .layers import conv_bn_act, init_weights
 from .mobilenetv2 import mobilenet_v2_body
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 STRIDE = 16
 BOX_VALUES = 5  # x, y, w, h, objectness
@@ -33,7 +33,7 @@ class TinyDetector(nn.Module):
         return self.head(self.backbone(x))
 
 
-@register_model
+@register_model(ModelCfg((3, 128, 128)))
 def tiny_detector(resolution: int = 128, num_classes: int = 1) -> TinyDetector:
     """Tiny detector definition (no weights): an 8x8 grid of predictions at the default 128x128 input."""
     return TinyDetector(resolution, num_classes)

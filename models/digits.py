@@ -14,11 +14,12 @@ from torch import nn
 from edgekit.errors import ModelLoadError
 
 from .layers import ClassifierHead, conv_bn_act, init_weights
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 WEIGHTS_PATH = Path(__file__).with_name("digits_cnn.npz")
 PRETRAINED_RESOLUTION = 8
 NUM_CLASSES = 10
+LABELS = tuple(str(digit) for digit in range(NUM_CLASSES))
 
 
 class DigitsCNN(nn.Module):
@@ -63,7 +64,7 @@ def save_digits_weights(model: nn.Module, path: str | Path = WEIGHTS_PATH) -> No
     np.savez(path, **{key: tensor.detach().cpu().numpy() for key, tensor in model.state_dict().items()})
 
 
-@register_model
+@register_model(ModelCfg((1, PRETRAINED_RESOLUTION, PRETRAINED_RESOLUTION), labels=LABELS))
 def digits_cnn(resolution: int = 8, pretrained: bool = False) -> DigitsCNN:
     """Digits CNN (1x8x8 in, 10 logits out); pretrained loads the bundled weights trained at 8x8."""
     model = DigitsCNN(resolution)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .layers import ClassifierHead, InvertedResidual, conv_bn_act, init_weights
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 # One stage: (output channels, first-block stride, ((expansion, kernel), ...) per block).
 Stage = tuple[int, int, tuple[tuple[int, int], ...]]
@@ -58,13 +58,13 @@ def mcunet(stages: tuple[Stage, ...], resolution: int, num_classes: int, stem_ch
     return MCUNet(stages, resolution, num_classes, stem_channels)
 
 
-@register_model
+@register_model(ModelCfg((3, 176, 176)))
 def mcunet_in(resolution: int = 176, num_classes: int = 1000) -> MCUNet:
     """ImageNet-sized MCUNet-style model for 160-176 px inputs."""
     return mcunet(IMAGENET_STAGES, resolution, num_classes)
 
 
-@register_model
+@register_model(ModelCfg((3, 80, 80)))
 def mcunet_vww(resolution: int = 80, num_classes: int = 2) -> MCUNet:
     """Visual-Wake-Words-sized MCUNet-style model (person / no person) for 80 px inputs."""
     return mcunet(VWW_STAGES, resolution, num_classes)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .layers import ClassifierHead, InvertedResidual, conv_bn_act, init_weights, make_divisible
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 # (expansion t, output channels c, repeats n, first stride s) per stage, Table 2 of the paper.
 STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -54,13 +54,13 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model
+@register_model(ModelCfg((3, 224, 224)))
 def mobilenet_v2(width_mult: float = 1.0, resolution: int = 224, num_classes: int = 1000) -> MobileNetV2:
     """MobileNetV2 at any width multiplier and input resolution (3.5 M parameters at 1.0/224)."""
     return MobileNetV2(width_mult, resolution, num_classes)
 
 
-@register_model
+@register_model(ModelCfg((3, 96, 96)))
 def mobilenet_v2_035_96(resolution: int = 96, num_classes: int = 1000) -> MobileNetV2:
     """MobileNetV2 0.35 at 96x96, the usual size for Cortex-M class boards."""
     return MobileNetV2(0.35, resolution, num_classes)

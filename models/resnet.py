@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .layers import ClassifierHead, conv_bn_act, init_weights
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 
 class BasicBlock(nn.Module):
@@ -49,7 +49,7 @@ class ResNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model
+@register_model(ModelCfg((3, 224, 224)))
 def resnet18(resolution: int = 224, num_classes: int = 1000) -> ResNet:
     """ResNet-18: two BasicBlocks per stage, 11.7 M parameters at 1000 classes."""
     return ResNet((2, 2, 2, 2), resolution, num_classes)

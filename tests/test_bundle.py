@@ -37,7 +37,6 @@ def manifest() -> Manifest:
     logits = TensorInfo("StatefulPartitionedCall:0", (1, 10), "int8", None, 0.1171875, 11)
     return Manifest(model="digits_cnn", target="stm32f746",
                     stages=(Stage("main", "litert", MODEL, (image,), (logits,)),),
-                    plan={"kind": "patch", "grid": [2, 2]},
                     preprocessing=InputPreprocessing("NHWC", 1, 8, 8, 1 / 16, (0.0,), (1.0,)),
                     labels=tuple(str(d) for d in range(10)))
 
@@ -108,7 +107,7 @@ def test_manifest_json_round_trip() -> None:
     assert list(json.loads(text)) == ["format", "version", "edgekit_version", "model", "target", "stages", "plan",
                                       "preprocessing", "labels", "files"]
     assert Manifest.from_dict(json.loads(text), "x") == m
-    hash(m)  # frozen and hashable despite the plan and files dicts
+    hash(m)  # frozen and hashable despite the files dict
 
 
 def test_old_manifest_in_source_is_replaced(source: Path, tmp_path: Path) -> None:

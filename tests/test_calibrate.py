@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run
+from helpers import run
 from onnx import helper
 
 from edgekit.cli import main
@@ -238,11 +238,12 @@ def test_cli_calibrates_writes_a_profile_that_plan_split_uses(tmp_path, capsys):
                  "--dtype", "fp32", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     graph = load_graph("digits_cnn")
-    sources = {layer_seconds(layer, device, "fp32", graph.name)[1] for layer in graph.layers}
-    measured = sum(layer_seconds(layer, device, "fp32", graph.name)[0] for layer in graph.layers)
-    assert sources == {"measured"}  # the planner reads the model's own measured table, plus one call's overhead
+    table = device.calibration.models["digits_cnn"].layers  # as the written profile holds it
+    assert list(table) == [layer.name for layer in graph.layers]  # a measured time for every layer
     assert plan["figures"] == ["measured", "estimate"]
-    assert plan["candidates"][-1]["device_seconds"] == pytest.approx(measured + device.calibration.overhead.value)
+    # all on the device: the model's own measured table, summed here, plus one call's overhead
+    assert plan["candidates"][-1]["device_seconds"] == pytest.approx(sum(table.values()) +
+                                                                     device.calibration.overhead.value)
 
 
 # --- LiteRT: timed prefixes ---------------------------------------------------------------------------------

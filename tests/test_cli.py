@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run
+from helpers import run
 
 from edgekit.cli import main
 
@@ -83,11 +83,18 @@ def test_compile_writes_model_and_report(capsys: pytest.CaptureFixture, tmp_path
     pack = ["mcu"] if fmt == "tflite" else []
     assert sorted(p.name for p in out.iterdir()) == [artifact, "manifest.json", *pack, "report.json", "report.txt"]
     assert json.loads((out / "report.json").read_text())["artifact_bytes"] == (out / artifact).stat().st_size
-    from edgekit.formats.bundle import load_bundle
+    from edgekit.formats.bundle import QuantRecipe, load_bundle
 
     manifest = load_bundle(out).manifest  # the output is a verified bundle
     stage = manifest.stages[0]
     assert (manifest.model, manifest.target, stage.file) == ("digits_cnn", target, artifact)
+    assert manifest.labels == tuple("0123456789")  # from the model's cfg, as its normalisation
+    assert manifest.preprocessing is not None and (manifest.preprocessing.mean, manifest.preprocessing.std) == \
+        ((0.0,), (1.0,))
+    tflite = fmt == "tflite"
+    assert manifest.recipe == {"main": QuantRecipe(fmt, True, "int8" if tflite else "float32",
+                                                   "NHWC" if tflite else "NCHW", "histogram" if tflite else "minmax",
+                                                   200, 100, False)}
     assert stage.backend == ("tflite-micro" if fmt == "tflite" else "onnxruntime")
     if fmt == "tflite":  # int8 I/O, NHWC for the MCU, with the scales the runtime needs to quantize
         assert stage.inputs[0].shape == (1, 8, 8, 1) and stage.inputs[0].dtype == "int8"
@@ -114,6 +121,10 @@ def test_compile_data_free_is_labelled_and_accurate(capsys: pytest.CaptureFixtur
     report = json.loads(stdout)
     assert report["calibration"].startswith("data-free: synthetic") and report["calibration_samples"] == 32
     assert report["fidelity_drop_points"] <= 1.0
+    from edgekit.formats.bundle import load_bundle
+
+    recipe = load_bundle(tmp_path / "o").manifest.recipe
+    assert recipe is not None and (recipe["main"].samples, recipe["main"].data_free) == (32, True)
 
 
 @pytest.mark.slow
@@ -138,7 +149,8 @@ def test_compile_bad_arguments(capsys: pytest.CaptureFixture, tmp_path: Path, ex
     assert code == 2 and message in err
 
 
-def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                     digits_data) -> None:  # type: ignore[no-untyped-def]
     calib, _ = digits_data
     (tmp_path / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "compile", "digits_cnn", "--target", "rpi4", "--int8", "--calib", str(calib),

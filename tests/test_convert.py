@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.backends import load_backend
 from edgekit.convert.calibration import load_calibration
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import measure_fidelity
@@ -17,6 +16,7 @@ from edgekit.errors import CalibrationError, EdgekitError
 from edgekit.graph import load_graph
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
+from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.targets import load_target
 
 
@@ -27,7 +27,8 @@ def test_digits_int8_within_one_point_of_fp32(fmt: str, tmp_path: Path) -> None:
     model = create_model("digits_cnn", pretrained=True)
     path = quantize(model, x_train[:200], tmp_path / f"digits.{fmt}", Int8Config(format=fmt))
     with torch.no_grad():
-        fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), load_backend(path), x_test, y_test)
+        fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), FloatRunner(open_model(path)),
+                                    x_test, y_test)
     assert fidelity.samples == len(y_test) == 360
     assert fidelity.fp32_accuracy is not None and fidelity.fp32_accuracy > 0.95
     assert fidelity.accuracy_drop_points is not None and fidelity.accuracy_drop_points <= 1.0
@@ -38,8 +39,8 @@ def test_digits_int8_within_one_point_of_fp32(fmt: str, tmp_path: Path) -> None:
 def test_tflite_is_full_integer_with_int8_io(tmp_path: Path) -> None:
     x_train, *_ = load_digits_split()
     path = quantize(create_model("digits_cnn", pretrained=True), x_train[:50], tmp_path / "d.tflite", Int8Config())
-    runner = load_backend(path)
-    assert runner.input["dtype"] == np.int8 and runner.output["dtype"] == np.int8
+    model_in, model_out = open_model(path).model_tensors()
+    assert model_in.dtype == model_out.dtype == "int8"
     graph = load_graph(path)
     assert graph.inputs[0].dtype == "int8"
     assert not [l.name for l in graph.layers if l.op in ("quantize", "dequantize")]  # no float island
@@ -114,10 +115,11 @@ def test_data_free_needs_batch_norm() -> None:
 def test_image_calibration_applies_mean_and_std(tmp_path: Path) -> None:
     from PIL import Image
 
-    from edgekit.convert.calibration import Preprocessing
+    from edgekit.formats.bundle import InputPreprocessing
 
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "white.png")
-    data = load_calibration(tmp_path, (1, 3, 8, 8), 1, Preprocessing((0.5, 0.5, 0.0), (0.5, 0.25, 1.0)))
+    preprocessing = InputPreprocessing("NHWC", 3, 8, 8, 1 / 255, (0.5, 0.5, 0.0), (0.5, 0.25, 1.0))
+    data = load_calibration(tmp_path, (1, 3, 8, 8), 1, preprocessing)
     assert data[0, :, 0, 0].tolist() == [1.0, 2.0, 1.0]
 
 
@@ -125,9 +127,10 @@ def test_image_calibration_applies_mean_and_std(tmp_path: Path) -> None:
 def test_channels_last_io_takes_nhwc(tmp_path: Path) -> None:
     x_train, _, x_test, _ = load_digits_split()
     model = create_model("digits_cnn", pretrained=True)
-    nchw = load_backend(quantize(model, x_train[:50], tmp_path / "nchw.tflite", Int8Config()))
-    nhwc = load_backend(quantize(model, x_train[:50], tmp_path / "nhwc.tflite", Int8Config(channels_last_io=True)))
-    assert list(nchw.input["shape"]) == [1, 1, 8, 8] and list(nhwc.input["shape"]) == [1, 8, 8, 1]
+    nchw = FloatRunner(open_model(quantize(model, x_train[:50], tmp_path / "nchw.tflite", Int8Config())))
+    nhwc = FloatRunner(open_model(quantize(model, x_train[:50], tmp_path / "nhwc.tflite",
+                                           Int8Config(channels_last_io=True))))
+    assert nchw.input.shape == (1, 1, 8, 8) and nhwc.input.shape == (1, 8, 8, 1)
     sample = x_test[:1]
     assert np.array_equal(nhwc(sample.transpose(0, 2, 3, 1)), nchw(sample))
 

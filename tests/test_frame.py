@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import mutated
+from helpers import mutated
 
 from edgekit.errors import FrameError
 from edgekit.formats.frame import MAX_TENSOR_BYTES, Frame, Tensor, decode, encode, peek_request_id

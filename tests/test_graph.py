@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import export_onnx, tiny_net
+from helpers import export_onnx, tiny_net
 
 from edgekit.errors import ModelLoadError, UnsupportedOpError
 from edgekit.graph import Graph, load_graph

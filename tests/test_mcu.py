@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.backends import LiteRTModel
 from edgekit.convert.config import Int8Config
 from edgekit.convert.mcu import (
     TFLM_ADD_METHODS,
@@ -25,8 +24,10 @@ from edgekit.convert.mcu import (
 )
 from edgekit.convert.quantize import quantize
 from edgekit.errors import ConversionError, ModelLoadError
+from edgekit.formats import quant
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
+from edgekit.runtime.backends import open_model
 from edgekit.targets import load_target
 
 
@@ -48,9 +49,9 @@ def pack(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, P
 def _digit_int8(path: Path) -> np.ndarray:
     """A held-out digit quantized with the model's own input scale and zero point."""
     *_, x_test, _ = load_digits_split()
-    details = LiteRTModel(path).input
-    scale, zero = details["quantization"]
-    return np.clip(np.round(x_test[:1] / scale) + zero, -128, 127).astype(np.int8)
+    model_in, _ = open_model(path).model_tensors()
+    assert model_in.scale is not None and model_in.zero_point is not None
+    return quant.quantize(x_test[:1], model_in.scale, model_in.zero_point)
 
 
 def _tflm_output(path: Path, arena_size: int, x: np.ndarray) -> np.ndarray | None:
@@ -68,10 +69,9 @@ def _tflm_output(path: Path, arena_size: int, x: np.ndarray) -> np.ndarray | Non
 
 def _litert_output(path: Path, x: np.ndarray) -> np.ndarray:
     """The int8 output of LiteRT for the same int8 input."""
-    runner = LiteRTModel(path)
-    runner.interpreter.set_tensor(runner.input["index"], x)
-    runner.interpreter.invoke()
-    return runner.interpreter.get_tensor(runner.output["index"])
+    adapter = open_model(path)
+    adapter.input_buffer[...] = x
+    return adapter.invoke()
 
 
 def test_builtin_op_list_matches_the_installed_tflm_kernels() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import tiny_net
+from helpers import tiny_net
 
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy, activation_memory

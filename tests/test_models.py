@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import ModelLoadError
-from edgekit.models import create_model, list_models
+from edgekit.models import ModelCfg, create_model, list_models, model_cfg
 from edgekit.models.digits import (
     DigitsCNN,
     evaluate_accuracy,
@@ -74,10 +74,25 @@ def test_forward_shape_eval_mode_and_export(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits_cnn", "mcunet_vww"])
 def test_onnx_dynamo_export(name: str, tmp_path: Path) -> None:
+    """The exported file is a valid ONNX model that ONNX Runtime runs to torch's numbers."""
+    import onnx
+    import onnxruntime as ort
+
     model = create_model(name)
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(model, (torch.zeros(model.input_shape),), str(path), dynamo=True)
-    assert path.stat().st_size > 0
+    exported = onnx.load(path)
+    onnx.checker.check_model(exported, full_check=True)  # well-formed, and shapes infer
+    (graph_input,) = exported.graph.input
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == list(model.input_shape)
+    x = np.random.default_rng(0).random((4, *model.input_shape), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for frame in x:
+            (got,) = session.run(None, {graph_input.name: frame})
+            expected = model(torch.from_numpy(frame)).numpy()
+            assert got.shape == EXPECTED_OUTPUT[name]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 def test_mobilenet_v2_size() -> None:
@@ -166,3 +181,19 @@ def test_loader_refuses_key_and_shape_mismatch(tmp_path: Path) -> None:
 def test_pretrained_needs_training_resolution() -> None:
     with pytest.raises(ModelLoadError, match="resolution"):
         create_model("digits_cnn", resolution=32, pretrained=True)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
+def test_every_model_carries_its_cfg_at_its_input_size(name: str) -> None:
+    model = create_model(name)
+    assert model.pretrained_cfg == model_cfg(name)  # the registered cfg describes the default build
+    assert model.pretrained_cfg.input_size == model.input_shape[1:]
+    assert model.pretrained_cfg.labels == (tuple("0123456789") if name == "digits_cnn" else None)
+
+
+def test_cfg_follows_overrides_and_refuses_bad_normalisation() -> None:
+    assert create_model("mobilenet_v2", resolution=128).pretrained_cfg.input_size == (3, 128, 128)
+    with pytest.raises(ValueError, match="mean must hold 1 or 3"):
+        ModelCfg((3, 8, 8), mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        ModelCfg((1, 8, 8), std=(0.0,))

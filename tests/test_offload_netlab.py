@@ -1,6 +1,9 @@
-"""Offload across a real link between two network namespaces (tools/netlab.py): the cable pulled mid-stream,
+"""Offload across a real link between two network namespaces (helpers.NetLab): the cable pulled mid-stream,
 and the bandwidth collapsing under a token bucket. Every frame is answered by its deadline, remote or by
-the local fallback, and remote answers resume when the link does. Needs root and iproute2."""
+the local fallback, and remote answers resume when the link does. Needs root and iproute2.
+
+The device gives up on the tail half-way to each deadline, so the fallback has the other half for its
+millisecond of work: a frame answered late is a broken deadline, not a busy machine."""
 
 from __future__ import annotations
 
@@ -12,18 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import NetLab, netlab_unavailable, tiny_tail_bundle
 
 from edgekit.errors import BrokerError
 from edgekit.offload.broker import Broker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-from bench_offload import tiny_tail_bundle  # noqa: E402
-from netlab import NetLab, available  # noqa: E402
+HELPERS = Path(__file__).resolve().parent / "helpers.py"
 
 pytestmark = pytest.mark.slow
-if available():
-    pytestmark = [pytestmark, pytest.mark.skip(reason=available())]
+if netlab_unavailable():
+    pytestmark = [pytestmark, pytest.mark.skip(reason=netlab_unavailable())]
 else:
     try:
         find_mosquitto()
@@ -52,8 +54,8 @@ class Lab:
         return proc
 
     def device(self, *args: str) -> subprocess.Popen:
-        return self._start("dev", [sys.executable, str(ROOT / "tools" / "bench_offload.py"), "device", "--broker",
-                                   self.url, "--bundle", str(self.bundle), *args], stdout=subprocess.PIPE, text=True)
+        return self._start("dev", [sys.executable, str(HELPERS), "device", "--broker", self.url, "--bundle",
+                                   str(self.bundle), *args], stdout=subprocess.PIPE, text=True)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -87,8 +89,8 @@ def answers(device: subprocess.Popen, on_line: Callable[[int], None] = lambda i:
 
 
 def test_cable_pulled_mid_stream_every_frame_answered_then_remote_resumes(lab: Lab) -> None:
-    deadline = 0.3
-    device = lab.device("--count", "120", "--interval", "0.05", "--deadline", str(deadline))
+    deadline = 0.4
+    device = lab.device("--count", "120", "--interval", "0.05", "--deadline", str(deadline), "--reserve", "0.2")
     pulled = {}
 
     def fault(i: int) -> None:
@@ -102,26 +104,27 @@ def test_cable_pulled_mid_stream_every_frame_answered_then_remote_resumes(lab: L
     got = answers(device, fault)
     assert [r["i"] for r in got] == list(range(120))  # none lost
     assert all(r["source"] in ("remote", "fallback") for r in got)
-    assert max(r["latency_s"] for r in got) <= deadline + 0.05  # the deadline held, outage or not
+    assert max(r["latency_s"] for r in got) <= deadline  # the deadline held, outage or not
     assert all(r["source"] == "remote" for r in got[:20])
     outage = got[21:pulled["back"]]
     assert outage and all(r["source"] == "fallback" for r in outage)
+    assert all("no answer within 200 ms" in r["detail"] for r in outage)  # gave up half-way, as configured
     assert all(r["source"] == "remote" for r in got[-20:])  # remote answers resumed
 
 
 def test_bandwidth_collapse_falls_back_and_is_measured(lab: Lab) -> None:
-    deadline = 0.15
-    device = lab.device("--count", "40", "--interval", "0.05", "--deadline", str(deadline))
+    deadline = 0.3
+    device = lab.device("--count", "40", "--interval", "0.05", "--deadline", str(deadline), "--reserve", "0.15")
 
     def collapse(i: int) -> None:
         if i == 15:
-            lab.lab.shape(0.5)  # 16 KiB now takes 260 ms, past the deadline
+            lab.lab.shape(0.5)  # 16 KiB now takes 262 ms, past the 150 ms the tail is given
 
     got = answers(device, collapse)
     assert [r["i"] for r in got] == list(range(40))
-    assert max(r["latency_s"] for r in got) <= deadline + 0.05
+    assert max(r["latency_s"] for r in got) <= deadline
     assert all(r["source"] == "remote" for r in got[2:15])
     fast = got[14]["uplink_bps"]
-    assert fast > 20e6
+    assert fast > 4e6  # a veth carries Gbit/s; well above the 0.5 Mbit/s to come, even on a busy machine
     assert sum(r["source"] == "fallback" for r in got[18:]) >= 20
     assert 0.2e6 < got[-1]["uplink_bps"] < 2e6  # the estimate followed the collapse to ~0.5 Mbit/s

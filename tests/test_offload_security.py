@@ -3,16 +3,15 @@ answers; strangers are refused; a device can neither read another's answers nor 
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import activation, tiny_tail_bundle
 
 from edgekit.errors import BrokerError, OffloadError
+from edgekit.formats.frame import decode
 from edgekit.offload.broker import Broker, find_mosquitto
 from edgekit.offload.client import OffloadClient
 from edgekit.offload.protocol import Topics
@@ -20,9 +19,6 @@ from edgekit.offload.security import acl_text, make_dev_pki, write_acl, write_pa
 from edgekit.offload.server import OffloadServer
 from edgekit.runtime import load
 from edgekit.runtime.session import Session
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from bench_offload import activation, tiny_tail_bundle  # noqa: E402
 
 try:
     find_mosquitto()
@@ -62,7 +58,7 @@ def test_an_authorised_device_gets_exact_answers_over_tls(secured: Secured) -> N
     assert broker.url.startswith("mqtts://")
     with device(broker, "cam-1") as client:
         assert client.device_id == "cam-1"  # the username, as the ACL's %u expects
-        reply = client.request(activation(1), 2.0)
+        reply = client.request(activation(1), 10.0)
         assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(1).array))
 
 
@@ -89,27 +85,47 @@ def test_a_device_cannot_read_another_devices_answers(secured: Secured) -> None:
     broker = secured[0]
     stolen: list[bytes] = []
     config = broker.client_config(username="cam-2", password=PASSWORDS["cam-2"])
-    spy = config.client("spy")
+    spy = config.client("spy")  # cam-2's credentials, subscribed to every device's answers
     subscribed = threading.Event()
-    spy.on_message = lambda client, userdata, message: stolen.append(message.payload)
+    own_answer = threading.Event()
+
+    def on_message(client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        if message.topic == "edgekit/res/cam-2":
+            own_answer.set()
+        else:
+            stolen.append(message.payload)
+
+    spy.on_message = on_message
     spy.on_subscribe = lambda client, userdata, mid, reasons, properties: subscribed.set()
     spy.on_connect = lambda client, userdata, flags, reason, properties: client.subscribe("edgekit/res/#", qos=1)
     config.connect_async(spy)
     try:
-        assert subscribed.wait(5)
+        assert subscribed.wait(30)
         with device(broker, "cam-1") as victim:
-            assert victim.request(activation(2), 2.0).source == "remote"
-        time.sleep(0.3)
-        assert stolen == []
+            assert victim.request(activation(2), 10.0).source == "remote"
+        with device(broker, "cam-2") as own:  # answered after the victim, so delivered to the spy after it
+            assert own.request(activation(3), 10.0).source == "remote"
+        assert own_answer.wait(30)  # the spy does get what cam-2 may read...
+        assert stolen == []  # ...and got nothing of cam-1's, which the server answered before
     finally:
         spy.disconnect()
         spy.loop_stop()
 
 
-def test_a_device_cannot_request_in_another_devices_name(secured: Secured) -> None:
+def test_a_device_cannot_request_in_another_devices_name(secured: Secured, monkeypatch: pytest.MonkeyPatch) -> None:
     broker, _, server = secured
-    before = server.metrics.snapshot()["requests"]
+    handled: list[bytes] = []
+    handle = server.handler.handle
+
+    def recording(payload: bytes, *rest: object) -> tuple[str, bytes]:
+        handled.append(payload)
+        return handle(payload, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.handler, "handle", recording)
     with device(broker, "cam-2", device_id="cam-1") as impostor:  # publishes to .../cam-1, not its own name
-        reply = impostor.request(activation(3), 0.4)
-        assert reply.source == "timeout"
-    assert server.metrics.snapshot()["requests"] == before  # the broker dropped it: no server ever saw it
+        assert impostor.request(activation(3), 0.4).source == "timeout"
+    with device(broker, "cam-2") as honest:  # reaches the server after the impostor's request would have
+        reply = honest.request(activation(4), 10.0)
+        assert reply.source == "remote"
+    # the server answers after handling: by the honest answer, it had handled all it was sent, the honest one
+    assert len(handled) == 1 and decode(handled[0]).tensors[0].array.tobytes() == activation(4).array.tobytes()

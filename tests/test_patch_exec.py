@@ -1,32 +1,23 @@
-"""The patch executor runs a plan exactly: same output as layer by layer, and the planner's peak."""
+"""The patch executor runs a plan exactly: same output as layer by layer, and the peak counted by hand from the
+tensors of a tiny model (for the others, the planner's peak: a check of the geometry, not of the accounting)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from test_plan_patch import TwoConvs
+from helpers import TwoConvs, trained_like
 
 from edgekit.errors import PlanError
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
 from edgekit.plan.patch import fixed_plan, plan_patches
-from edgekit.plan.patch_exec import run_patched
+from edgekit.plan.patch_exec import PatchedRun, run_patched
 
 
-def trained_like(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial batch-norm statistics, so a wrong halo or padding shows in the output."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-1, 1)
-                module.running_var.uniform_(0.5, 2)
-    return model.eval()
-
-
-def check(model: torch.nn.Module, plan) -> None:  # type: ignore[no-untyped-def]
+def check(model: torch.nn.Module, plan) -> PatchedRun:  # type: ignore[no-untyped-def]
+    """Run `plan`: the output is the model's, and the bytes held are the planner's; the run, for more checks."""
     x = np.random.default_rng(1).random(model.input_shape, dtype=np.float32)
     run = run_patched(model, plan, x)
     with torch.no_grad():
@@ -34,6 +25,7 @@ def check(model: torch.nn.Module, plan) -> None:  # type: ignore[no-untyped-def]
     assert np.abs(run.output - expected).max() <= 1e-5 * np.abs(expected).max()
     assert (run.peak_bytes, run.patch_stage_bytes, run.rest_bytes) == \
         (plan.chosen.peak_bytes, plan.chosen.patch_stage_bytes, plan.chosen.rest_bytes)
+    return run
 
 
 @pytest.mark.parametrize("name, policy", [("mobilenet_v2_035_96", MemoryPolicy()),
@@ -43,10 +35,21 @@ def test_searched_plans_run_exactly(name: str, policy: MemoryPolicy) -> None:
     check(model, plan_patches(load_graph(model), policy=policy))
 
 
-@pytest.mark.parametrize("grid", [2, 3, 5])
-def test_border_patches_pad_only_at_the_image_border(grid: int) -> None:
+# TwoConvs (a: 1->4 3x3 on 16x16, b: 4->4 3x3/2 to 8x8), stage = a, b. A patch holds its input window (cut to
+# the image) and a's region; b writes its tile straight into the 4x8x8 = 256 B stage buffer. Output rows [t, u)
+# need a-rows [2t-1, 2u) and input rows [2t-2, 2u+1), both cut to the 16 rows there are.
+#   2x2: the bottom-right tile, rows/cols [4, 8): a [7, 16) = 9, input [6, 16) = 10: 10x10 + 4x9x9 = 424
+#   3x3: the centre tile, rows/cols [2, 5): a [3, 10) = 7, input [2, 11) = 9: 9x9 + 4x7x7 = 277
+#   5x5: a 2-row interior tile, [1, 3): a [1, 6) = 5, input [0, 7) = 7: 7x7 + 4x5x5 = 149
+# After the stage: the pool holds b's 256 B and its own 4 B: 260.
+@pytest.mark.parametrize("grid, worst_patch", [(2, 10 * 10 + 4 * 9 * 9), (3, 9 * 9 + 4 * 7 * 7),
+                                               (5, 7 * 7 + 4 * 5 * 5)])
+def test_border_patches_pad_only_at_the_image_border(grid: int, worst_patch: int) -> None:
     model = trained_like(TwoConvs())
-    check(model, fixed_plan(load_graph(model), load_graph(model).layers[1].name, grid))
+    plan = fixed_plan(load_graph(model), "b", grid)
+    run = check(model, plan)
+    assert (run.patch_stage_bytes, run.rest_bytes) == (worst_patch + 4 * 8 * 8, 4 * 8 * 8 + 4)
+    assert run.peak_bytes == worst_patch + 256
 
 
 def test_residual_and_pooling_inside_the_stage() -> None:

@@ -5,26 +5,29 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import trained_like
 from torch import nn
 
 from edgekit.convert.config import Int8Config
 from edgekit.convert.patch_artifacts import PatchArtifacts, build_patch_artifacts
 from edgekit.convert.patch_pack import write_patch_pack
 from edgekit.convert.quantize import quantize
-from edgekit.errors import BackendError, PlanError
+from edgekit.errors import BackendError, BundleError, PlanError
+from edgekit.formats.plans import PatchSchedule, Region
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
 from edgekit.models.resnet import BasicBlock
 from edgekit.plan.patch import fixed_plan, plan_patches
 from edgekit.runtime.backends import open_backend
-from edgekit.runtime.patched import PatchExecutor, schedule_files
+from edgekit.runtime.patched import PatchExecutor
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +50,8 @@ class ResidualPoolNet(nn.Module):
 
 def _int8_nhwc(model: nn.Module, path: Path) -> Path:
     """Full-integer TFLite with NHWC int8 I/O, the MCU preset, with trained-like batch-norm statistics."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-1, 1)
-                module.running_var.uniform_(0.5, 2)
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
-    return quantize(model.eval(), calibration, path, Int8Config(format="tflite", channels_last_io=True))
+    return quantize(trained_like(model), calibration, path, Int8Config(format="tflite", channels_last_io=True))
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +82,22 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifac
 
 def _full(path: Path, artifacts: PatchArtifacts, backend: str, x: np.ndarray) -> np.ndarray:
     schedule = artifacts.schedule
-    full = open_backend(backend, path.read_bytes(), tuple(schedule["input"]["shape"]),
-                        tuple(schedule["output"]["shape"]))
+    full = open_backend(backend, path.read_bytes(), schedule.input.shape, schedule.output.shape)
     full.input_buffer[...] = x
     return full.invoke()
 
 
 def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-128, 128, artifacts.schedule["input"]["shape"], dtype=np.int8)
+    return np.random.default_rng(seed).integers(-128, 128, artifacts.schedule.input.shape, dtype=np.int8)
 
 
 @pytest.mark.parametrize("backend", ["litert", "tflite-micro"])
 @pytest.mark.parametrize("net", ["mbv2", "mcunet", "resnet"])
 def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.FixtureRequest) -> None:
     path, artifacts = request.getfixturevalue(net)
-    schedule = json.loads(json.dumps(artifacts.schedule))  # as a bundle manifest holds it
-    executor = PatchExecutor({name: artifacts.files[name] for name in schedule_files(schedule)}, schedule, backend)
+    schedule = PatchSchedule.from_dict(json.loads(json.dumps(artifacts.schedule.to_dict())), net)  # as a bundle
+    assert schedule == artifacts.schedule  # holds it, checked
+    executor = PatchExecutor({name: artifacts.files[name] for name in schedule.model_files}, schedule, backend)
     for seed in (0, 1):
         x = _frame(artifacts, seed)
         assert np.array_equal(executor.run_raw(x), _full(path, artifacts, backend, x))
@@ -109,29 +106,29 @@ def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.Fixtu
 def test_masks_mark_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
     _, artifacts = resnet
     schedule = artifacts.schedule
-    height, width = schedule["input"]["shape"][1:3]
-    window_hw = schedule["window"]["shape"][1:3]
-    assert len(schedule["patches"]) == 9 and schedule["masks"]
-    assert schedule["window"]["fill"] == schedule["input"]["zero_point"]  # conv 3x3/2 pads with the zero point
-    for patch in schedule["patches"]:
-        top, left, bottom, right = patch["window"]
-        assert [bottom - top, right - left] == window_hw  # one stage model: every window the same size
+    height, width = schedule.input.shape[1:3]
+    window_hw = schedule.window.shape[1:3]
+    assert len(schedule.patches) == 9 and schedule.masks
+    assert schedule.window_fill == schedule.input.zero_point  # conv 3x3/2 pads with the zero point
+    for patch in schedule.patches:
+        top, left, bottom, right = patch.window
+        assert (bottom - top, right - left) == window_hw  # one stage model: every window the same size
         border = (top < 0, left < 0, bottom > height, right > width)
-        for mask, valid in zip(schedule["masks"], patch["valid"]):
-            full = [0, 0, *mask["shape"]]
+        for mask, valid in zip(schedule.masks, patch.valid):
+            full = (0, 0, *mask.shape)
             cut = [valid[0] > 0, valid[1] > 0, valid[2] < full[2], valid[3] < full[3]]
             assert all(b or not c for b, c in zip(border, cut)), (patch, mask)  # masked only at the image border
-    center = schedule["patches"][4]
-    assert all(v == [0, 0, *m["shape"]] for m, v in zip(schedule["masks"], center["valid"]))
-    top_left = schedule["patches"][0]
-    assert top_left["window"][0] < 0 and top_left["window"][1] < 0  # reaches past the image: filled, not read
-    assert all(v[0] > 0 and v[1] > 0 for v in top_left["valid"])  # and every mask cuts its top and left
+    center = schedule.patches[4]
+    assert all(v == (0, 0, *m.shape) for m, v in zip(schedule.masks, center.valid))
+    top_left = schedule.patches[0]
+    assert top_left.window[0] < 0 and top_left.window[1] < 0  # reaches past the image: filled, not read
+    assert all(v[0] > 0 and v[1] > 0 for v in top_left.valid)  # and every mask cuts its top and left
 
 
-def _with_valid(schedule: dict, patch: int, valid: list[list[int]]) -> dict:
-    patches = [dict(p) for p in schedule["patches"]]
-    patches[patch]["valid"] = valid
-    return {**schedule, "patches": patches}
+def _with_valid(schedule: PatchSchedule, patch: int, valid: tuple[Region, ...]) -> PatchSchedule:
+    patches = list(schedule.patches)
+    patches[patch] = replace(patches[patch], valid=valid)
+    return replace(schedule, patches=tuple(patches))
 
 
 def test_masks_decide_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
@@ -141,16 +138,16 @@ def test_masks_decide_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
     x = _frame(artifacts)
     expected = _full(path, artifacts, "litert", x)
     assert np.array_equal(PatchExecutor(artifacts.files, schedule, "litert").run_raw(x), expected)
-    unmasked = _with_valid(schedule, 0, [[0, 0, *m["shape"]] for m in schedule["masks"]])
-    center = len(schedule["patches"]) // 2
-    padded = _with_valid(schedule, center, [[1, 0, *m["shape"]] for m in schedule["masks"]])
+    unmasked = _with_valid(schedule, 0, tuple((0, 0, *m.shape) for m in schedule.masks))
+    center = len(schedule.patches) // 2
+    padded = _with_valid(schedule, center, tuple((1, 0, *m.shape) for m in schedule.masks))
     for wrong in (unmasked, padded):
         assert wrong != schedule
         assert not np.array_equal(PatchExecutor(artifacts.files, wrong, "litert").run_raw(x), expected)
 
 
 def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
-    from edgekit.graph.from_tflite import read_model
+    from edgekit.formats.tflite import read_model
 
     path, artifacts = mbv2
     def weights(*models: Any) -> list[bytes]:  # tensor data of 64 bytes or more (not metadata, e.g. arena plans)
@@ -162,9 +159,9 @@ def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) 
     stage, rest = (read_model(p)[0] for p in written if p.name in ("patch_stage.tflite", "patch_rest.tflite"))
     assert len(stage.subgraphs) == len(rest.subgraphs) == 1
     assert weights(stage, rest) == weights(read_model(path)[0])  # every weight buffer once, none repeated
-    flash = artifacts.schedule["flash_bytes"]
-    assert flash["patched"] == sum(len(artifacts.files[n]) for n in ("patch_stage.tflite", "patch_rest.tflite"))
-    assert flash["full"] == path.stat().st_size and flash["patched"] < 1.01 * flash["full"]
+    flash = artifacts.schedule.flash_bytes
+    assert flash.patched == sum(len(artifacts.files[n]) for n in ("patch_stage.tflite", "patch_rest.tflite"))
+    assert flash.full == path.stat().st_size and flash.patched < 1.01 * flash.full
 
 
 def test_tflm_patched_peak_is_below_the_full_arena(resnet: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
@@ -184,12 +181,12 @@ def test_mcu_pack_and_schedule_header_compile(resnet: tuple[Path, PatchArtifacts
     for name in ("patch_schedule.h", "patch_schedule.json", "op_resolver.h", "arena.h", "patch_rest_data.cc",
                  "patch_stage_data.h"):
         assert (tmp_path / name).is_file(), name
-    count = len(artifacts.schedule["patches"])
+    count = len(artifacts.schedule.patches)
     (tmp_path / "check.c").write_text(
         '#include "patch_schedule.h"\n'
         f"_Static_assert(EK_PATCH_COUNT == {count}, \"patch count\");\n"
         "_Static_assert(sizeof(ek_patches) / sizeof(ek_patches[0]) == EK_PATCH_COUNT, \"table\");\n"
-        f"_Static_assert(EK_MASK_COUNT == {len(artifacts.schedule['masks'])}, \"mask count\");\n"
+        f"_Static_assert(EK_MASK_COUNT == {len(artifacts.schedule.masks)}, \"mask count\");\n"
         "_Static_assert(EK_REST_INPUT_OFFSET == 0, \"stage buffer heads the rest arena\");\n"
         "int last_tile_right(void) { return ek_patches[EK_PATCH_COUNT - 1].tile.right; }\n"
         "int first_valid_top(void) { return ek_patches[0].valid[0].top + ek_masks[0].rows_len; }\n")
@@ -219,8 +216,8 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     session = load(tmp_path / "pack", backend=backend)
     assert "patch schedule" in session.info()["stages"][0]["engine"]
     x = _frame(artifacts, 3)
-    out = artifacts.schedule["output"]
-    expected = (_full(path, artifacts, backend, x).astype(np.int32) - out["zero_point"]) * np.float32(out["scale"])
+    out = artifacts.schedule.output
+    expected = (_full(path, artifacts, backend, x).astype(np.int32) - out.zero_point) * np.float32(out.scale)
     np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
 
 
@@ -231,11 +228,11 @@ def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], t
     path, artifacts = mbv2
     arenas = write_patch_pack(artifacts, tmp_path)
     graph = from_tflite(path)
-    stage_end = artifacts.schedule["stage_end"]
-    plan = fixed_plan(graph, stage_end, artifacts.schedule["grid"], policy=MemoryPolicy.tflm())
+    stage_end = artifacts.schedule.stage_end
+    plan = fixed_plan(graph, stage_end, artifacts.schedule.grid, policy=MemoryPolicy.tflm())
     assert plan.layer_by_layer_peak_bytes == arena_parts(path)["head"]
     assert plan.chosen.rest_bytes == arenas["patch_rest.tflite"]["head"]
-    default = fixed_plan(graph, stage_end, artifacts.schedule["grid"])
+    default = fixed_plan(graph, stage_end, artifacts.schedule.grid)
     assert default.layer_by_layer_peak_bytes < plan.layer_by_layer_peak_bytes  # TFLM pays for PADs, dw copies
 
 
@@ -243,10 +240,10 @@ def test_planner_predicts_the_stage_models_macs(mbv2: tuple[Path, PatchArtifacts
     """Border patches of the one stage model compute their whole window: the planner's second MAC figure."""
     path, artifacts = mbv2
     schedule = artifacts.schedule
-    plan = fixed_plan(from_tflite(path), schedule["stage_end"], schedule["grid"])
-    macs = schedule["macs"]
-    assert macs["stage_patched"] - macs["stage_full"] == plan.chosen.stage_model_extra_macs
-    assert plan.chosen.stage_model_extra_macs > plan.chosen.extra_macs == schedule["planner"]["extra_macs"]
+    plan = fixed_plan(from_tflite(path), schedule.stage_end, schedule.grid)
+    macs = schedule.macs
+    assert macs.stage_patched - macs.stage_full == plan.chosen.stage_model_extra_macs
+    assert plan.chosen.stage_model_extra_macs > plan.chosen.extra_macs == schedule.planner.extra_macs
 
 
 def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path, PatchArtifacts],
@@ -255,20 +252,19 @@ def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path,
     the plan's, and a wrong plan (every tensor at offset 0) changes the output."""
     from edgekit.convert.arena_plan import ArenaPlan, attach_arena_plan
     from edgekit.convert.mcu import arena_parts
-    from edgekit.convert.patch_artifacts import _pack
-    from edgekit.graph.from_tflite import read_model
+    from edgekit.formats.tflite import pack_model, read_model
 
     path, artifacts = mbv2
     rest_file = tmp_path / "patch_rest.tflite"
     rest_file.write_bytes(artifacts.files["patch_rest.tflite"])
-    planned = artifacts.schedule["rest_arena"]
-    assert planned["input_offset"] == 0
-    assert arena_parts(rest_file)["head"] == planned["head_bytes"] == planned["lower_bound_bytes"]
+    planned = artifacts.schedule.rest_arena
+    assert planned.input_offset == 0
+    assert arena_parts(rest_file)["head"] == planned.head_bytes == planned.lower_bound_bytes
     x = _frame(artifacts)
     expected = _full(path, artifacts, "tflite-micro", x)
     model = read_model(rest_file)[0]
     attach_arena_plan(model, ArenaPlan((0,) * len(model.subgraphs[0].tensors), 0, 0))
-    clobbered = {**artifacts.files, "patch_rest.tflite": _pack(model)}
+    clobbered = {**artifacts.files, "patch_rest.tflite": pack_model(model)}
     assert np.array_equal(PatchExecutor(artifacts.files, artifacts.schedule, "tflite-micro").run_raw(x), expected)
     assert not np.array_equal(PatchExecutor(clobbered, artifacts.schedule, "tflite-micro").run_raw(x), expected)
 
@@ -287,14 +283,14 @@ def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path
 
     path, artifacts = resnet
     executor = PatchExecutor(artifacts.files, artifacts.schedule, "litert")
-    x = np.random.default_rng(2).random(artifacts.schedule["input"]["shape"], dtype=np.float32)
-    out = artifacts.schedule["output"]
+    x = np.random.default_rng(2).random(artifacts.schedule.input.shape, dtype=np.float32)
+    out = artifacts.schedule.output
     expected = _full(path, artifacts, "litert", executor.quantize(x))
-    assert np.array_equal(executor.run(x), ((expected.astype(np.int32) - out["zero_point"]) * out["scale"])
+    assert np.array_equal(executor.run(x), ((expected.astype(np.int32) - out.zero_point) * out.scale)
                           .astype(np.float32))
     with pytest.raises(BackendError, match=r"input shape \(1, 48, 48, 3\) \(NHWC\) expected, found \(1, 3, 48, 48\)"):
         executor.run(x.transpose(0, 3, 1, 2))
-    full = open_backend("litert", path.read_bytes(), (1, 48, 48, 3), tuple(out["shape"]))
+    full = open_backend("litert", path.read_bytes(), (1, 48, 48, 3), out.shape)
     for ours, theirs in zip(executor.model_tensors(), full.model_tensors()):  # what a session checks
         assert (ours.shape, ours.dtype, ours.zero_point) == (theirs.shape, theirs.dtype, theirs.zero_point)
         assert ours.scale == pytest.approx(theirs.scale, rel=1e-7)
@@ -304,17 +300,19 @@ def test_a_corrupt_schedule_is_refused_not_run(resnet: tuple[Path, PatchArtifact
 
     _, artifacts = resnet
     schedule = artifacts.schedule
-    first = schedule["patches"][0]
-    corrupt = {
-        "valid regions for": {**first, "valid": first["valid"][:-1]},
-        "window .* is not": {**first, "window": [first["window"][0] + 1, *first["window"][1:]]},
-        "do not cover the stage buffer exactly once": {**first, "tile": schedule["patches"][1]["tile"]},
-        "valid region lies outside its mask": {**first, "valid": [[0, 0, 99, 99]] * len(schedule["masks"])},
-        "malformed": {**first, "window": ["a", 0, 1, 2]},
-    }
-    for message, patch in corrupt.items():
-        bad = {**schedule, "patches": [patch, *schedule["patches"][1:]]}
-        with pytest.raises(BackendError, match=f"patch schedule: .*{message}"):
-            PatchExecutor(artifacts.files, bad, "litert")
+    data = schedule.to_dict()
+    first = data["patches"][0]
+    window = [first["window"][0] + 1, *first["window"][1:]]
+    corrupt = [
+        ({**first, "valid": first["valid"][:-1]}, r"'plan.patches\[0\].valid' must hold one region per mask"),
+        ({**first, "window": window}, r"'plan.patches\[0\].window' .* must span"),
+        ({**first, "tile": data["patches"][1]["tile"]}, "do not cover the .* stage buffer exactly once"),
+        ({**first, "valid": [[0, 0, 99, 99]] * len(data["masks"])},
+         r"'plan.patches\[0\].valid\[0\]' .* must lie inside mask 0"),
+        ({**first, "window": ["a", 0, 1, 2]}, r"'plan.patches\[0\].window\[0\]' must be an integer, found string"),
+    ]
+    for patch, message in corrupt:
+        with pytest.raises(BundleError, match=f"^resnet: .*{message}"):
+            PatchSchedule.from_dict({**data, "patches": [patch, *data["patches"][1:]]}, "resnet")
     with pytest.raises(BackendError, match="patch schedule: model file 'patch_rest.tflite' missing"):
         PatchExecutor({"patch_stage.tflite": artifacts.files["patch_stage.tflite"]}, schedule, "litert")

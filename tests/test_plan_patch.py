@@ -7,28 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import export_onnx
+from helpers import TwoConvs, export_onnx
 from torch import nn
 
 from edgekit.errors import PlanError
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy
 from edgekit.plan.patch import PatchPlan, evaluate, patch_regions, plan_patches, split_tiles
-
-
-class TwoConvs(nn.Module):
-    """1x16x16 -> conv3x3 (4ch) -> conv3x3 stride 2 (4ch) -> global pool -> linear."""
-
-    input_shape = (1, 1, 16, 16)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(1, 4, 3, padding=1)
-        self.b = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.b(self.a(x)))
 
 
 def test_tiles_cover_the_output_without_overlap() -> None:
@@ -76,12 +61,50 @@ def test_infeasible_budget_names_the_smallest_peak() -> None:
     assert plan.reason.startswith("infeasible: the smallest peak") and f"{plan.chosen.peak_bytes:,} B" in plan.reason
 
 
-def test_recompute_budget_is_respected() -> None:
+def test_recompute_budget_by_hand() -> None:
+    graph = load_graph(TwoConvs())  # 18,440 MACs; 2x2 patches recompute nothing ending at a, 1,188 MACs at b
+    assert graph.total_macs == 18_440
+    # a stage ending at a never lowers the peak: its 1,024 B output is the stage buffer, and b then holds it
+    # with its own 256 B output, 1,280 B, the layer-by-layer peak. Below 1,188 / 18,440 = 6.44% that is all.
+    within_6 = plan_patches(graph, max_extra_macs=0.06, grids=(2,))
+    assert within_6.chosen is None and not within_6.feasible
+    assert within_6.reason == "patching does not lower the peak below layer-by-layer 1,280 B"
+    within_7 = plan_patches(graph, max_extra_macs=0.07, grids=(2,))
+    assert within_7.feasible and (within_7.chosen.stage_end, within_7.chosen.grid) == ("b", 2)
+    assert within_7.chosen.extra_macs == 1_188 and within_7.chosen.peak_bytes == 680
+
+
+# mcunet_in's Pareto front (stage end, grid: extra MACs, peak): features.2.block.0.0 2x2: 0.30%, 305,051 B;
+# 4x4: 0.91%, 264,227 B; features.2.block.1.0 2x2: 1.99%, 216,832 B; features.4.block.2.0 2x2: 13.3%, 132,616 B;
+# 4x4: 46.7%, 85,576 B. Layer by layer: 309,760 B.
+@pytest.mark.parametrize("budget, stage_end, grid, peak", [
+    (0.005, "features.2.block.0.0", 2, 305_051),
+    (0.01, "features.2.block.0.0", 4, 264_227),
+    (0.02, "features.2.block.1.0", 2, 216_832),
+    (0.10, "features.2.block.1.0", 2, 216_832),  # nothing between 2% and 13%
+    (0.20, "features.4.block.2.0", 2, 132_616),
+    (0.50, "features.4.block.2.0", 4, 85_576),
+])
+def test_recompute_budget_is_respected(budget: float, stage_end: str, grid: int, peak: int) -> None:
     graph = load_graph("mcunet_in")
-    tight = plan_patches(graph, max_extra_macs=0.02)
-    loose = plan_patches(graph, max_extra_macs=0.50)
-    assert tight.chosen is None or tight.chosen.extra_macs_ratio(graph.total_macs) <= 0.02
-    assert loose.chosen is not None and loose.chosen.peak_bytes <= (tight.chosen or loose.chosen).peak_bytes
+    plan = plan_patches(graph, max_extra_macs=budget)
+    assert plan.feasible and plan.chosen is not None
+    assert plan.chosen.extra_macs_ratio(graph.total_macs) <= budget
+    assert (plan.chosen.stage_end, plan.chosen.grid, plan.chosen.peak_bytes) == (stage_end, grid, peak)
+    # the smallest peak the budget allows: every candidate with a smaller peak recomputes more than it
+    smaller = [c for c in plan.pareto if c.peak_bytes < plan.chosen.peak_bytes]
+    assert smaller and all(c.extra_macs_ratio(graph.total_macs) > budget for c in smaller)
+
+
+def test_a_recompute_budget_too_tight_for_the_memory_budget_is_infeasible() -> None:
+    graph = load_graph("mcunet_in")
+    assert plan_patches(graph, max_extra_macs=0.0).chosen is None  # no recompute: no plan beats 309,760 B
+    tight = plan_patches(graph, budget_bytes=200_000, max_extra_macs=0.02)
+    assert not tight.feasible and tight.chosen is not None and tight.chosen.peak_bytes == 216_832
+    assert tight.reason == ("infeasible: the smallest peak within 2% extra MACs is 216,832 B, 16,832 B over the "
+                            "200,000 B budget")
+    loose = plan_patches(graph, budget_bytes=200_000, max_extra_macs=0.20)
+    assert loose.feasible and loose.chosen.peak_bytes == 132_616 <= 200_000
 
 
 def test_residual_and_pooling_inside_the_stage() -> None:

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_net
-from test_plan_patch import TwoConvs
+from helpers import TwoConvs, tiny_net
 
 from edgekit.errors import SplitError
 from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
@@ -17,7 +16,8 @@ from edgekit.report.plans import render_split_plan
 from edgekit.targets import load_link, load_target
 
 
-def device(tmp_path: Path, name: str, int8: str, fp32: str) -> Path:
+def device(tmp_path: Path, name: str, int8: str, fp32: str, power: tuple[str, str] | None = None) -> Path:
+    """A device profile with round numbers (no memory bandwidth: a layer takes MACs / rate); `power`: active, idle."""
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 kind = "device"
@@ -35,10 +35,15 @@ ram = {{ value = "1 GiB", estimate = "test" }}
 int8 = {{ value = "{int8}", estimate = "test" }}
 fp32 = {{ value = "{fp32}", estimate = "test" }}
 """)
+    if power is not None:
+        with path.open("a") as f:
+            f.write(f'[power]\nactive = {{ value = "{power[0]}", estimate = "test" }}\n'
+                    f'idle = {{ value = "{power[1]}", estimate = "test" }}\n')
     return path
 
 
-def link(tmp_path: Path, uplink: str, max_payload: str = "1 MB") -> Path:
+def link(tmp_path: Path, uplink: str, max_payload: str = "1 MB", tx_energy: str | None = None) -> Path:
+    """A link with a 1 Gbit/s downlink and a 10 ms RTT; `tx_energy`: the device radio's energy per byte sent."""
     path = tmp_path / "link.toml"
     path.write_text(f"""
 kind = "link"
@@ -48,7 +53,7 @@ uplink = {{ value = "{uplink}", estimate = "test" }}
 downlink = {{ value = "1 Gbit/s", estimate = "test" }}
 rtt = {{ value = "10 ms", estimate = "test" }}
 max_payload = {{ value = "{max_payload}", estimate = "test" }}
-""")
+""" + (f'tx_energy = {{ value = "{tx_energy}", estimate = "test" }}\n' if tx_energy else ""))
     return path
 
 
@@ -64,7 +69,41 @@ def test_cut_costs_by_hand(tmp_path: Path) -> None:
     assert after_a.transfer_seconds == pytest.approx((1024 + PROTOCOL_OVERHEAD_BYTES) * 8 / 1e6 + 0.010 + result)
     raw = plan.all_server
     assert raw.payload_bytes == 16 * 16 and raw.device_seconds == 0.0
-    assert plan.chosen == min(plan.candidates, key=lambda c: c.total_seconds)
+    # sending the 256 B input, 3.072 ms + 10 ms RTT, beats 18,440 MACs here (18.44 ms) and every cut between
+    assert plan.chosen == raw and raw.total_seconds == pytest.approx(384 * 8 / 1e6 + 0.010 + result + 18_440 / 1e9)
+
+
+def test_energy_objective_picks_the_cut_that_spends_the_fewest_device_joules(tmp_path: Path) -> None:
+    """A slow device on a costly radio: sending the frame is fastest, computing it here costs the least energy."""
+    graph = load_graph(TwoConvs())  # a and b: 9,216 MACs each, the linear 8: 18,440 MACs
+    cam = load_target(device(tmp_path, "cam", "1 MMAC/s", "1 MMAC/s", power=("1 W", "100 mW")))
+    server = load_target(device(tmp_path, "fast", "1 GMAC/s", "1 GMAC/s"))
+    radio = load_link(link(tmp_path, "1 Mbit/s", tx_energy="100 uJ/B"))
+    fastest = plan_split(graph, cam, server, radio)
+    frugal = plan_split(graph, cam, server, radio, objective="energy")
+    assert frugal.candidates == fastest.candidates and frugal.objective == "energy"
+
+    # all on the server: the 256 B frame + 128 B of protocol take 3.072 ms at 1 Mbit/s, then the 10 ms RTT;
+    # the device pays the radio (384 B x 100 uJ) and idles at 100 mW meanwhile: 38.4 + 1.3072 mJ
+    send = (256 + PROTOCOL_OVERHEAD_BYTES) * 8 / 1e6 + 0.010
+    assert fastest.chosen == fastest.all_server
+    assert fastest.all_server.total_seconds == pytest.approx(send + 2 * 4 * 8 / 1e9 + 18_440 / 1e9)  # 13.09 ms
+    assert fastest.all_server.device_joules == pytest.approx(384 * 100e-6 + 0.1 * send)  # 39.7 mJ
+    # all on the device: 18.44 ms at 1 W, 18.44 mJ, nothing sent; slower than 13.09 ms, but less than 39.7 mJ
+    assert frugal.chosen == frugal.all_device
+    assert frugal.all_device.total_seconds == pytest.approx(18_440 / 1e6)
+    assert frugal.all_device.device_joules == pytest.approx(18_440 / 1e6 * 1.0)
+    # after a: 9.216 mJ of compute, then 1,024 + 128 B on the radio (115.2 mJ) and idle for 9.216 + 10 ms
+    after_a = frugal.candidates[1]
+    assert after_a.device_joules == pytest.approx(9_216 / 1e6 + 1_152 * 100e-6 + 0.1 * (1_152 * 8 / 1e6 + 0.010))
+    assert frugal.chosen.device_joules == min(c.device_joules for c in frugal.candidates)
+    # the radio's joules per byte do not shrink with bandwidth: no link speed makes offloading pay for energy,
+    # while a fast enough link keeps it the faster choice
+    assert frugal.decision_map == ((1e3, 1e9, len(graph.layers)),)
+    assert fastest.decision_map[-1][2] == 0
+    assert SplitPlan.from_dict(json.loads(json.dumps(frugal.to_dict()))) == frugal
+    with pytest.raises(SplitError, match="objective must be one of latency, energy, found 'cost'"):
+        plan_split(graph, cam, server, radio, objective="cost")
 
 
 def test_jpeg_baseline_swaps_the_raw_message_and_is_never_chosen(tmp_path: Path) -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.backends import load_backend
 from edgekit.convert.compile import tensor_infos
 from edgekit.errors import BackendError, BundleError, EdgekitError, InputError, TargetMismatchError
+from edgekit.formats import quant
 from edgekit.formats.bundle import InputPreprocessing, Manifest, Stage, write_bundle
 from edgekit.report.runtime import render_benchmark, render_prediction
 from edgekit.runtime import choose_providers, load
+from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.runtime.tasks import benchmark, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_session_gives_what_the_model_file_gives(digits: dict, fmt: str) -> None:
     session = load(digits["bundles"][fmt], threads=1)
-    direct = load_backend(digits["files"][fmt])
+    direct = FloatRunner(open_model(digits["files"][fmt]))
     outputs = np.concatenate([session.run(x[None]) for x in digits["x"]])
     expected = np.concatenate([direct(x[None]) for x in digits["x"]])
     assert outputs.dtype == np.float32 and outputs.shape == (360, 10)
@@ -79,7 +80,7 @@ def test_int8_frames_pass_as_is_and_match_float_frames(digits: dict) -> None:
     session = load(digits["bundles"]["tflite"])
     assert session.input.dtype == "int8" and session.input.scale is not None
     x = digits["x"][:1]
-    q = np.clip(np.round(x / session.input.scale) + session.input.zero_point, -128, 127).astype(np.int8)
+    q = quant.quantize(x, session.input.scale, session.input.zero_point)
     np.testing.assert_array_equal(session.run(q), session.run(x))
     np.testing.assert_array_equal(session.run(x[0]), session.run(x))  # the batch of 1 may be left off
     buffer = np.empty((1, 10), np.float32)
@@ -262,9 +263,11 @@ def test_predict_and_benchmark_for_the_cli(digits: dict, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # its own steps may take 120 + 600 + 300 + 300 s (venv, two installs, the run)
 def test_runtime_only_venv_has_no_torch(digits: dict, tmp_path: Path) -> None:
     """A device-like install (numpy, onnxruntime, ai-edge-litert, edgekit without the convert extra) runs both
-    bundles without importing torch; import time and installed size are printed for BENCHMARKS.md."""
+    bundles without importing torch, and `import edgekit.runtime` imports no installed package but numpy (the
+    backends load when a bundle needs them); import time and installed size are printed for BENCHMARKS.md."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
@@ -272,7 +275,7 @@ def test_runtime_only_venv_has_no_torch(digits: dict, tmp_path: Path) -> None:
     subprocess.run(pip + ["numpy", "onnxruntime", "ai-edge-litert"], check=True, timeout=600)
     subprocess.run(pip + ["--no-deps", str(ROOT)], check=True, timeout=300, cwd=tmp_path)
     script = textwrap.dedent(f"""
-        import json, subprocess, sys, time
+        import importlib.util, json, subprocess, sys, sysconfig, time
         import numpy as np
         from edgekit.runtime import load
         out = {{}}
@@ -285,6 +288,11 @@ def test_runtime_only_venv_has_no_torch(digits: dict, tmp_path: Path) -> None:
         cold = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edgekit.runtime"],
                               capture_output=True, text=True, check=True).stderr.splitlines()
         out["import_us"] = int(cold[-1].split("|")[1])
+        site = tuple({{sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}})
+        tops = {{line.split("|")[2].strip().split(".")[0] for line in cold[1:]}}
+        specs = {{top: importlib.util.find_spec(top) for top in tops}}  # None: tried and absent (e.g. Jython's)
+        out["installed"] = sorted(t for t, spec in specs.items()  # '_distutils_hack': setuptools' startup .pth
+                                  if spec and not t.startswith("_") and (spec.origin or "").startswith(site))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import edgekit.runtime"], check=True)
         out["import_process_s"] = time.perf_counter() - start
@@ -302,5 +310,5 @@ def test_runtime_only_venv_has_no_torch(digits: dict, tmp_path: Path) -> None:
     print(f"\nruntime-only venv: import edgekit.runtime {result['import_us'] / 1e6:.3f} s (importtime), "
           f"python -c 'import edgekit.runtime' {result['import_process_s']:.3f} s; "
           f"site-packages {size / 2**20:.1f} MiB")
-    assert result["import_us"] < 1_000_000
+    assert result["installed"] == ["edgekit", "numpy"]  # what makes the import fast: nothing heavy comes with it
     assert size < 400 * 2**20

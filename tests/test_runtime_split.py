@@ -17,6 +17,7 @@ from edgekit.convert.compile import tensor_infos
 from edgekit.errors import BundleError, EdgekitError, OffloadError
 from edgekit.formats import frame
 from edgekit.formats.bundle import Manifest, Stage, write_bundle
+from edgekit.formats.plans import SplitCut, SplitFigures, SplitSchedule
 from edgekit.runtime import load
 from edgekit.runtime.split_exec import Resplit
 from edgekit.runtime.transport import InProcessTransport, dequantize
@@ -60,7 +61,7 @@ def _tail_session_handler(bundle: Path):
 
 @pytest.fixture(scope="module")
 def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from conftest import export_onnx
+    from helpers import export_onnx
 
     from edgekit.convert.config import Int8Config
     from edgekit.convert.quantize import quantize
@@ -77,8 +78,7 @@ def split_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (t_in,), (t_out,) = tensor_infos(source / "tail.onnx")
     stages = (Stage("head", "litert", "head.tflite", (h_in,), (h_out,)),
               Stage("tail", "onnxruntime", "tail.onnx", (t_in,), (t_out,)))
-    plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": "toy",
-            "model_version": "1"}
+    plan = SplitSchedule(("head",), ("tail",), "toy", "1")
     bundle = write_bundle(source, Manifest("toy", "rpi4", stages, plan=plan), root / "toy_split")
     tail_src = root / "tail_src"
     tail_src.mkdir()
@@ -140,24 +140,30 @@ def test_malformed_split_plans_and_misplaced_transports_are_refused(split_bundle
     transport = InProcessTransport(lambda raw: raw, "toy", "1")
     with pytest.raises(BundleError, match="is not split"):
         load(split_bundle["tail"], transport=transport)
-    plan = {"kind": "split", "device_stages": ["tail"], "server_stages": ["head"], "model_id": "toy",
-            "model_version": "1"}
-    bad = write_bundle(split_bundle["source"], Manifest("toy", "rpi4", split_bundle["stages"], plan=plan),
-                       tmp_path / "bad")
+    plan = SplitSchedule(("tail",), ("head",), "toy", "1")
     with pytest.raises(BundleError, match=r"runs \['tail'\] on the device and \['head'\] on the server"):
-        load(bad)
+        write_bundle(split_bundle["source"], Manifest("toy", "rpi4", split_bundle["stages"], plan=plan),
+                     tmp_path / "bad")  # refused before it is written, and by load_bundle (tests/test_plans.py)
+
+
+def _figures(decision_map: tuple[tuple[float, float, int], ...]) -> SplitFigures:
+    """Planner figures: 10 ms head + 512 B + 1 ms tail at the cut, 20 ms all on the device."""
+    def cut(layers: int, device_s: float, payload: int, server_s: float) -> SplitCut:
+        return SplitCut(layers, None, payload, device_s, 0.0, server_s, device_s + server_s, 0.0)
+
+    return SplitFigures("rpi4", "x86-server", "wifi", 2e7, "latency", "fp32", "auto", cut(1, 0.010, 512, 0.001),
+                        cut(9, 0.020, 0, 0.0), cut(0, 0.0, 768, 0.002), decision_map)
 
 
 def test_resplit_reads_the_plans_figures() -> None:
-    split = {"chosen": {"device_seconds": 0.010, "payload_bytes": 512, "server_seconds": 0.001},
-             "all_device": {"device_seconds": 0.020}, "decision_map": [[1e3, 2e5, 9], [2e5, 1e9, 4]]}
-    resplit = Resplit.from_plan({"kind": "split", "split": split})
+    resplit = Resplit.of(_figures(((1e3, 2e5, 9), (2e5, 1e9, 4))))
+    assert resplit is not None
     # 0.010 + (512 + 128) * 8 / bps + rtt + 0.001 against 0.020 all on the device
     assert resplit.offload(1e6, 0.0, frame=1) and not resplit.offload(1e5, 0.0, frame=1)
     assert not resplit.offload(1e6, 0.005, frame=1)  # 0.0211 with a 5 ms round trip
     assert resplit.offload(1e5, 0.0, frame=20) and resplit.offload(None, None, frame=1)  # probe; no estimate yet
     assert resplit.winner(5e4) == 9 and resplit.winner(1e6) == 4 and resplit.winner(10.0) is None
-    assert Resplit.from_plan({"kind": "split"}) is None
+    assert Resplit.of(None) is None
 
 
 class _MeteredTransport(InProcessTransport):
@@ -170,10 +176,7 @@ class _MeteredTransport(InProcessTransport):
 
 
 def test_a_slow_link_runs_frames_here_but_keeps_probing(split_bundle: dict, tmp_path: Path) -> None:
-    split = {"chosen": {"device_seconds": 0.010, "payload_bytes": 512, "server_seconds": 0.001},
-             "all_device": {"device_seconds": 0.020}, "decision_map": [[1e3, 1e9, 1]]}
-    plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": "toy",
-            "model_version": "1", "split": split}
+    plan = SplitSchedule(("head",), ("tail",), "toy", "1", figures=_figures(((1e3, 1e9, 1),)))
     bundle = write_bundle(split_bundle["source"], Manifest("toy", "rpi4", split_bundle["stages"], plan=plan),
                           tmp_path / "planned")
     transport = _MeteredTransport(_tail_session_handler(bundle), "toy", "1")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run, tiny_net
+from helpers import run, tiny_net
 
 from edgekit.convert.compile_split import choose_cut, compile_split
 from edgekit.convert.split_export import split_model
@@ -71,8 +71,8 @@ def test_auto_deploys_the_best_cut_that_one_tensor_crosses() -> None:
 
 def test_auto_split_that_keeps_everything_on_the_device_says_which_compile_to_run(tmp_path: Path) -> None:
     with pytest.raises(SplitError, match=r"all on the device .* `edgekit compile digits_cnn --target rpi4 --int8"):
-        compile_split(create_model("digits_cnn", pretrained=True), "digits_cnn", load_target("rpi4"),
-                      load_target("x86-server"), load_link("wifi"), tmp_path / "out", None)  # 64 B of input: no cut pays
+        compile_split(create_model("digits_cnn", pretrained=True), "digits_cnn", load_target("rpi4"),  # 64 B of
+                      load_target("x86-server"), load_link("wifi"), tmp_path / "out", None)  # input: no cut pays
     assert not (tmp_path / "out").exists()
 
 
@@ -101,11 +101,11 @@ def test_sbc_split_bundle_runs_int8_head_then_tail_end_to_end(tmp_path: Path, di
     assert (boundary.dtype, boundary.shape, boundary.layout) == ("int8", (1, 32, 4, 4), "NCHW")
     assert boundary.scale > 0 and -128 <= boundary.zero_point <= 127
     assert (tail.inputs[0].dtype, tail.inputs[0].shape, tail.inputs[0].scale) == ("float32", (1, 32, 4, 4), None)
-    plan = session.manifest.plan
+    plan = session.manifest.plan.to_dict()  # the JSON the manifest holds
     assert (plan["kind"], plan["device_stages"], plan["server_stages"]) == ("split", ["head"], ["tail"])
     assert plan["boundary"]["scale"] == boundary.scale and plan["boundary"]["tensor"] == "conv2d_1"
     assert (plan["boundary"]["payload_bytes"], plan["boundary"]["fp32_bytes"]) == (32 * 4 * 4, 4 * 32 * 4 * 4)
-    assert plan["split"]["chosen"]["last_device_layer"] == "features.1.0" and plan["split"]["requested"] == "features.1.0"
+    assert plan["split"]["chosen"]["last_device_layer"] == plan["split"]["requested"] == "features.1.0"
     assert plan["split"]["all_device"]["device_layers"] == 6 and plan["model_version"].startswith("sha256:")
 
     x, _ = np.load(held_out).values()

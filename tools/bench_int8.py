@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends import LiteRTModel, OrtModel
 from edgekit.convert.config import Int8Config
 from edgekit.convert.quantize import quantize
+from edgekit.formats import quant
 from edgekit.report.table import table
+from edgekit.runtime.backends import OrtAdapter, open_model
 
 MODELS = ("mobilenet_v2_035_96", "digits_cnn")
 RUNTIMES = {"litert": "tflite", "onnxruntime": "onnx"}  # runtime -> model format it runs
@@ -152,35 +153,24 @@ def convert_all(name: str, model: Any, calib: np.ndarray, out: Path) -> dict[tup
 # ---------------------------------------------------------------- timing
 
 
-def make_call(runtime: str, path: Path, x: np.ndarray) -> Callable[[], Any]:
+def make_call(path: Path, x: np.ndarray) -> Callable[[], Any]:
     """A no-argument call of one inference with the input already in the model's dtype.
 
-    The library's runners load the model (same threads and providers as deployment); the float->int8
-    input scaling they do per call is done once here, so only the runtime is timed.
+    The library's adapters load the model (`open_model`: one thread, ONNX Runtime on its CPU provider); the
+    float->int8 input scaling edgekit does per call is done once here, so only the runtime is timed.
     """
-    if runtime == "litert":
-        runner = LiteRTModel(path)
-        interpreter, inp, out = runner.interpreter, runner.input, runner.output
-        value = x
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            value = np.clip(np.round(x / scale) + zero, info.min, info.max)
-        value = np.ascontiguousarray(value.astype(inp["dtype"]))
-
-        def call() -> Any:
-            interpreter.set_tensor(inp["index"], value)
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"])
-
-        return call
-    ort = OrtModel(path)
-    session, feed = ort.session, {ort.input_name: np.ascontiguousarray(x.astype(np.float32))}
-    return lambda: session.run(None, feed)
+    adapter = open_model(path)
+    if isinstance(adapter, OrtAdapter):
+        session, feed = adapter.session, {adapter.session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+        return lambda: session.run(None, feed)
+    params = quant.quantization(adapter.model_tensors()[0])
+    np.copyto(adapter.input_buffer, x if params is None else quant.quantize(x, *params))
+    return adapter.invoke  # LiteRT: set_tensor + invoke + get_tensor
 
 
 def time_interleaved(calls: dict[Any, Callable[[], Any]], rounds: int, reps: int, warmup: int, label: str,
-                     call_by_call: bool = False, scale: float = 1e3, tool: str = "bench_int8") -> dict[Any, list[float]]:
+                     call_by_call: bool = False, scale: float = 1e3,
+                     tool: str = "bench_int8") -> dict[Any, list[float]]:
     """Per-call times (ms by default; scale=1e6 for us) for every call, interleaved so that drift in machine
     speed lands on every variant alike: each round runs all calls in a rotating order, `reps` in a row each,
     or with `call_by_call` one call of each variant per step."""
@@ -242,7 +232,7 @@ def run(models: Sequence[str], rounds: int, reps: int, warmup: int, out: Path, s
         model, calib, x, calib_note = load_model(name, seed)
         paths = convert_all(name, model, calib, out)
         with stdout_to_stderr():  # LiteRT announces its XNNPACK delegate on load
-            calls = {key: make_call(key[0], path, x) for key, path in paths.items()}
+            calls = {key: make_call(path, x) for key, path in paths.items()}
         times = time_interleaved(calls, rounds, reps, warmup, name)
         for runtime, fmt in RUNTIMES.items():
             row: dict[str, Any] = {"model": name, "runtime": runtime, "format": fmt, "calibration": calib_note}

@@ -9,14 +9,12 @@ neither the tail nor in time), p50/p99 round trip, throughput. (b) overhead: one
 trip against a hand-written paho request/response (same payload bytes, same QoS 1, same broker, the same
 tail run on the server), interleaved in rounds; the ratio of medians.
 
-Also: `tiny_tail_bundle()` (the small int8 tail the tests use) and `device` mode, a device that streams
-frames and prints one JSON line per answer, for the network-namespace tests (tools/netlab.py).
+The tail is the tests' small int8 one (tests/helpers.py: `tiny_tail_bundle`, `activation`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,57 +26,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))
 
-from edgekit.formats.frame import Tensor  # noqa: E402
+from helpers import SHAPE, activation, tiny_tail_bundle  # noqa: E402
+
 from edgekit.runtime.session import load  # noqa: E402
-
-SHAPE, SCALE, ZERO_POINT = (1, 8, 4, 4), 0.05, -3
-
-
-def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_output: bool = False) -> Path:
-    """A one-stage ONNX tail: (int8 with scale 0.05, zero point -3, or float32) 1xCx4x4 -> flatten -> linear 10
-    (float32, or int8 with scale 0.1, zero point 2)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from edgekit.formats.bundle import Manifest, Stage, TensorInfo, write_bundle
-
-    rng = np.random.default_rng(0)
-    shape = (1, channels, 4, 4)
-    inits = [numpy_helper.from_array(rng.standard_normal((channels * 16, 10)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([1, channels * 16], np.int64), "flat_shape")]
-    nodes, source = [], "x"
-    if int8:
-        inits += [numpy_helper.from_array(np.array(SCALE, np.float32), "s"),
-                  numpy_helper.from_array(np.array(ZERO_POINT, np.int8), "z")]
-        nodes.append(helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]))
-        source = "xf"
-    nodes += [helper.make_node("Reshape", [source, "flat_shape"], ["flat"]),
-              helper.make_node("Gemm", ["flat", "w", "b"], ["yf" if int8_output else "y"])]
-    if int8_output:
-        inits += [numpy_helper.from_array(np.array(0.1, np.float32), "s_out"),
-                  numpy_helper.from_array(np.array(2, np.int8), "z_out")]
-        nodes.append(helper.make_node("QuantizeLinear", ["yf", "s_out", "z_out"], ["y"]))
-    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info(
-        "x", TensorProto.INT8 if int8 else TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT8 if int8_output else TensorProto.FLOAT, [1, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    source_dir = root / "tail.src"
-    source_dir.mkdir(parents=True)
-    onnx.save(model, source_dir / "tail.onnx")
-    quant = (SCALE, ZERO_POINT) if int8 else (None, None)
-    x = TensorInfo("x", shape, "int8" if int8 else "float32", None, *quant)
-    y = TensorInfo("y", (1, 10), "int8", None, 0.1, 2) if int8_output else TensorInfo("y", (1, 10), "float32")
-    stage = Stage("tail", "onnxruntime", "tail.onnx", (x,), (y,))
-    return write_bundle(source_dir, Manifest("tiny_tail", "rpi4", (stage,)), root / "tail")
-
-
-def activation(seed: int, shape: tuple[int, ...] = SHAPE) -> Tensor:
-    """A random int8 boundary tensor with the tail's quantization."""
-    array = np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8)
-    return Tensor("x", array, SCALE, ZERO_POINT)
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:
@@ -196,40 +148,10 @@ def overhead_test(bundle: Path, url: str, rounds: int, per_round: int, protocol:
     return {"payload_bytes": payload_bytes, **{name: _percentiles(values) for name, values in paths.items()}}
 
 
-def device_mode(args: argparse.Namespace) -> None:
-    """Stream frames and print one JSON line per answer (the netlab tests read these)."""
-    from edgekit.offload.client import OffloadClient
-
-    client = OffloadClient(args.broker, "tiny_tail", args.device_id, fallback_reserve_s=0.01,
-                           connect_timeout_s=10, reconnect_s=(0.2, 1.0))
-    session = load(args.bundle)
-
-    print(json.dumps({"event": "connected", "connected": client.connected}), flush=True)
-    for i in range(args.count):
-        reply = client.request(activation(i, session.input.shape), args.deadline, lambda t: session.run(t.array))
-        estimate = client.link_estimate()
-        print(json.dumps({"i": i, "source": reply.source, "latency_s": reply.latency_s, "detail": reply.detail,
-                          "uplink_bps": estimate.uplink_bps, "connected": estimate.connected}), flush=True)
-        time.sleep(args.interval)
-    print(json.dumps({"event": "done", "counts": client.counts}), flush=True)
-    client.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 devices x 50 frames, 3 overhead rounds")
-    sub = parser.add_subparsers(dest="mode")
-    device = sub.add_parser("device", help="stream frames as one device (for netlab tests)")
-    device.add_argument("--broker", required=True)
-    device.add_argument("--bundle", required=True)
-    device.add_argument("--device-id", default="lab-device")
-    device.add_argument("--count", type=int, default=40)
-    device.add_argument("--interval", type=float, default=0.05)
-    device.add_argument("--deadline", type=float, default=0.3)
     args = parser.parse_args()
-    if args.mode == "device":
-        device_mode(args)
-        return
     from edgekit.offload.broker import Broker
 
     devices, frames, rounds = (2, 50, 3) if args.quick else (8, 500, 10)

@@ -109,7 +109,7 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
     tflm_plan = fixed_plan(graph, plan.chosen.stage_end, plan.chosen.grid, policy=MemoryPolicy.tflm())
     artifacts = build_patch_artifacts(path, plan)
     arenas = write_patch_pack(artifacts, workdir / name)
-    schedule = artifacts.schedule
+    schedule = artifacts.schedule.to_dict()
     stage_buffer = int(np.prod(schedule["stage"]["shape"]))
     stage, rest, full_arena = arenas[STAGE_MODEL], arenas[REST_MODEL], arena_parts(path)
     patched_head = max(stage["head"] + stage_buffer, rest["head"])  # stage buffer placed as the rest model's input
@@ -119,7 +119,7 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
         full = open_backend(backend, path.read_bytes(), tuple(schedule["input"]["shape"]),
                             tuple(schedule["output"]["shape"]), threads=1)
         full.input_buffer[...] = x
-        patched = PatchExecutor(artifacts.files, schedule, backend, threads=1)
+        patched = PatchExecutor(artifacts.files, artifacts.schedule, backend, threads=1)
         exact[backend] = bool(np.array_equal(patched.run_raw(x), full.invoke()))
         latency[backend] = _median_ms({"full": full.invoke, "patched": lambda: patched.run_raw(x)}, rounds, reps)
     planner_reduction = plan.layer_by_layer_peak_bytes / plan.chosen.peak_bytes

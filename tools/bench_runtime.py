@@ -7,8 +7,9 @@ then put in a bundle. Three calls per model file, all doing one float frame -> f
 
 - invoke only: the interpreter alone with the input already in the model's dtype (LiteRT set_tensor + invoke +
   get_tensor on int8; ORT session.run on float32). The floor.
-- hand-written: what a user writes without edgekit: float -> int8 with numpy (as edgekit.backends does), the
-  calls above, int8 -> float. For ONNX (float I/O) it is the same as invoke only.
+- hand-written: what a user writes without edgekit's runtime: float -> int8 and back with numpy
+  (`edgekit.formats.quant`, a new array each), the calls above. For ONNX (float I/O) it is the same as invoke
+  only.
 - session: `edgekit.runtime.load(bundle).run(frame)`, which also validates shape, dtype and finiteness, times
   itself and returns a fresh array.
 
@@ -43,6 +44,7 @@ import numpy as np
 from bench_int8 import load_model, machine_info, stdout_to_stderr, time_interleaved  # same folder: tools/
 
 from edgekit.convert.compile import tensor_infos
+from edgekit.formats import quant
 from edgekit.formats.bundle import Manifest, Stage, write_bundle
 from edgekit.report.table import table
 from edgekit.runtime import load
@@ -102,8 +104,7 @@ def direct_calls(path: Path, x: np.ndarray) -> dict[str, Callable[[], Any]]:
         a, b = interpreter(), interpreter()
         inp, out = a.get_input_details()[0], a.get_output_details()[0]
         (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
-        info = np.iinfo(inp["dtype"])
-        q = np.clip(np.round(x / in_scale) + in_zero, info.min, info.max).astype(inp["dtype"])
+        q = quant.quantize(x, in_scale, in_zero, inp["dtype"])
 
         def invoke_only() -> Any:
             a.set_tensor(inp["index"], q)
@@ -111,10 +112,9 @@ def direct_calls(path: Path, x: np.ndarray) -> dict[str, Callable[[], Any]]:
             return a.get_tensor(out["index"])
 
         def hand_written() -> Any:
-            value = np.clip(np.round(x / in_scale) + in_zero, info.min, info.max).astype(inp["dtype"])
-            b.set_tensor(inp["index"], value)
+            b.set_tensor(inp["index"], quant.quantize(x, in_scale, in_zero, inp["dtype"]))
             b.invoke()
-            return (b.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
+            return quant.dequantize(b.get_tensor(out["index"]), out_scale, out_zero)
 
         return {"invoke_only": invoke_only, "hand_written": hand_written}
     import onnxruntime as ort
@@ -139,7 +139,7 @@ def run(models: Sequence[str], rounds: int, reps: int, warmup: int, out: Path, s
             bundle = make_bundle(name, path, out / f"{name}_{fmt}.ekb")
             with stdout_to_stderr():  # LiteRT announces its XNNPACK delegate on load
                 session = load(bundle, threads=1)
-                calls = dict(direct_calls(path, x), session=lambda s=session: s.run(x))
+                calls = dict(direct_calls(path, x), session=lambda s=session, x=x: s.run(x))
             np.testing.assert_array_equal(calls["session"](), calls["hand_written"]())  # same job, same numbers
             times = time_interleaved(calls, rounds, reps, warmup, f"{name} {fmt}", call_by_call=True, scale=1e6,
                                      tool="bench_runtime")

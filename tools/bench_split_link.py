@@ -1,7 +1,7 @@
 """Real-link split benchmark: does the planner pick the cut that is really fastest on a shaped link?
 
 Device and server are separate processes in separate network namespaces joined by a veth pair
-(tools/netlab.py); the link is shaped with `tc tbf` at each bandwidth; the device process runs under a
+(tests/helpers.py: NetLab); the link is shaped with `tc tbf` at each bandwidth; the device process runs under a
 cgroup v1 CPU quota (tools/cpulimit.py) to emulate a slow device. Every candidate single-tensor cut of the
 model becomes a real split bundle (float ONNX head and tail, cut by `edgekit.convert.split_export`), run by
 `edgekit.runtime` with the boundary tensor sent through a transport (a plain TCP socket, or MQTT through a
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from edgekit.formats import frame  # noqa: E402
 from edgekit.runtime.transport import Fallback, Reply, dequantize  # noqa: E402
@@ -377,7 +378,7 @@ def run_all(args: argparse.Namespace) -> dict:
     import subprocess
 
     from cpulimit import CpuQuota
-    from netlab import NetLab
+    from helpers import NetLab  # tests/helpers.py, shared with the network-namespace tests
 
     from edgekit.plan.split import deployable_cut
 

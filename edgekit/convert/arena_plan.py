@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.formats.tflite import TENSOR_TYPES, is_constant, schema
+
 METADATA_NAME = "OfflineMemoryAllocation"
 FORMAT_VERSION = 0
 ALIGNMENT = 16
-_ITEM_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1}  # TensorType -> bytes per element
 Lifetime = tuple[int, int, int]  # (bytes, first op, last op)
 
 
@@ -35,13 +36,9 @@ class ArenaPlan:
 def _lifetimes(model: Any) -> dict[int, Lifetime]:
     sub = model.subgraphs[0]
 
-    def constant(t: int) -> bool:
-        data = model.buffers[sub.tensors[t].buffer].data
-        return data is not None and len(data) > 0
-
     def size(t: int) -> int:
         tensor = sub.tensors[t]
-        raw = int(np.prod(tensor.shape)) * _ITEM_BYTES.get(tensor.type, 4)
+        raw = int(np.prod(tensor.shape)) * np.dtype(TENSOR_TYPES.get(tensor.type, "float32")).itemsize
         return -(-raw // ALIGNMENT) * ALIGNMENT
 
     last_op = len(sub.operators) - 1
@@ -51,7 +48,7 @@ def _lifetimes(model: Any) -> dict[int, Lifetime]:
         for t in op.outputs:
             first.setdefault(int(t), index)
         for t in op.inputs:
-            if t >= 0 and not constant(int(t)):
+            if t >= 0 and not is_constant(model, int(t)):
                 last[int(t)] = index
     for t in sub.outputs:
         last[int(t)] = last_op
@@ -93,14 +90,11 @@ def plan_arena(model: Any, pinned: dict[int, int]) -> ArenaPlan:
 
 def attach_arena_plan(model: Any, plan: ArenaPlan) -> None:
     """Add `plan` to `model` (a ModelT) as OfflineMemoryAllocation metadata, replacing any earlier one."""
-    from edgekit.graph.from_tflite import _schema
-
-    schema = _schema()
     words = np.array([FORMAT_VERSION, 0, len(plan.offsets), *plan.offsets], np.int32)
-    buffer = schema.BufferT()
+    buffer = schema().BufferT()
     buffer.data = words.view(np.uint8)
     model.buffers.append(buffer)
-    entry = schema.MetadataT()
+    entry = schema().MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [m for m in model.metadata or [] if _name(m) != METADATA_NAME] + [entry]
 

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.convert.preprocessing import image_input
 from edgekit.errors import CalibrationError
+from edgekit.formats.bundle import InputPreprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes a model input: scaled to [0, 1], then (x - mean) / std per channel."""
-
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """C,H,W image in [0, 1] -> normalised input."""
-        shape = (-1, 1, 1)
-        return (image - np.array(self.mean, np.float32).reshape(shape)) / np.array(self.std, np.float32).reshape(shape)
-
-
 def load_calibration(source: str | Path, input_shape: tuple[int, ...], max_samples: int,
-                     preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
+                     preprocessing: InputPreprocessing | None = None) -> np.ndarray:
     """Up to `max_samples` float32 N,C,H,W samples matching `input_shape` (whose first dim is the batch).
 
-    Arrays are taken as model inputs already; images go through `preprocessing`.
+    Arrays are taken as model inputs already; images go through `preprocessing` (its scale, mean and std, as
+    the device applies them; by default pixels scaled to [0, 1]).
     """
     path = Path(source)
     if not path.exists():
@@ -80,23 +69,27 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int,
-                 preprocessing: Preprocessing) -> np.ndarray:
-    """Images resized to the input's H,W, grey or RGB by its channel count, then preprocessed."""
+                 preprocessing: InputPreprocessing | None) -> np.ndarray:
+    """Images resized to the input's H,W, grey or RGB by its channel count, then preprocessed N,C,H,W."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_samples]
     if not files:
         raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    if len(input_shape) != 4:
+        raise CalibrationError(f"{folder}: image calibration needs an N,C,H,W input, model has {input_shape}")
     channels, height, width = input_shape[1:]
     if channels not in (1, 3):
         raise CalibrationError(f"{folder}: image calibration needs a 1- or 3-channel input, model has {channels}")
+    prep = preprocessing or image_input(input_shape)
+    scale, mean, std = np.float32(prep.scale), np.array(prep.mean, np.float32), np.array(prep.std, np.float32)
     samples = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                array = np.asarray(image, np.float32) / 255.0
+            with Image.open(file) as opened:
+                pixels = np.asarray(opened.convert("L" if channels == 1 else "RGB").resize((width, height)),
+                                    np.float32).reshape(height, width, channels)
         except (UnidentifiedImageError, OSError) as exc:
             raise CalibrationError(f"{file}: unreadable image ({exc})") from None
-        samples.append(preprocessing.apply(array[None] if channels == 1 else array.transpose(2, 0, 1)))
+        samples.append(((pixels * scale - mean) / std).transpose(2, 0, 1))
     return np.stack(samples)

@@ -12,42 +12,41 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import sys
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgekit.backends import load_backend
-from edgekit.convert.calibration import Preprocessing, load_labelled
-from edgekit.convert.compile import (
-    calibration_samples,
-    check_output,
-    drop_points,
-    fidelity_vs_float,
-    full_integer_check,
-    image_preprocessing,
-    json_default,
-    nchw_runner,
-    stage_backend,
-    staging,
-    tensor_infos,
-)
+from edgekit.convert.compile import stage_backend, tensor_infos
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity
+from edgekit.convert.int8_steps import (
+    Int8Build,
+    calibrate,
+    check_fidelity,
+    drop_points,
+    fit_mcu,
+    full_integer_check,
+    load_held_out,
+    nchw_runner,
+)
 from edgekit.convert.islands import FloatIsland
-from edgekit.convert.mcu import McuFit, check_mcu_fit, write_mcu_pack
+from edgekit.convert.mcu import McuFit
+from edgekit.convert.pipeline import Pipeline
+from edgekit.convert.preprocessing import input_preprocessing, model_labels
 from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
 from edgekit.errors import ConversionError, SplitError
-from edgekit.formats.bundle import Manifest, Stage, TensorInfo, write_bundle
+from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
+from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
 from edgekit.graph.from_torch import from_torch
 from edgekit.plan.split import SplitCandidate, SplitPlan, check_cut, deployable_cut, plan_split
 from edgekit.report.fidelity import render_fidelity
+from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.targets import Device, Link
 
 TAIL_DTYPES = ("fp32", "int8")
@@ -122,98 +121,147 @@ def choose_cut(plan: SplitPlan, split: str) -> SplitCandidate:
     return cut
 
 
+@dataclass(kw_only=True)
+class _Split(Int8Build):
+    """A split compile: the INT8 build of the head, the server and link it is cut for, and the tail."""
+
+    server: Device
+    link: Link
+    split: str
+    bandwidth_bps: float | None
+    objective: str
+    tail_dtype: str
+    plan: SplitPlan = field(init=False)
+    cut: SplitCandidate = field(init=False)
+    boundary: str = field(init=False)  # the tensor crossing the link, by its graph IR name
+    head: Any = field(init=False)
+    tail: Any = field(init=False)
+    head_in: tuple[TensorInfo, ...] = field(init=False)
+    head_out: tuple[TensorInfo, ...] = field(init=False)
+    run_head: FloatRunner = field(init=False)
+    boundary_samples: np.ndarray = field(init=False)  # the head's outputs for the calibration samples
+    tail_path: Path = field(init=False)
+    tail_in: tuple[TensorInfo, ...] = field(init=False)
+    tail_out: tuple[TensorInfo, ...] = field(init=False)
+    report: SplitCompileReport = field(init=False)
+
+
+def cut_model(build: _Split) -> None:
+    """The planner's (or the user's) cut, and the model split there into a head and a tail module."""
+    model = build.model
+    graph = from_torch(model, tuple(model.input_shape), build.name)
+    build.plan = plan_split(graph, build.device, build.server, build.link, build.bandwidth_bps, build.objective,
+                            server_dtype=build.tail_dtype)
+    build.cut = choose_cut(build.plan, build.split)
+    build.boundary = graph.layers[build.cut.device_layers - 1].output
+    build.head, build.tail = split_model(model, torch.zeros(model.input_shape), build.boundary)
+
+
+def quantize_head(build: _Split) -> None:
+    """The head as the device's INT8 file, quantized as a plain compile for the device would be."""
+    build.artifact = build.tmp / f"{build.name}_head_int8.{build.config.format}"
+    quantize(build.head, build.samples, build.artifact, build.config)
+
+
+def check_head_full_integer(build: _Split) -> None:
+    """The head's float islands, refused on an MCU."""
+    build.islands = full_integer_check(build.artifact, f"{build.name} head", build.device)
+
+
+def run_head_on_samples(build: _Split) -> None:
+    """The head's tensors, and its dequantized outputs for the calibration samples: what the tail will see."""
+    build.head_in, build.head_out = tensor_infos(build.artifact, build.config.channels_last_io)
+    build.run_head = FloatRunner(open_model(build.artifact))
+    native = _to_native(build.config.channels_last_io)
+    build.boundary_samples = np.concatenate([build.run_head(native(x[None])) for x in build.samples])
+
+
+def write_tail(build: _Split) -> None:
+    """The tail as ONNX taking the boundary in the head's layout (fp32, or INT8 calibrated on the boundary)."""
+    layout = build.head_out[0].layout
+    build.tail_path = build.tmp / f"{build.name}_tail_{build.tail_dtype}.onnx"
+    _write_tail(_NhwcInput(build.tail) if layout == "NHWC" else build.tail, build.boundary_samples, build.tail_path,
+                build.tail_dtype, build.config)
+    tail_in, build.tail_out = tensor_infos(build.tail_path)
+    build.tail_in = tuple(replace(t, layout=layout) for t in tail_in)
+
+
+def check_split_fidelity(build: _Split) -> None:
+    """With held-out data: head then tail, as deployed, against the float model, within the drop limit."""
+    if build.held_out is not None:
+        run_head, run_tail = build.run_head, FloatRunner(open_model(build.tail_path))
+        runner = nchw_runner(lambda x: run_tail(run_head(x)), build.config.channels_last_io)
+        build.fidelity = check_fidelity(build, build.held_out, runner,
+                                        f"the split (INT8 head -> {build.tail_dtype} tail)")
+
+
+def describe_split(build: _Split) -> None:
+    """The report, and the manifest: head on the device's backend, tail on onnxruntime, the split plan."""
+    boundary = build.head_out[0]
+    elements = int(np.prod(boundary.shape))
+    head, tail = build.artifact, build.tail_path
+    build.report = SplitCompileReport(
+        build.name, build.split, replace(build.plan, chosen=build.cut), boundary, build.boundary,
+        elements * np.dtype(boundary.dtype).itemsize, elements * 4, head.name, head.stat().st_size, build.config,
+        tail.name, tail.stat().st_size, build.tail_dtype, build.described, len(build.samples), build.islands,
+        build.fidelity, build.max_drop_points, build.mcu)
+    stages = (Stage("head", stage_backend(build.device, build.config), head.name, build.head_in, build.head_out),
+              Stage("tail", "onnxruntime", tail.name, build.tail_in, build.tail_out))
+    recipe = split_recipe(build.config, build.tail_dtype, len(build.samples), build.calibration is None,
+                          boundary.layout)
+    build.manifest = Manifest(build.name, build.device.name, stages,
+                              plan=split_manifest_plan(build.report, head, tail), preprocessing=build.preprocessing,
+                              labels=model_labels(build.model), recipe=recipe)
+
+
+SPLIT: Pipeline[_Split] = Pipeline(
+    prepare=(cut_model, load_held_out, calibrate),
+    stage=(quantize_head, check_head_full_integer, run_head_on_samples, write_tail, check_split_fidelity, fit_mcu,
+           describe_split))
+
+
 def compile_split(model: Any, name: str, device: Device, server: Device, link: Link, out_dir: str | Path,
                   calibration: str | Path | None, evaluation: str | Path | None = None, split: str = "auto",
                   bandwidth_bps: float | None = None, objective: str = "latency", tail_dtype: str = "fp32",
                   config: Int8Config | None = None, max_drop_points: float = 1.0,
-                  preprocessing: Preprocessing = Preprocessing()) -> SplitCompileReport:
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> SplitCompileReport:
     """Cut `model` for `device` + `server` over `link` and write a two-stage bundle (head, tail) to `out_dir`.
 
     `split` is "auto" (the planner's best single-tensor cut at `bandwidth_bps`, default the link's) or
-    the name of the last layer to run on the device. Fails leaving `out_dir` untouched on a cut that
-    cannot be deployed, a float island in an MCU head, or a top-1 drop above `max_drop_points`.
+    the name of the last layer to run on the device. Preprocessing and labels come from the model's cfg
+    (`mean`/`std` override). Fails leaving `out_dir` untouched on a cut that cannot be deployed, a float
+    island in an MCU head, or a top-1 drop above `max_drop_points`.
     """
     if tail_dtype not in TAIL_DTYPES:
         raise ConversionError(f"tail_dtype must be one of {', '.join(TAIL_DTYPES)}, found {tail_dtype!r}")
     config = config or Int8Config.for_target(device)
-    graph = from_torch(model, tuple(model.input_shape), name)
-    plan = plan_split(graph, device, server, link, bandwidth_bps, objective, server_dtype=tail_dtype)
-    cut = choose_cut(plan, split)
-    boundary = graph.layers[cut.device_layers - 1].output
-    head, tail = split_model(model, torch.zeros(model.input_shape), boundary)
-    out_dir = check_output(out_dir)
-    held_out = load_labelled(evaluation, tuple(model.input_shape)) if evaluation else None
-    samples, described = calibration_samples(model, calibration, config, preprocessing)
-    with staging(out_dir) as tmp:
-        head_path = tmp / f"{name}_head_int8.{config.format}"
-        quantize(head, samples, head_path, config)
-        islands = full_integer_check(head_path, f"{name} head", device)
-        head_in, head_out = tensor_infos(head_path, config.channels_last_io)
-        run_head = load_backend(head_path)
-        native = _to_native(config.channels_last_io)
-        boundary_samples = np.concatenate([run_head(native(x[None])) for x in samples])
-        nhwc_boundary = head_out[0].layout == "NHWC"
-        tail_path = tmp / f"{name}_tail_{tail_dtype}.onnx"
-        _write_tail(_NhwcInput(tail) if nhwc_boundary else tail, boundary_samples, tail_path, tail_dtype, server)
-        tail_in, tail_out = tensor_infos(tail_path)
-        tail_in = tuple(replace(t, layout=head_out[0].layout) for t in tail_in)
-        fidelity = None
-        if held_out is not None:
-            run_tail = load_backend(tail_path)
-            split_runner = nchw_runner(lambda x: run_tail(run_head(x)), config.channels_last_io)
-            fidelity = fidelity_vs_float(model, split_runner, held_out)
-            if drop_points(fidelity) > max_drop_points:
-                raise ConversionError(f"{name}: the split (INT8 head -> {tail_dtype} tail) loses "
-                                      f"{drop_points(fidelity):.2f} top-1 points on {evaluation} (limit "
-                                      f"{max_drop_points}); nothing written to {out_dir}")
-        mcu = None
-        if device.device_class == "mcu" and config.format == "tflite":
-            mcu = check_mcu_fit(head_path, device)
-            write_mcu_pack(head_path, tmp / "mcu", mcu.arena_bytes)
-        elements = int(np.prod(head_out[0].shape))
-        sent_bytes = elements * np.dtype(head_out[0].dtype).itemsize
-        report = SplitCompileReport(
-            name, split, replace(plan, chosen=cut), head_out[0], boundary, sent_bytes, elements * 4, head_path.name,
-            head_path.stat().st_size, config, tail_path.name, tail_path.stat().st_size, tail_dtype,
-            described, len(samples), islands, fidelity, max_drop_points, mcu)
-        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=json_default))
-        (tmp / "report.txt").write_text(report.render() + "\n")
-        stages = (Stage("head", stage_backend(device, config), head_path.name, head_in, head_out),
-                  Stage("tail", "onnxruntime", tail_path.name, tail_in, tail_out))
-        labels = getattr(model, "labels", None)
-        manifest = Manifest(name, device.name, stages, plan=split_manifest_plan(report, head_path, tail_path),
-                            preprocessing=image_preprocessing(model, config, preprocessing),
-                            labels=tuple(labels) if labels else None)
-        write_bundle(tmp, manifest, out_dir)
-    return report
+    build = _Split(out_dir=Path(out_dir), model=model, name=name, device=device, config=config,
+                   preprocessing=input_preprocessing(model, config.io_layout, mean, std), calibration=calibration,
+                   evaluation=evaluation, max_drop_points=max_drop_points, server=server, link=link, split=split,
+                   bandwidth_bps=bandwidth_bps, objective=objective, tail_dtype=tail_dtype)
+    return SPLIT.run(build).report
 
 
-def split_manifest_plan(report: SplitCompileReport, head: Path, tail: Path) -> dict:
+def split_manifest_plan(report: SplitCompileReport, head: Path, tail: Path) -> SplitSchedule:
     """The manifest's `plan`: which stages run where, the boundary tensor, the cut and its baselines (small JSON)."""
     plan = report.plan
 
-    def cut(c: SplitCandidate) -> dict:
-        return {"device_layers": c.device_layers, "last_device_layer": c.last_device_layer,
-                "payload_bytes": c.payload_bytes, "device_seconds": c.device_seconds,
-                "transfer_seconds": c.transfer_seconds, "server_seconds": c.server_seconds,
-                "total_seconds": c.total_seconds, "device_joules": c.device_joules}
+    def cut(c: SplitCandidate) -> SplitCut:
+        return SplitCut(c.device_layers, c.last_device_layer, c.payload_bytes, c.device_seconds, c.transfer_seconds,
+                        c.server_seconds, c.total_seconds, c.device_joules)
 
     digest = hashlib.sha256(head.read_bytes() + tail.read_bytes()).hexdigest()
-    return {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"],
-            "boundary": {**report.boundary.to_dict(), "tensor": report.boundary_tensor,
-                         "payload_bytes": report.payload_bytes, "fp32_bytes": report.payload_fp32_bytes},
-            "split": {"device": plan.device, "server": plan.server, "link": plan.link, "uplink_bps": plan.uplink_bps,
-                      "objective": plan.objective, "server_dtype": report.tail_dtype, "requested": report.requested,
-                      "chosen": cut(plan.chosen),
-                      "all_device": cut(plan.all_device), "all_server": cut(plan.all_server),
-                      "decision_map": [list(r) for r in plan.decision_map]},
-            "model_id": report.model, "model_version": f"sha256:{digest[:16]}"}
+    figures = SplitFigures(plan.device, plan.server, plan.link, plan.uplink_bps, plan.objective, report.tail_dtype,
+                           report.requested, cut(plan.chosen), cut(plan.all_device), cut(plan.all_server),
+                           plan.decision_map)
+    boundary = SplitBoundary(report.boundary, report.boundary_tensor, report.payload_bytes, report.payload_fp32_bytes)
+    return SplitSchedule(("head",), ("tail",), report.model, f"sha256:{digest[:16]}", boundary, figures)
 
 
 class _NhwcInput(torch.nn.Module):
     """A tail that takes the NHWC tensor an MCU head sends, permuting it back to NCHW first."""
 
-    def __init__(self, tail: torch.nn.Module) -> None:
+    def __init__(self, tail: Any) -> None:  # a module with an NCHW `input_shape`
         super().__init__()
         self.tail = tail
         n, c, h, w = tail.input_shape
@@ -228,10 +276,24 @@ def _to_native(channels_last: bool) -> Any:
     return (lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1))) if channels_last else (lambda x: x)
 
 
-def _write_tail(tail: Any, boundary_samples: np.ndarray, path: Path, tail_dtype: str, server: Device) -> None:
+def tail_config(config: Int8Config) -> Int8Config:
+    """How an int8 tail is quantized: ONNX QDQ, calibrated on the head's outputs for the head's samples."""
+    return Int8Config(format="onnx", max_samples=config.max_samples)
+
+
+def split_recipe(config: Int8Config, tail_dtype: str, samples: int, data_free: bool,
+                 boundary_layout: str | None) -> dict[str, QuantRecipe]:
+    """The manifest's recipe: the head's, and the tail's when it is quantized (it takes the head's layout)."""
+    recipe = {"head": config.recipe(samples, data_free)}
+    if tail_dtype == "int8":
+        recipe["tail"] = tail_config(config).recipe(samples, data_free, boundary_layout)
+    return recipe
+
+
+def _write_tail(tail: Any, boundary_samples: np.ndarray, path: Path, tail_dtype: str, config: Int8Config) -> None:
     """The tail as ONNX: fp32 as exported, or QDQ INT8 calibrated on the head's dequantized outputs."""
     if tail_dtype == "int8":
-        quantize(tail, boundary_samples, path, Int8Config(format="onnx"))
+        quantize(tail, boundary_samples, path, tail_config(config))
         return
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.formats.bundle import QuantRecipe
 from edgekit.targets import Device
 
 FORMATS = ("tflite", "onnx")
@@ -33,6 +34,23 @@ class Int8Config:
             raise EdgekitError("Int8Config.channels_last_io applies to tflite only (ONNX models keep NCHW)")
         if self.max_samples < 1:
             raise EdgekitError(f"Int8Config.max_samples must be >= 1, found {self.max_samples}")
+
+    @property
+    def io_layout(self) -> str:
+        """Axis order of the model's 4-D input (and outputs): NHWC with channels_last_io, else NCHW."""
+        return "NHWC" if self.channels_last_io else "NCHW"
+
+    def recipe(self, samples: int, data_free: bool, io_layout: str | None = None) -> QuantRecipe:
+        """What the manifest records of a model this config quantized from `samples` calibration inputs.
+
+        TFLite calibrates activations with PT2E's HistogramObserver (litert-torch's static int8 config), so
+        `calibration` applies to ONNX only; ONNX QDQ models keep float32 I/O. `io_layout` overrides the
+        config's for a model whose input layout comes from elsewhere (a split tail takes the head's).
+        """
+        tflite = self.format == "tflite"
+        return QuantRecipe(self.format, self.per_channel, "int8" if tflite and self.int8_io else "float32",
+                           io_layout or self.io_layout, "histogram" if tflite else self.calibration,
+                           self.max_samples, samples, data_free)
 
     @classmethod
     def for_target(cls, device: Device, **overrides: Any) -> Int8Config:

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.analysis import Fit
 from edgekit.errors import ConversionError, ProfileError
-from edgekit.graph.from_tflite import op_name, read_model
+from edgekit.formats.tflite import op_name, read_model
 from edgekit.runtime.backends import TFLM_ARENA_TOTAL, CapturedStderr, generous_arena_bytes
 from edgekit.targets import Device, load_target
 

@@ -14,8 +14,8 @@ it as is. Outputs:
   tiles take its top-left part);
 - `patch_rest.tflite`: the rest of the network on the stage buffer, with an offline arena plan
   (`edgekit.convert.arena_plan`) that puts its input, the stage buffer, at offset 0 of TFLM's arena;
-- the schedule (a JSON-able dict; `edgekit.convert.patch_pack` renders it as a C header): per patch its
-  window in image coordinates, tile in the stage buffer, and the valid part of each mask.
+- the schedule (an `edgekit.formats.plans.PatchSchedule`; `edgekit.convert.patch_pack` renders it as a C
+  header): per patch its window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
 
 from __future__ import annotations
@@ -30,10 +30,20 @@ import numpy as np
 
 from edgekit.convert.arena_plan import attach_arena_plan, plan_arena
 from edgekit.errors import ConversionError, PlanError
+from edgekit.formats import tflite
+from edgekit.formats.plans import (
+    FlashBytes,
+    Patch,
+    PatchMask,
+    PatchSchedule,
+    PlannerFigures,
+    RestArena,
+    ScheduleTensor,
+    StageMacs,
+)
 from edgekit.graph.build import same_padding
-from edgekit.graph.from_tflite import _schema, from_tflite, op_name, read_model
+from edgekit.graph.from_tflite import from_tflite
 from edgekit.plan.patch import PatchPlan, Region, clip_region, window_region
-from edgekit.runtime.patched import SCHEDULE_VERSION
 
 STAGE_MODEL, REST_MODEL = "patch_stage.tflite", "patch_rest.tflite"
 _WINDOW_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"}
@@ -51,7 +61,7 @@ class PatchArtifacts:
     """Model files (name -> flatbuffer bytes) and the schedule that runs them patch by patch."""
 
     files: dict[str, bytes]
-    schedule: dict
+    schedule: PatchSchedule
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write every model file and patch_schedule.json into out_dir."""
@@ -61,7 +71,7 @@ class PatchArtifacts:
         for name, data in self.files.items():
             (out / name).write_bytes(data)
             written.append(out / name)
-        (out / "patch_schedule.json").write_text(json.dumps(self.schedule, indent=1))
+        (out / "patch_schedule.json").write_text(json.dumps(self.schedule.to_dict(), indent=1))
         return written + [out / "patch_schedule.json"]
 
 
@@ -86,14 +96,13 @@ class _Model:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.model, self.data = read_model(path)
+        self.model, self.data = tflite.read_model(path)
         self.sub = self.model.subgraphs[0]
         self.ops = list(self.sub.operators or [])
-        self.names = [op_name(self.model, op) for op in self.ops]
+        self.names = [tflite.op_name(self.model, op) for op in self.ops]
 
     def is_const(self, index: int) -> bool:
-        data = self.model.buffers[self.sub.tensors[index].buffer].data
-        return data is not None and len(data) > 0
+        return tflite.is_constant(self.model, index)
 
     def const(self, index: int) -> np.ndarray:
         tensor = self.sub.tensors[index]
@@ -119,10 +128,11 @@ class _Model:
         PADV2's constant, -128 for a SAME max pool; None when the op does not pad."""
         op, name = self.ops[index], self.names[index]
         x = self.acts(op)[0]
+        fill: int | None
         if name in _PAD_OPS:
-            pads = self.const(op.inputs[1])
+            paddings = self.const(op.inputs[1])
             fill = self.zero_point(x) if name == "PAD" else int(self.const(op.inputs[2]).ravel()[0])
-            return x, window_region(out, (1, 1), (1, 1), (1, 1), (int(pads[1][0]), int(pads[2][0]))), fill
+            return x, window_region(out, (1, 1), (1, 1), (1, 1), (int(paddings[1][0]), int(paddings[2][0]))), fill
         o = op.builtinOptions
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             w = self.sub.tensors[op.inputs[1]].shape
@@ -233,7 +243,7 @@ class _Stage:
         return len(self.tensors) - 1
 
     def bool_tensor(self, shape: tuple[int, ...], name: str) -> int:
-        t = _schema().TensorT()
+        t = tflite.schema().TensorT()
         t.shape, t.type, t.name, t.buffer = np.array(shape, np.int32), _BOOL, name, 0
         self.tensors.append(t)
         return len(self.tensors) - 1
@@ -246,7 +256,7 @@ class _Stage:
 
     def new_const(self, values: np.ndarray, name: str, quantized_like: int | None = None) -> int:
         """A new int32 constant (int8 with that tensor's quantization when `quantized_like` is given)."""
-        t = _schema().TensorT()
+        t = tflite.schema().TensorT()
         t.shape, t.type, t.name = np.array(values.shape, np.int32), _INT32, name
         if quantized_like is not None:
             t.type, t.quantization = _INT8, copy.deepcopy(self.tensors[quantized_like].quantization)
@@ -258,7 +268,7 @@ class _Stage:
 
     def emit(self, code: str, inputs: list[int], output: int, options: tuple[int, Any] | None = None,
              like: Any = None) -> None:
-        op = copy.deepcopy(like) if like is not None else _schema().OperatorT()
+        op = copy.deepcopy(like) if like is not None else tflite.schema().OperatorT()
         op.opcodeIndex = self.codes[code]
         op.inputs, op.outputs = np.array(inputs, np.int32), np.array([output], np.int32)
         if options is not None:
@@ -271,7 +281,7 @@ class _Stage:
         if have == region:
             return index
         if (tensor, region, None) not in self._derived:
-            schema = _schema()
+            schema = tflite.schema()
             out = self.tensor(tensor, _hw(region), "/crop")
             c = int(self.src.sub.tensors[tensor].shape[3])
             begin = self.new_const(np.array([0, region[0] - have[0], region[1] - have[1], 0]), "crop_begin")
@@ -297,7 +307,7 @@ class _Stage:
             self.image_fill = fill
             return taken
         if (tensor, region, fill) not in self._derived:
-            schema = _schema()
+            schema = tflite.schema()
             height, width = _hw(region)
             k = len(self.masks)
             rows, cols = self.bool_tensor((1, height, 1, 1), f"mask{k}_rows"), self.bool_tensor((1, 1, width, 1),
@@ -314,7 +324,7 @@ class _Stage:
             self._derived[(tensor, region, fill)] = out
         return self._derived[(tensor, region, fill)]
 
-    def valid(self, patch: int) -> list[list[int]]:
+    def valid(self, patch: int) -> tuple[Region, ...]:
         """Per mask, the part (top, left, bottom, right; local rows/cols) of patch `patch`'s region inside
         the tensor: the rows and columns its masks mark True."""
         out = []
@@ -322,8 +332,8 @@ class _Stage:
             top, left, bottom, right = _shifted(region, self.shifts[patch][tensor])
             height, width = self.src.hw(tensor)
             (r0, r1), (c0, c1) = _inside(top, bottom, height), _inside(left, right, width)
-            out.append([r0, c0, r1, c1])
-        return out
+            out.append((r0, c0, r1, c1))
+        return tuple(out)
 
 
 def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
@@ -384,7 +394,7 @@ def _compact(src: _Model, ops: list[Any], inputs: list[int], outputs: list[int],
 
 
 def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operators: list[Any], name: str) -> Any:
-    sub = _schema().SubGraphT()
+    sub = tflite.schema().SubGraphT()
     sub.tensors, sub.operators, sub.name = tensors, operators, name
     sub.inputs, sub.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
     return sub
@@ -395,7 +405,7 @@ _NEW_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}  # op -> the version w
 
 def _opcodes(src: _Model) -> tuple[list[Any], dict[str, int]]:
     """The model's operator codes plus SLICE, LOGICAL_AND and SELECT_V2, and name -> index for all of them."""
-    schema = _schema()
+    schema = tflite.schema()
     codes = list(src.model.operatorCodes)
     index = {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}
     for name, version in _NEW_OPS.items():
@@ -406,25 +416,6 @@ def _opcodes(src: _Model) -> tuple[list[Any], dict[str, int]]:
             index[name] = len(codes)
             codes.append(code)
     return codes, index
-
-
-def _pack(model: Any) -> bytes:
-    """Serialise a ModelT with every byte vector (weight buffers) on a 16-byte boundary, as TFLM expects."""
-    import flatbuffers
-
-    class Builder(flatbuffers.Builder):
-        def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 - flatbuffers' own name
-            if x.dtype != np.uint8:
-                return super().CreateNumpyVector(x)
-            self.StartVector(1, x.size, 16)
-            self.head -= x.size
-            self.Bytes[self.head: self.head + x.size] = x.tobytes()
-            self.vectorNumElems = x.size
-            return self.EndVector()
-
-    builder = Builder(1024 * 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> Any:
@@ -439,11 +430,11 @@ def _standalone(src: _Model, codes: list[Any], sub: Any, buffers: list[Any]) -> 
     return model
 
 
-def _tensor_info(tensor: Any) -> dict:
+def _tensor_info(tensor: Any) -> ScheduleTensor:
     q = tensor.quantization
     scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else None
-    return {"shape": [int(d) for d in tensor.shape], "dtype": _DTYPES.get(tensor.type, str(tensor.type)),
-            "scale": scale, "zero_point": int(q.zeroPoint[0]) if scale is not None else None}
+    return ScheduleTensor(tuple(int(d) for d in tensor.shape), _DTYPES.get(tensor.type, str(tensor.type)), scale,
+                          int(q.zeroPoint[0]) if scale is not None else None)
 
 
 def _contains(outer: Region, inner: Region) -> bool:
@@ -462,7 +453,7 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     tile_h, tile_w = (max(_hw(t)[axis] for t in plan.tiles) for axis in (0, 1))
     needed = [_regions(src, end, stage_tensor, (t[0], t[1], t[0] + tile_h, t[1] + tile_w)) for t in plan.tiles]
     for tile, window, regions in zip(plan.tiles, plan.input_windows, needed):
-        if not _contains(regions[image], tuple(window)):
+        if not _contains(regions[image], window):
             raise PlanError(f"{src.path}: tile {tile} needs input window {tuple(window)} by the plan, more than "
                             f"this model's {regions[image]}; the plan was made on another model")
         if {t: _hw(r) for t, r in regions.items()} != {t: _hw(r) for t, r in needed[0].items()}:
@@ -475,7 +466,7 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
         if t.buffer < 0:
             t.buffer = len(buffers) + (-1 - t.buffer)
     for data in stage.new_buffers:
-        buffers.append(_schema().BufferT())
+        buffers.append(tflite.schema().BufferT())
         buffers[-1].data = data
     stage_out = stage.held[stage_tensor][0]
     stage_sub = _subgraph(stage.tensors, stage.inputs, [stage_out], stage.operators, "patch_stage")
@@ -483,28 +474,21 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     rest_model = _standalone(src, codes, rest_sub, buffers)
     rest_arena = plan_arena(rest_model, {int(rest_sub.inputs[0]): 0})  # the stage buffer heads the rest's arena
     attach_arena_plan(rest_model, rest_arena)
-    files = {STAGE_MODEL: _pack(_standalone(src, codes, stage_sub, buffers)), REST_MODEL: _pack(rest_model)}
+    files = {STAGE_MODEL: tflite.pack_model(_standalone(src, codes, stage_sub, buffers)),
+             REST_MODEL: tflite.pack_model(rest_model)}
     full_macs = sum(src.macs(i, src.hw(src.ops[i].outputs[0])) for i in range(end + 1))
     input_info = _tensor_info(src.sub.tensors[image])
-    window_fill = stage.image_fill if stage.image_fill is not None else input_info["zero_point"] or 0
+    window_fill = stage.image_fill if stage.image_fill is not None else input_info.zero_point or 0
     assert plan.chosen is not None  # checked by _stage_split
-    schedule = {
-        "kind": "patch", "version": SCHEDULE_VERSION, "layout": "NHWC",
-        "stage_model": STAGE_MODEL, "rest_model": REST_MODEL,
-        "stage_end": plan.chosen.stage_end, "grid": plan.chosen.grid,
-        "input": input_info, "stage": _tensor_info(src.sub.tensors[stage_tensor]),
-        "output": _tensor_info(src.sub.tensors[src.sub.outputs[0]]),
-        "window": {**_tensor_info(stage.tensors[stage.inputs[0]]), "fill": window_fill},
-        "tile": _tensor_info(stage.tensors[stage_out]),
-        "masks": [{"tensor": _name(src.sub.tensors[t]), "shape": list(_hw(region)), "fill": fill,
-                   "inputs": [1 + 2 * k, 2 + 2 * k]} for k, (t, region, fill) in enumerate(stage.masks)],
-        "patches": [{"window": list(r[image]), "tile": list(tile), "valid": stage.valid(p)}
-                    for p, (tile, r) in enumerate(zip(plan.tiles, needed))],
-        "macs": {"stage_full": full_macs, "stage_patched": stage.macs * len(plan.tiles)},
-        "flash_bytes": {"full": len(src.data), "patched": sum(len(data) for data in files.values())},
-        "rest_arena": {"input_offset": 0, "head_bytes": rest_arena.head_bytes,
-                       "lower_bound_bytes": rest_arena.lower_bound_bytes},
-        "planner": {"peak_bytes": plan.chosen.peak_bytes, "layer_by_layer_peak_bytes": plan.layer_by_layer_peak_bytes,
-                    "extra_macs": plan.chosen.extra_macs},
-    }
+    schedule = PatchSchedule(
+        STAGE_MODEL, REST_MODEL, plan.chosen.stage_end, plan.chosen.grid, input_info,
+        _tensor_info(src.sub.tensors[stage_tensor]), _tensor_info(src.sub.tensors[src.sub.outputs[0]]),
+        _tensor_info(stage.tensors[stage.inputs[0]]), window_fill, _tensor_info(stage.tensors[stage_out]),
+        tuple(PatchMask(_name(src.sub.tensors[t]), _hw(region), fill, (1 + 2 * k, 2 + 2 * k))
+              for k, (t, region, fill) in enumerate(stage.masks)),
+        tuple(Patch(r[image], tile, stage.valid(p)) for p, (tile, r) in enumerate(zip(plan.tiles, needed))),
+        StageMacs(full_macs, stage.macs * len(plan.tiles)),
+        FlashBytes(len(src.data), sum(len(data) for data in files.values())),
+        RestArena(0, rest_arena.head_bytes, rest_arena.lower_bound_bytes),
+        PlannerFigures(plan.chosen.peak_bytes, plan.layer_by_layer_peak_bytes, plan.chosen.extra_macs))
     return PatchArtifacts(files, schedule)

@@ -36,10 +36,11 @@ def statistics_gap(model: Any, x: Any) -> Any:
     gaps: list[torch.Tensor] = []
 
     def measure(module: torch.nn.BatchNorm2d, args: tuple, _output: Any) -> None:
-        batch = args[0]
+        batch, running_mean, running_var = args[0], module.running_mean, module.running_var
+        assert running_mean is not None and running_var is not None  # track_running_stats, filtered above
         std = (batch.var(dim=(0, 2, 3), unbiased=False) + module.eps).sqrt()
-        gaps.append((batch.mean(dim=(0, 2, 3)) - module.running_mean).norm()
-                    + (std - (module.running_var + module.eps).sqrt()).norm())
+        gaps.append((batch.mean(dim=(0, 2, 3)) - running_mean).norm()
+                    + (std - (running_var + module.eps).sqrt()).norm())
 
     hooks = [m.register_forward_hook(measure) for m in norms]
     try:

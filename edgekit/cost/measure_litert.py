@@ -16,13 +16,15 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from edgekit.cost.measure_ort import LayerTimings
 from edgekit.errors import CalibrationError
+from edgekit.formats.tflite import pack_model, read_model
 from edgekit.graph.ir import Graph
+
+if TYPE_CHECKING:
+    from edgekit.runtime.backends import LiteRTAdapter
 
 
 def isotonic(values: Sequence[float]) -> list[float]:
@@ -50,30 +52,27 @@ def compute_cuts(graph: Graph, tflite_graph: Graph) -> list[tuple[int, int]]:
 
 def prefix_bytes(model: Any, operators: int, outputs: list[int]) -> bytes:
     """The flatbuffer of `model` (schema object API) keeping its first `operators` operators, with `outputs`."""
-    from ai_edge_litert.tools.flatbuffer_utils import convert_object_to_bytearray
-
     prefix = copy.copy(model)
     subgraph = copy.copy(model.subgraphs[0])
     subgraph.operators = list(model.subgraphs[0].operators or [])[:operators]
     subgraph.outputs = list(outputs)
     prefix.subgraphs = [subgraph, *model.subgraphs[1:]]
-    return bytes(convert_object_to_bytearray(prefix))
+    return pack_model(prefix)
 
 
-def _interpreter(content: bytes, threads: int) -> tuple[Any, Any]:
-    from edgekit.runtime.backends import litert_interpreter_class
+def _adapter(content: bytes, threads: int) -> LiteRTAdapter:
+    """LiteRT over `content`, its input set to zeros; what is timed is its interpreter's invoke() alone."""
+    from edgekit.runtime.backends import LiteRTAdapter
 
-    interpreter = litert_interpreter_class()(model_content=content, num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
-    return interpreter, content  # the interpreter reads the flatbuffer in place: keep the bytes alive
+    adapter = LiteRTAdapter(content, threads=threads)
+    adapter.invoke()  # sets the zero input buffer
+    return adapter
 
 
 def measure_litert(graph: Graph, tflite_path: str | Path, weights: Mapping[str, float], threads: int = 1,
                    repeats: int = 20, warmup: int = 5) -> LayerTimings:
     """Time every compute-layer prefix of the .tflite model of `graph` and return per-layer seconds."""
-    from edgekit.graph.from_tflite import from_tflite, read_model
+    from edgekit.graph.from_tflite import from_tflite
 
     path = Path(tflite_path)
     model, _ = read_model(path)
@@ -87,12 +86,12 @@ def measure_litert(graph: Graph, tflite_path: str | Path, weights: Mapping[str, 
     prefixes = [prefix_bytes(model, 0, list(subgraph.inputs))]
     prefixes += [prefix_bytes(model, end, [tensor]) for end, (_, tensor) in zip(ends, cuts)]
     prefixes.append(path.read_bytes())
-    interpreters = [_interpreter(content, threads) for content in prefixes]
-    times: list[list[float]] = [[] for _ in interpreters]
+    adapters = [_adapter(content, threads) for content in prefixes]
+    times: list[list[float]] = [[] for _ in adapters]
     for _ in range(warmup + repeats):
-        for interpreter, series in zip(interpreters, times):
+        for adapter, series in zip(adapters, times):
             start = time.perf_counter()
-            interpreter[0].invoke()
+            adapter.interpreter.invoke()
             series.append(time.perf_counter() - start)
     cumulative = isotonic([statistics.median(series[warmup:]) for series in times])
     bounds = [-1, *(index for index, _ in cuts), len(graph.layers) - 1]  # last graph layer of each segment

@@ -19,10 +19,13 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 from edgekit import __version__
 from edgekit.errors import BundleError
+
+if TYPE_CHECKING:
+    from edgekit.formats.plans import PatchSchedule, SplitSchedule
 
 FORMAT = "edgekit-bundle"
 VERSION = 1
@@ -38,11 +41,17 @@ DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int32": (-2**31, 2**31 - 1)}
 LAYOUTS = ("NCHW", "NHWC")
 MANIFEST_KEYS = ("format", "version", "edgekit_version", "model", "target", "stages", "plan", "preprocessing",
-                 "labels", "files")
+                 "labels", "recipe", "files")
+OPTIONAL_MANIFEST_KEYS = ("recipe",)  # absent from bundles written before it existed; never null
 STAGE_KEYS = ("name", "backend", "file", "inputs", "outputs")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "scale", "zero_point")
 PREPROCESSING_KEYS = ("layout", "channels", "height", "width", "scale", "mean", "std")
 FILE_KEYS = ("sha256", "bytes")
+RECIPE_KEYS = ("format", "per_channel", "io_dtype", "io_layout", "calibration_method", "max_samples", "samples",
+               "data_free")
+RECIPE_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}  # a recipe's format and the file it made
+RECIPE_IO_DTYPES = ("int8", "float32")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "histogram")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same inputs give the same archive bytes
 _HEX = frozenset("0123456789abcdef")
 
@@ -101,6 +110,12 @@ def _number(value: Any, where: str, key: str, positive: bool = False) -> float:
     if positive and value <= 0:
         raise BundleError(f"{where}: '{key}' must be > 0, found {value}")
     return float(value)
+
+
+def _boolean(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise BundleError(f"{where}: '{key}' must be true or false, found {_kind(value)}")
+    return value
 
 
 def _array(value: Any, where: str, key: str, nonempty: bool = True) -> list:
@@ -285,15 +300,70 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class QuantRecipe:
+    """How one stage's INT8 model was made: the Int8Config that quantized it and the calibration it saw."""
+
+    format: str  # tflite (litert-torch PT2E) or onnx (onnxruntime QDQ)
+    per_channel: bool  # weights quantized per output channel, else per tensor
+    io_dtype: str  # dtype of the model's inputs and outputs: int8 or float32
+    io_layout: str  # axis order of its 4-D input: NCHW or NHWC
+    calibration_method: str  # how activation ranges were set: minmax, entropy, percentile or histogram
+    max_samples: int  # the cap on calibration samples
+    samples: int  # calibration samples used, at most the cap
+    data_free: bool  # the samples were synthesised (batch-norm statistics), not real data
+
+    def to_dict(self) -> dict:
+        """The JSON object of this recipe."""
+        return {"format": self.format, "per_channel": self.per_channel, "io_dtype": self.io_dtype,
+                "io_layout": self.io_layout, "calibration_method": self.calibration_method,
+                "max_samples": self.max_samples, "samples": self.samples, "data_free": self.data_free}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, key: str) -> QuantRecipe:
+        """Validate one recipe object; `key` is its place in the manifest, e.g. `recipe['main']`."""
+        data = _object(data, where, key, RECIPE_KEYS)
+        max_samples = _integer(data["max_samples"], where, f"{key}.max_samples", minimum=1)
+        return cls(_string(data["format"], where, f"{key}.format", tuple(RECIPE_SUFFIX)),
+                   _boolean(data["per_channel"], where, f"{key}.per_channel"),
+                   _string(data["io_dtype"], where, f"{key}.io_dtype", RECIPE_IO_DTYPES),
+                   _string(data["io_layout"], where, f"{key}.io_layout", LAYOUTS),
+                   _string(data["calibration_method"], where, f"{key}.calibration_method", CALIBRATION_METHODS),
+                   max_samples, _integer(data["samples"], where, f"{key}.samples", 1, max_samples),
+                   _boolean(data["data_free"], where, f"{key}.data_free"))
+
+
+def _recipes(data: Any, where: str, stages: tuple[Stage, ...]) -> dict[str, QuantRecipe]:
+    """The manifest's `recipe`: stage name -> the recipe that made that stage's file (a stage of its format)."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: 'recipe' must be an object (stage name -> recipe), found {_kind(data)}; "
+                          "leave the key out when there is none")
+    if not data:
+        raise BundleError(f"{where}: 'recipe' must not be empty; leave the key out when there is none")
+    files = {stage.name: stage.file for stage in stages}
+    recipes = {}
+    for name, value in data.items():
+        key = f"recipe[{name!r}]"
+        if name not in files:
+            raise BundleError(f"{where}: '{key}' names no stage (stages: {', '.join(files)})")
+        recipe = QuantRecipe.from_dict(value, where, key)
+        if not files[name].endswith(RECIPE_SUFFIX[recipe.format]):
+            raise BundleError(f"{where}: '{key}.format' {recipe.format} does not match stage {name!r}'s file "
+                              f"{files[name]!r}")
+        recipes[name] = recipe
+    return recipes
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The contents of `manifest.json` (format version 1): what the bundle runs, how, and every file's hash."""
 
     model: str
     target: str
     stages: tuple[Stage, ...]
-    plan: dict | None = field(default=None, hash=False)
+    plan: PatchSchedule | SplitSchedule | None = None
     preprocessing: InputPreprocessing | None = None
     labels: tuple[str, ...] | None = None
+    recipe: dict[str, QuantRecipe] | None = field(default=None, hash=False)  # stage name -> how it was quantized
     files: dict[str, FileEntry] = field(default_factory=dict, hash=False)
     edgekit_version: str = __version__
 
@@ -305,13 +375,17 @@ class Manifest:
         raise BundleError(f"no stage {name!r} in the manifest (stages: {', '.join(s.name for s in self.stages)})")
 
     def to_dict(self) -> dict:
-        """The JSON object of `manifest.json`, keys in the documented order, files sorted by name."""
-        return {"format": FORMAT, "version": VERSION, "edgekit_version": self.edgekit_version,
-                "model": self.model, "target": self.target, "stages": [s.to_dict() for s in self.stages],
-                "plan": self.plan,
-                "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
-                "labels": None if self.labels is None else list(self.labels),
-                "files": {name: self.files[name].to_dict() for name in sorted(self.files)}}
+        """The JSON object of `manifest.json`, keys in the documented order, files sorted by name; `recipe`
+        only when there is one."""
+        data: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "edgekit_version": self.edgekit_version,
+            "model": self.model, "target": self.target, "stages": [s.to_dict() for s in self.stages],
+            "plan": None if self.plan is None else self.plan.to_dict(),
+            "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
+            "labels": None if self.labels is None else list(self.labels)}
+        if self.recipe is not None:
+            data["recipe"] = {name: recipe.to_dict() for name, recipe in self.recipe.items()}
+        return {**data, "files": {name: self.files[name].to_dict() for name in sorted(self.files)}}
 
     def to_json(self) -> str:
         """`manifest.json` text: UTF-8 JSON, 2-space indent, trailing newline; no NaN or infinity."""
@@ -325,11 +399,13 @@ class Manifest:
         """Validate a parsed manifest strictly; every error names `where`, the key, what was expected and found."""
         where = str(where)
         _check_format(data, where)
-        data = _object(data, where, "", MANIFEST_KEYS)
+        absent = tuple(k for k in OPTIONAL_MANIFEST_KEYS if k not in data)
+        data = _object({**data, **dict.fromkeys(absent)}, where, "", MANIFEST_KEYS)
         files_data = data["files"]
         if not isinstance(files_data, dict):
             raise BundleError(f"{where}: 'files' must be an object, found {_kind(files_data)}")
-        files, folded = {}, {}
+        files: dict[str, FileEntry] = {}
+        folded: dict[str, str] = {}
         for name in sorted(files_data):
             _check_name(name, where, "'files'")
             if name.casefold() == MANIFEST:
@@ -346,17 +422,19 @@ class Manifest:
                 raise BundleError(f"{where}: duplicate stage name {stage.name!r} at 'stages[{i}].name'")
             if stage.file not in files:
                 raise BundleError(f"{where}: 'stages[{i}].file' {stage.file!r} is not listed in 'files'")
-        plan = data["plan"]
-        if plan is not None and not isinstance(plan, dict):
-            raise BundleError(f"{where}: 'plan' must be an object or null, found {_kind(plan)}")
+        from edgekit.formats.plans import parse_plan  # plans.py builds on this module's types
+
+        plan = parse_plan(data["plan"], where, stages, files)
         preprocessing = None if data["preprocessing"] is None else \
             InputPreprocessing.from_dict(data["preprocessing"], where)
         labels = None
         if data["labels"] is not None:
             labels = tuple(_string_any(v, where, f"labels[{i}]")
                            for i, v in enumerate(_array(data["labels"], where, "labels", nonempty=False)))
+        recipe = None if "recipe" in absent else _recipes(data["recipe"], where, stages)
         return cls(_string(data["model"], where, "model"), _string(data["target"], where, "target"), stages,
-                   plan, preprocessing, labels, files, _string(data["edgekit_version"], where, "edgekit_version"))
+                   plan, preprocessing, labels, recipe, files,
+                   _string(data["edgekit_version"], where, "edgekit_version"))
 
 
 def _string_any(value: Any, where: str, key: str) -> str:
@@ -451,7 +529,7 @@ class _FolderReader:
     def entries(self) -> dict[str, int]:
         return _scan_folder(self.root, str(self.root))
 
-    def open(self, name: str) -> BinaryIO:
+    def open(self, name: str) -> IO[bytes]:
         fd = os.open(self.root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
         return os.fdopen(fd, "rb")
 
@@ -492,7 +570,7 @@ class _ZipReader:
             self.members[name] = info
         return {name: info.file_size for name, info in self.members.items()}
 
-    def open(self, name: str) -> BinaryIO:
+    def open(self, name: str) -> IO[bytes]:
         return self.zip.open(self.members[name])
 
     def close(self) -> None:
@@ -625,7 +703,7 @@ def _zip_info(name: str, size: int) -> zipfile.ZipInfo:
     return info
 
 
-def _copy_hashed(source: BinaryIO, target: BinaryIO, name: str, where: str) -> FileEntry:
+def _copy_hashed(source: IO[bytes], target: IO[bytes], name: str, where: str) -> FileEntry:
     """Copy in chunks, hashing as it goes: one read of the source."""
     digest, count = hashlib.sha256(), 0
     while chunk := source.read(CHUNK_BYTES):

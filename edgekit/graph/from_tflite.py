@@ -1,4 +1,4 @@
-"""Import a `.tflite` flatbuffer (float or INT8) with the schema bindings LiteRT ships.
+"""Import a `.tflite` flatbuffer (float or INT8) into a Graph, read with `edgekit.formats.tflite`.
 
 TFLite activations are NHWC; shapes are turned to N,C,H,W here so every source reads alike.
 Tensors that litert-torch keeps in NCHW (before its boundary TRANSPOSE) are detected and left.
@@ -6,19 +6,17 @@ Tensors that litert-torch keeps in NCHW (before its boundary TRANSPOSE) are dete
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ModelLoadError, UnsupportedOpError
+from edgekit.errors import UnsupportedOpError
+from edgekit.formats.tflite import TENSOR_TYPES, is_constant, op_name, read_model
 from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import DTYPE_BYTES, Graph, TensorSpec
 
-_TFLITE_DTYPES = {0: "fp32", 1: "fp16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}
-_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int32": np.int32, "uint8": np.uint8, "int64": np.int64,
-                 "int16": np.int16, "int8": np.int8}
+_TFLITE_DTYPES = {0: "fp32", 1: "fp16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}  # -> IR names
 _SIMPLE = {"ADD": "add", "MUL": "mul", "SUB": "sub", "RELU": "relu", "RELU6": "relu6", "HARD_SWISH": "hardswish",
            "LOGISTIC": "sigmoid", "TANH": "tanh", "SOFTMAX": "softmax", "LEAKY_RELU": "leaky_relu", "GELU": "gelu",
            "RESHAPE": "reshape", "SQUEEZE": "reshape", "EXPAND_DIMS": "reshape", "QUANTIZE": "quantize",
@@ -26,51 +24,6 @@ _SIMPLE = {"ADD": "add", "MUL": "mul", "SUB": "sub", "RELU": "relu", "RELU6": "r
            "RESIZE_BILINEAR": "upsample"}
 _FUSED = {1: "relu", 3: "relu6"}
 _LAYOUT_FREE = {"QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "LOGISTIC", "TANH", "HARD_SWISH", "ADD", "MUL", "SUB"}
-
-
-def _schema() -> Any:
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - depends on what is installed
-        try:
-            from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-        except ImportError:
-            raise ModelLoadError("reading .tflite files needs ai-edge-litert (pip install 'edgekit[runtime]')") from None
-    return schema
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_names() -> dict[int, str]:
-    return {v: k for k, v in vars(_schema().BuiltinOperator).items() if not k.startswith("_")}
-
-
-def op_name(model: Any, op: Any) -> str:
-    """Builtin name of an operator ('CONV_2D'), or 'CUSTOM:<code>' for a custom op."""
-    code = model.operatorCodes[op.opcodeIndex]
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    name = _builtin_names().get(builtin, str(builtin))
-    if name == "CUSTOM":
-        custom = code.customCode
-        name = f"CUSTOM:{custom.decode(errors='replace') if isinstance(custom, bytes) else custom}"
-    return name
-
-
-def read_model(path: Path) -> tuple[Any, bytes]:
-    """Parse a .tflite file with LiteRT's schema bindings: (model object, raw bytes); ModelLoadError if not one."""
-    schema = _schema()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: no such file") from None
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelLoadError(f"{path}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
-    try:
-        model = schema.ModelT.InitFromPackedBuf(data, 0)
-    except Exception as exc:  # the generated parser raises whatever struct/index error it hits
-        raise ModelLoadError(f"{path}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
-    if not model.subgraphs:
-        raise ModelLoadError(f"{path}: TFLite model has no subgraphs")
-    return model, data
 
 
 def _short_name(tensor_name: bytes | str) -> str:
@@ -113,10 +66,6 @@ def from_tflite(path: str | Path) -> Graph:
     sub = model.subgraphs[0]
     ops = [(op_name(model, op), op) for op in sub.operators or []]
 
-    def is_const(index: int) -> bool:
-        buffer = model.buffers[sub.tensors[index].buffer] if sub.tensors[index].buffer < len(model.buffers) else None
-        return buffer is not None and (buffer.data is not None and len(buffer.data) > 0 or (buffer.size or 0) > 0)
-
     def shape(index: int) -> tuple[int, ...]:
         dims = tuple(int(d) for d in sub.tensors[index].shape)
         return (dims[0], dims[3], dims[1], dims[2]) if len(dims) == 4 and index not in nchw else dims
@@ -131,7 +80,7 @@ def from_tflite(path: str | Path) -> Graph:
         buffer = model.buffers[sub.tensors[index].buffer]
         raw = buffer.data if buffer.data is not None and len(buffer.data) else \
             np.frombuffer(data, np.uint8, count=buffer.size, offset=buffer.offset)
-        return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), _NUMPY_DTYPES.get(dtype(index), np.uint8))
+        return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), TENSOR_TYPES.get(sub.tensors[index].type, "uint8"))
 
     def const_bytes(indices: list[int]) -> int:
         # a scalar constant (PADV2's pad value) has no shape vector: one element
@@ -142,8 +91,8 @@ def from_tflite(path: str | Path) -> Graph:
     inputs = [TensorSpec(tensor_id(i), shape(i), dtype(i)) for i in sub.inputs]
     nodes = []
     for index, (opname, op) in enumerate(ops):
-        acts = [i for i in op.inputs if i >= 0 and not is_const(i)]
-        weights = [i for i in op.inputs if i >= 0 and is_const(i)]
+        acts = [i for i in op.inputs if i >= 0 and not is_constant(model, i)]
+        weights = [i for i in op.inputs if i >= 0 and is_constant(model, i)]
         out = op.outputs[0]
         scope = _short_name(sub.tensors[out].name)
         name = f"{scope}:{opname.lower()}" if scope else f"{opname.lower()}_{index}"
@@ -180,8 +129,8 @@ def _translate(opname: str, op: Any, name: str, acts: list[str], out: str, out_s
         return raw("conv2d", weight_shape=weight_shape, bias=len(weight_shapes) > 1, groups=groups, kernel=kernel,
                    stride=stride, dilation=dilation, padding=padding, param_bytes=param_bytes)
     if opname == "FULLY_CONNECTED":
-        w = tuple(int(d) for d in weight_shapes[0])
-        return raw("linear", weight_shape=w, bias=len(weight_shapes) > 1, param_bytes=param_bytes)
+        return raw("linear", weight_shape=tuple(int(d) for d in weight_shapes[0]), bias=len(weight_shapes) > 1,
+                   param_bytes=param_bytes)
     if opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         kernel, stride = (options.filterHeight, options.filterWidth), (options.strideH, options.strideW)
         padding = same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, (1, 1)) \

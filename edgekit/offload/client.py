@@ -22,10 +22,10 @@ import numpy as np
 from edgekit.errors import BundleError, FrameError, OffloadError
 from edgekit.formats.bundle import Bundle
 from edgekit.formats.frame import CODECS, Frame, Tensor, decode, encode
+from edgekit.formats.plans import SplitSchedule
 from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.link import LinkEstimate, LinkMeter
 from edgekit.offload.protocol import CONTENT_TYPE, Topics, check_publish_size, publish_properties
-from edgekit.runtime.split_exec import SplitLayout
 from edgekit.runtime.transport import Fallback, Reply, dequantize
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class OffloadClient:
     @classmethod
     def for_bundle(cls, bundle: Bundle, broker: str | BrokerConfig, **options: Any) -> OffloadClient:
         """A client for a split bundle's tail, named by the model id and version its plan records."""
-        layout = SplitLayout.of_bundle(bundle)
+        layout = SplitSchedule.of(bundle.manifest)
         if layout is None:
             raise BundleError(f"{bundle.path}: offloading needs a split bundle (compile with --split); this one runs "
                               "whole on the device")

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, FrameError
 from edgekit.formats.frame import MAX_TENSOR_BYTES, Frame, Tensor, decode, encode, peek_request_id
+from edgekit.formats.quant import quantization, quantize
 from edgekit.runtime.session import Session
 from edgekit.runtime.transport import dequantize
 
@@ -36,9 +37,8 @@ class TailHandler:
         self.model_id = model_id or session.manifest.model
         self.model_version = model_version
         info, out = session.input, session.output
-        self._raw_dtype = np.dtype(info.dtype) if info.scale is not None else None
-        self._raw_quant = (info.scale, info.zero_point)
-        self._out_dtype = np.dtype(out.dtype) if out.scale is not None else None
+        self._raw_dtype, self._raw_quant = np.dtype(info.dtype), quantization(info)  # quant None: floats only
+        self._out_dtype, self._out_quant = np.dtype(out.dtype), quantization(out)
 
     def handle(self, payload: bytes, correlation: bytes | None = None) -> tuple[str, bytes]:
         """The status ('ok', 'error' or 'expired': drop it, the device has moved on) and the answer frame.
@@ -90,10 +90,10 @@ class TailHandler:
         array = tensor.array
         if array.dtype.kind == "f":
             return array.astype(np.float32, copy=False)
-        scale, zero_point = self._raw_quant
-        if array.dtype == self._raw_dtype and tensor.zero_point == zero_point and \
-                math.isclose(tensor.scale, scale, rel_tol=1e-6):
-            return array
+        if self._raw_quant is not None and array.dtype == self._raw_dtype:
+            scale, zero_point = self._raw_quant
+            if tensor.zero_point == zero_point and math.isclose(tensor.scale, scale, rel_tol=1e-6):
+                return array
         if not tensor.scale:
             raise FrameError(f"tensor '{tensor.name}' is {array.dtype} without a scale; integer tensors need "
                              "their quantization to be dequantized")
@@ -102,12 +102,11 @@ class TailHandler:
     def _output(self, output: np.ndarray) -> Tensor:
         """The session's float output, back in the tail's integers when its output is quantized (exact: the
         session made the floats from those integers)."""
-        info = self.session.output
-        if self._out_dtype is None:
-            return Tensor(info.name, output)
-        limits = np.iinfo(self._out_dtype)
-        q = np.clip(np.rint(output / np.float32(info.scale)) + info.zero_point, limits.min, limits.max)
-        return Tensor(info.name, q.astype(self._out_dtype), info.scale, info.zero_point)
+        name = self.session.output.name
+        if self._out_quant is None:
+            return Tensor(name, output)
+        scale, zero_point = self._out_quant
+        return Tensor(name, quantize(output, scale, zero_point, self._out_dtype), scale, zero_point)
 
     def _error(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
         return encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (), kind="error",

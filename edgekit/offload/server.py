@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import OffloadError
+from edgekit.formats.plans import SplitSchedule
 from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.handler import STATUSES, TailHandler
 from edgekit.offload.protocol import Topics, publish_properties
 from edgekit.runtime.session import Session, load
-from edgekit.runtime.split_exec import SplitLayout
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ def tail_session(bundle: str | Path, backend: str | None = None, threads: int | 
     from edgekit.formats.bundle import load_bundle
 
     verified = load_bundle(bundle)
-    return load(verified, backend, threads=threads, part="server" if SplitLayout.of_bundle(verified) else None)
+    split = SplitSchedule.of(verified.manifest)
+    return load(verified, backend, threads=threads, part="server" if split else None)
 
 
 class OffloadServer:
@@ -83,7 +84,7 @@ class OffloadServer:
                  model_version: str = "", prefix: str = "edgekit", group: str = "tail",
                  backend: str | None = None, threads: int | None = None) -> None:
         session = bundle if isinstance(bundle, Session) else tail_session(bundle, backend, threads)
-        layout = SplitLayout.of_bundle(session.bundle)  # a split bundle names the model id and version
+        layout = SplitSchedule.of(session.manifest)  # a split bundle names the model id and version
         self.handler = TailHandler(session, model_id or (layout.model_id if layout else None),
                                    model_version or (layout.model_version if layout else ""))
         self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
@@ -193,7 +194,7 @@ def serve(bundle: str | Path, broker: str | BrokerConfig | None = None, *, worke
     if workers < 1:
         raise OffloadError(f"workers must be at least 1, found {workers}")
     verified = load_bundle(bundle)
-    layout = SplitLayout.of_bundle(verified)
+    layout = SplitSchedule.of(verified.manifest)
     model_id = model_id or (layout.model_id if layout else verified.manifest.model)
     topics = Topics(prefix)
     embedded = None
@@ -255,7 +256,7 @@ def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
     """SIGINT and SIGTERM set `stop` (main thread only); the handlers they replace, to restore."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
     return previous

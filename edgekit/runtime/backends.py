@@ -1,11 +1,14 @@
-"""Backend adapters for the device: model bytes in, one input buffer filled in place, `invoke()` -> raw output.
+"""Backend adapters, the one way edgekit runs a model: model bytes in, one input buffer filled in place,
+`invoke()` -> raw output.
 
-Each adapter wraps one interpreter (LiteRT, ONNX Runtime, TF Lite Micro) behind the same four members:
+Each adapter wraps one interpreter (LiteRT, ONNX Runtime, TF Lite Micro) behind the `Adapter` protocol:
 `input_buffer` (a numpy array in the model's own input dtype, allocated once; the session writes the next
 frame into it), `invoke()` (runs the model on that buffer and returns the output in the model's own dtype),
 `model_tensors()` (name, shape, dtype, scale, zero point as the model file declares them, for checking the
-manifest against the file) and `memory()` (what the backend says about its own memory, where it says
-anything). Only numpy and the backend package are imported; never torch.
+manifest against the file), `memory()` (what the backend says about its own memory, where it says
+anything) and `describe()`. The device opens a bundle's stages with `open_backend` (shapes from the
+manifest); the host opens a model file it made with `open_model` and calls it on float input through
+`FloatRunner` (fidelity checks, tools). Only numpy and the backend package are imported; never torch.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from edgekit.errors import BackendError
+from edgekit.errors import BackendError, InputError, ModelLoadError
+from edgekit.formats.quant import dequantize, quantization, quantize
+from edgekit.formats.tflite import is_constant, parse_model
 
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
@@ -27,7 +33,7 @@ ORT_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32"}
 TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
-
+FILE_BACKENDS = {".tflite": "litert", ".onnx": "onnxruntime"}  # model file suffix -> the backend open_model uses
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,21 @@ class ModelTensor:
     dtype: str
     scale: float | None = None
     zero_point: int | None = None
+
+
+class Adapter(Protocol):
+    """A model behind one preallocated input buffer, as the session drives it (see the module docstring)."""
+
+    backend: str
+    input_buffer: np.ndarray
+
+    def invoke(self) -> np.ndarray: ...
+
+    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]: ...
+
+    def memory(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
 
 
 def litert_interpreter_class() -> Any:
@@ -55,7 +76,7 @@ def litert_interpreter_class() -> Any:
     return Interpreter
 
 
-def _quantization(scales: Any, zero_points: Any) -> tuple[float | None, int | None]:
+def _tflite_quantization(scales: Any, zero_points: Any) -> tuple[float | None, int | None]:
     """Per-tensor (scale, zero point) from TFLite details, or (None, None) when the tensor is not quantized."""
     scales, zero_points = np.asarray(scales).ravel(), np.asarray(zero_points).ravel()
     if scales.size == 0 or (scales.size == 1 and float(scales[0]) == 0.0):
@@ -70,12 +91,13 @@ class LiteRTAdapter:
     """A .tflite model under LiteRT (default delegates: XNNPACK on CPU).
 
     `side_inputs` > 0 accepts that many inputs after the first (a patch stage model's masks), each with a
-    buffer in `side_buffers` that every invoke passes along."""
+    buffer in `side_buffers` that every invoke passes along. `input_shape` None: the model's own."""
 
     backend = "litert"
 
-    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None, side_inputs: int = 0) -> None:
+    def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
+                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 side_inputs: int = 0) -> None:
         interpreter_class = litert_interpreter_class()
         self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
         try:
@@ -87,17 +109,16 @@ class LiteRTAdapter:
         _check_arity(len(inputs), len(outputs), side_inputs)
         self._in, self._out = inputs[0], outputs[0]
         self._in_index, self._out_index = self._in["index"], self._out["index"]
-        self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.input_buffer = np.zeros(input_shape or tuple(self._in["shape"]), self._in["dtype"])
         self.side_buffers = [np.zeros(d["shape"], d["dtype"]) for d in inputs[1:]]
         self._sides = [(d["index"], buffer) for d, buffer in zip(inputs[1:], self.side_buffers)]
-        self.output_shape = output_shape
         self._set, self._invoke, self._get = (self.interpreter.set_tensor, self.interpreter.invoke,
                                               self.interpreter.get_tensor)
 
     def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
         def describe(d: dict) -> ModelTensor:
             q = d.get("quantization_parameters", {})
-            scale, zero = _quantization(q.get("scales", []), q.get("zero_points", []))
+            scale, zero = _tflite_quantization(q.get("scales", []), q.get("zero_points", []))
             return ModelTensor(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
 
         return describe(self._in), describe(self._out)
@@ -111,7 +132,11 @@ class LiteRTAdapter:
 
     def memory(self) -> dict[str, Any]:
         """Bytes of the model's non-constant tensors (summed, before LiteRT's arena reuses memory)."""
-        constant = _tflite_constant_tensors(self._model)
+        try:
+            model = parse_model(self._model, "the stage model")
+            constant = {i for i in range(len(model.subgraphs[0].tensors)) if is_constant(model, i)}
+        except ModelLoadError:  # no schema bindings (tflite-runtime installs): every tensor counts
+            constant = set()
         total = 0
         for d in self.interpreter.get_tensor_details():
             if d["index"] in constant or not len(d["shape"]):
@@ -130,29 +155,16 @@ def _check_arity(inputs: int, outputs: int, side_inputs: int) -> None:
                            "single-output model")
 
 
-def _tflite_constant_tensors(model: bytes) -> set[int]:
-    """Indices of subgraph 0's tensors that hold data in the flatbuffer (weights, biases); empty if unreadable."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        return set()
-    root = schema.Model.GetRootAs(model, 0)
-    graph = root.Subgraphs(0)
-    constant = set()
-    for i in range(graph.TensorsLength()):
-        buffer = root.Buffers(graph.Tensors(i).Buffer())
-        if buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1):
-            constant.add(i)
-    return constant
-
-
 class OrtAdapter:
-    """An .onnx model under ONNX Runtime, bound once to preallocated input and output buffers (IOBinding)."""
+    """An .onnx model under ONNX Runtime, bound once to preallocated input and output buffers (IOBinding).
+
+    A shape None is the model's own, which must then be static."""
 
     backend = "onnxruntime"
 
-    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
+                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -171,12 +183,11 @@ class OrtAdapter:
             raise BackendError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; the runtime runs "
                                "single-input, single-output stages")
         self._in, self._out = inputs[0], outputs[0]
-        self.input_buffer = np.zeros(input_shape, self._numpy_type(self._in.type))
-        self.output_buffer = np.zeros(output_shape, self._numpy_type(self._out.type))
-        self.output_shape = output_shape
+        self.input_buffer = np.zeros(input_shape or _static_shape(self._in), self._numpy_type(self._in.type))
+        self.output_buffer = np.zeros(output_shape or _static_shape(self._out), self._numpy_type(self._out.type))
         self._binding = self.session.io_binding()
         self._binding.bind_cpu_input(self._in.name, self.input_buffer)
-        self._binding.bind_output(self._out.name, "cpu", 0, self.output_buffer.dtype, list(output_shape),
+        self._binding.bind_output(self._out.name, "cpu", 0, self.output_buffer.dtype, list(self.output_buffer.shape),
                                   self.output_buffer.ctypes.data)
         self._run = self.session.run_with_iobinding
 
@@ -205,6 +216,13 @@ class OrtAdapter:
         return "ONNX Runtime (" + ", ".join(self.session.get_providers()) + ")"
 
 
+def _static_shape(arg: Any) -> tuple[int, ...]:
+    """An ONNX Runtime input's or output's shape, which must have no symbolic dimensions."""
+    if not all(isinstance(d, int) for d in arg.shape):
+        raise BackendError(f"'{arg.name}' has dynamic shape {arg.shape}; pass the shape to run it with")
+    return tuple(arg.shape)
+
+
 def choose_providers(available: list[str]) -> list[str]:
     """TensorRT, then CUDA where this onnxruntime build has them (Jetson, GPU servers), CPU always last."""
     return [p for p in ORT_PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
@@ -213,12 +231,13 @@ def choose_providers(available: list[str]) -> list[str]:
 class TflmAdapter:
     """A .tflite model under the TF Lite Micro interpreter on the host: checks an MCU bundle before flashing.
 
-    `side_inputs` as for `LiteRTAdapter`."""
+    `side_inputs` and `input_shape` as for `LiteRTAdapter`."""
 
     backend = "tflite-micro"
 
-    def __init__(self, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None, arena_bytes: int | None = None, side_inputs: int = 0) -> None:
+    def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
+                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 arena_bytes: int | None = None, side_inputs: int = 0) -> None:
         try:
             from tflite_micro.python.tflite_micro import runtime
         except ImportError:
@@ -232,7 +251,7 @@ class TflmAdapter:
                                f"({' '.join(str(exc).split())[:300]})") from None
         self._model = model
         self._in, self._out = self.interpreter.get_input_details(0), self.interpreter.get_output_details(0)
-        self.input_buffer = np.zeros(input_shape, self._in["dtype"])
+        self.input_buffer = np.zeros(input_shape or tuple(self._in["shape"]), self._in["dtype"])
         self.side_buffers = []
         for index in range(1, 1 + side_inputs):
             try:
@@ -240,13 +259,12 @@ class TflmAdapter:
             except (RuntimeError, ValueError, IndexError):
                 raise BackendError(f"the model has {index} inputs; expected {1 + side_inputs}") from None
             self.side_buffers.append(np.zeros(details["shape"], details["dtype"]))
-        self.output_shape = output_shape
         self._arena_used: int | None = None
 
     def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
         def describe(d: dict, name: str) -> ModelTensor:
             q = d.get("quantization_parameters", {})
-            scale, zero = _quantization(q.get("scales", []), q.get("zero_points", []))
+            scale, zero = _tflite_quantization(q.get("scales", []), q.get("zero_points", []))
             return ModelTensor(name, tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
 
         return describe(self._in, "input 0"), describe(self._out, "output 0")
@@ -306,8 +324,46 @@ ADAPTERS = {"litert": LiteRTAdapter, "onnxruntime": OrtAdapter, "tflite-micro": 
 
 
 def open_backend(backend: str, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None) -> LiteRTAdapter | OrtAdapter | TflmAdapter:
+                 threads: int | None = None) -> Adapter:
     """The adapter for `backend` over `model` (the file's bytes), with buffers for the given shapes."""
     if backend not in ADAPTERS:
         raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     return ADAPTERS[backend](model, input_shape, output_shape, threads)
+
+
+def open_model(path: str | Path, threads: int | None = 1) -> Adapter:
+    """A model file on the host, buffers in the model's own shapes: LiteRT for .tflite, ONNX Runtime's CPU
+    provider for .onnx (the same numbers on every host), one thread unless told otherwise."""
+    path = Path(path)
+    backend = FILE_BACKENDS.get(path.suffix)
+    if backend is None:
+        raise ModelLoadError(f"{path}: no backend runs '{path.suffix}' files (expected .tflite or .onnx)")
+    try:
+        model = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    if backend == "onnxruntime":
+        return OrtAdapter(model, threads=threads, providers=["CPUExecutionProvider"])
+    return LiteRTAdapter(model, threads=threads)
+
+
+class FloatRunner:
+    """An adapter called like the float model it came from: float input quantized with the model's own input
+    scale and zero point (input already in the model's integer dtype passes as is), the output dequantized to
+    float32, a new array per call. How the host checks a model file's fidelity and tools time it."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.input, self.output = adapter.model_tensors()
+        self._buffer = adapter.input_buffer
+        self._in, self._out = quantization(self.input), quantization(self.output)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self._buffer.shape:
+            raise InputError(f"input '{self.input.name}' takes shape {self._buffer.shape}, got {x.shape}")
+        if self._in is not None and x.dtype.kind == "f":
+            quantize(x, *self._in, out=self._buffer)
+        else:
+            np.copyto(self._buffer, x, casting="same_kind")
+        raw = self.adapter.invoke()
+        return dequantize(raw, *self._out) if self._out is not None else raw.astype(np.float32)

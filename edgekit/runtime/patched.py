@@ -4,7 +4,8 @@ For each patch the executor writes the patch's window of the int8 image into the
 (the schedule's fill value where the window lies beyond the image), sets the patch's border masks, runs
 the stage model and copies the tile it computed into one preallocated stage buffer; the rest model then
 runs on the stage buffer. One stage model serves every patch, so its weights are stored once, under
-LiteRT and TF Lite Micro alike. Artifacts and schedule come from `edgekit.convert.patch_artifacts`.
+LiteRT and TF Lite Micro alike. Artifacts and schedule come from `edgekit.convert.patch_artifacts`; the
+schedule is an `edgekit.formats.plans.PatchSchedule`, its geometry checked when it was read.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BackendError
+from edgekit.formats.plans import Patch, PatchSchedule, Region, ScheduleTensor
+from edgekit.formats.quant import dequantize, quantization, quantize
 from edgekit.runtime.backends import LiteRTAdapter, ModelTensor, TflmAdapter
 
-SCHEDULE_VERSION = 2
 Slices = tuple[slice, slice]
 
 
-def schedule_files(schedule: dict) -> list[str]:
-    """The model files a patch schedule runs: the stage model and the rest model."""
-    return [schedule["stage_model"], schedule["rest_model"]]
-
-
-def _copy_plan(window: list[int], height: int, width: int) -> tuple[Slices, Slices]:
+def _copy_plan(window: Region, height: int, width: int) -> tuple[Slices, Slices]:
     """(image rows/cols, window-buffer rows/cols) of the part of `window` (top, left, bottom, right) inside
     an image of height x width."""
     top, left, bottom, right = window
@@ -34,94 +31,55 @@ def _copy_plan(window: list[int], height: int, width: int) -> tuple[Slices, Slic
             (slice(rows[0] - top, rows[1] - top), slice(cols[0] - left, cols[1] - left)))
 
 
-def _masks(schedule: dict, patch: dict) -> list[np.ndarray]:
+def _masks(schedule: PatchSchedule, patch: Patch) -> list[np.ndarray]:
     """The patch's mask inputs: per mask a rows and a cols bool vector, True inside the tensor."""
     out = []
-    for mask, (top, left, bottom, right) in zip(schedule["masks"], patch["valid"]):
-        height, width = mask["shape"]
+    for mask, (top, left, bottom, right) in zip(schedule.masks, patch.valid):
+        height, width = mask.shape
         rows, cols = np.zeros((1, height, 1, 1), bool), np.zeros((1, 1, width, 1), bool)
         rows[0, top:bottom], cols[0, :, left:right] = True, True
         out += [rows, cols]
     return out
 
 
-def _check_patches(schedule: dict) -> None:
-    """Refuse a schedule whose patches would leave stale or misplaced data: every window the stage model's
-    input size, one valid region per mask inside it, tiles that fit the model output and cover the stage
-    buffer exactly once."""
-    window_hw, tile_hw = schedule["window"]["shape"][1:3], schedule["tile"]["shape"][1:3]
-    stage_hw = schedule["stage"]["shape"][1:3]
-    cover = np.zeros(stage_hw, np.int32)
-    for k, patch in enumerate(schedule["patches"]):
-        top, left, bottom, right = (int(v) for v in patch["window"])
-        t_top, t_left, t_bottom, t_right = (int(v) for v in patch["tile"])
-        valid = [[int(v) for v in region] for region in patch["valid"]]
-        problems = [
-            [bottom - top, right - left] != window_hw
-            and f"window {patch['window']} is not {window_hw[0]}x{window_hw[1]}",
-            not (0 <= t_top < t_bottom <= stage_hw[0] and 0 <= t_left < t_right <= stage_hw[1]
-                 and t_bottom - t_top <= tile_hw[0] and t_right - t_left <= tile_hw[1])
-            and f"tile {patch['tile']} is outside the stage buffer or larger than the model's output",
-            len(valid) != len(schedule["masks"]) and f"{len(valid)} valid regions for {len(schedule['masks'])} masks",
-            any(not (0 <= r[0] <= r[2] <= m["shape"][0] and 0 <= r[1] <= r[3] <= m["shape"][1])
-                for r, m in zip(valid, schedule["masks"])) and "a valid region lies outside its mask",
-        ]
-        problem = next((p for p in problems if p), None)
-        if problem:
-            raise BackendError(f"patch schedule: patch {k}: {problem}")
-        cover[t_top:t_bottom, t_left:t_right] += 1
-    if not (cover == 1).all():
-        raise BackendError("patch schedule: the tiles do not cover the stage buffer exactly once")
-
-
 class PatchExecutor:
-    """Runs frames patch by patch under `schedule` ({"kind": "patch", ...}) on `backend`."""
+    """Runs frames patch by patch under `schedule` (checked when it was read) on `backend`."""
 
-    def __init__(self, files: dict[str, bytes], schedule: dict, backend: str = "litert",
+    def __init__(self, files: dict[str, bytes], schedule: PatchSchedule, backend: str = "litert",
                  threads: int | None = None) -> None:
-        if schedule.get("kind") != "patch" or schedule.get("version") != SCHEDULE_VERSION:
-            raise BackendError(f"expected a patch schedule (kind 'patch', version {SCHEDULE_VERSION}), found kind "
-                               f"{schedule.get('kind')!r} version {schedule.get('version')!r}")
         adapters = {"litert": LiteRTAdapter, "tflite-micro": TflmAdapter}
         if backend not in adapters:
             raise BackendError(f"patch schedules run on 'litert' or 'tflite-micro', found {backend!r}")
-        missing = [name for name in schedule_files(schedule) if name not in files]
+        missing = [name for name in schedule.model_files if name not in files]
         if missing:
             raise BackendError(f"patch schedule: model file {missing[0]!r} missing "
                                f"(given: {', '.join(sorted(files)) or 'none'})")
-        try:
-            _check_patches(schedule)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BackendError(f"patch schedule: malformed ({type(exc).__name__}: {exc})") from None
         self.schedule, self.backend = schedule, backend
-        self.input_buffer = np.zeros(schedule["input"]["shape"], schedule["input"]["dtype"])
-        masks = len(schedule["masks"])
-        self._stage = adapters[backend](files[schedule["stage_model"]], tuple(schedule["window"]["shape"]),
-                                        tuple(schedule["tile"]["shape"]), threads, side_inputs=2 * masks)
-        self._rest = adapters[backend](files[schedule["rest_model"]], tuple(schedule["stage"]["shape"]),
-                                       tuple(schedule["output"]["shape"]), threads)
+        self.input_buffer = np.zeros(schedule.input.shape, schedule.input.dtype)
+        self._stage = adapters[backend](files[schedule.stage_model], schedule.window.shape, schedule.tile.shape,
+                                        threads, side_inputs=2 * len(schedule.masks))
+        self._rest = adapters[backend](files[schedule.rest_model], schedule.stage.shape, schedule.output.shape,
+                                       threads)
         self.stage = self._rest.input_buffer  # the tiles land in the rest model's input: no copy per frame
         shapes = [tuple(b.shape) for b in self._stage.side_buffers]
-        declared = [s for m in schedule["masks"] for s in ((1, m["shape"][0], 1, 1), (1, 1, m["shape"][1], 1))]
+        declared = [s for m in schedule.masks for s in ((1, m.shape[0], 1, 1), (1, 1, m.shape[1], 1))]
         if shapes != declared or tuple(self._stage.input_buffer.shape) != tuple(self._stage.model_tensors()[0].shape):
-            raise BackendError(f"{schedule['stage_model']}: its inputs do not match the schedule's window and masks")
+            raise BackendError(f"{schedule.stage_model}: its inputs do not match the schedule's window and masks")
         height, width = self.input_buffer.shape[1:3]
-        self._patches = [(*_copy_plan(p["window"], height, width), _masks(schedule, p),
-                          (slice(p["tile"][0], p["tile"][2]), slice(p["tile"][1], p["tile"][3])),
-                          (slice(0, p["tile"][2] - p["tile"][0]), slice(0, p["tile"][3] - p["tile"][1])))
-                         for p in schedule["patches"]]
+        self._patches = [(*_copy_plan(p.window, height, width), _masks(schedule, p),
+                          (slice(p.tile[0], p.tile[2]), slice(p.tile[1], p.tile[3])),
+                          (slice(0, p.tile[2] - p.tile[0]), slice(0, p.tile[3] - p.tile[1])))
+                         for p in schedule.patches]
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """The model's int8 input for a float NHWC frame (int8 frames pass as they are)."""
-        info = self.schedule["input"]
-        if tuple(x.shape) != tuple(info["shape"]):
-            raise BackendError(f"patch executor: input shape {tuple(info['shape'])} (NHWC) expected, "
-                               f"found {tuple(x.shape)}")
-        if x.dtype == np.dtype(info["dtype"]) or info["scale"] is None:
-            return x.astype(info["dtype"], copy=False)
-        bounds = np.iinfo(info["dtype"])
-        q = np.round(x / info["scale"]) + info["zero_point"]
-        return np.clip(q, bounds.min, bounds.max).astype(info["dtype"])
+        info = self.schedule.input
+        if tuple(x.shape) != info.shape:
+            raise BackendError(f"patch executor: input shape {info.shape} (NHWC) expected, found {tuple(x.shape)}")
+        params = quantization(info)
+        if x.dtype == np.dtype(info.dtype) or params is None:
+            return x.astype(info.dtype, copy=False)
+        return quantize(x, *params, info.dtype)
 
     def invoke(self) -> np.ndarray:
         """Run the frame in `input_buffer`: every patch into the stage buffer, then the rest; raw output.
@@ -129,7 +87,7 @@ class PatchExecutor:
         With `input_buffer`, `model_tensors()` and `memory()` this is the backend-adapter surface of
         `edgekit.runtime.backends`, so a session can drive the schedule like any single model.
         """
-        image, window, fill = self.input_buffer, self._stage.input_buffer, self.schedule["window"]["fill"]
+        image, window, fill = self.input_buffer, self._stage.input_buffer, self.schedule.window_fill
         for (rows, cols), (w_rows, w_cols), masks, (t_rows, t_cols), (o_rows, o_cols) in self._patches:
             window[...] = fill
             window[:, w_rows, w_cols] = image[:, rows, cols]
@@ -145,17 +103,15 @@ class PatchExecutor:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One frame (float NHWC, quantized here, or int8) to the dequantized float32 output."""
-        out, info = self.run_raw(x), self.schedule["output"]
-        if info["scale"] is None:
-            return out.astype(np.float32)
-        return ((out.astype(np.int32) - info["zero_point"]) * info["scale"]).astype(np.float32)
+        out, params = self.run_raw(x), quantization(self.schedule.output)
+        return out.astype(np.float32) if params is None else dequantize(out, *params)
 
     def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
         """The schedule's input (the whole image) and output, as the artifacts declare them."""
-        def describe(info: dict, name: str) -> ModelTensor:
-            return ModelTensor(name, tuple(info["shape"]), info["dtype"], info["scale"], info["zero_point"])
+        def describe(info: ScheduleTensor, name: str) -> ModelTensor:
+            return ModelTensor(name, info.shape, info.dtype, info.scale, info.zero_point)
 
-        return describe(self.schedule["input"], "input"), describe(self.schedule["output"], "output")
+        return describe(self.schedule.input, "input"), describe(self.schedule.output, "output")
 
     def memory(self) -> dict[str, Any]:
         """Peak bytes (see `peak_bytes`), the stage buffer and, under tflite-micro, both models' arenas."""
@@ -168,13 +124,14 @@ class PatchExecutor:
         else:
             report.update(kind="patch schedule: stage buffer + window and tile (LiteRT reports no arena)",
                           bytes=self.stage.nbytes + self._stage.input_buffer.nbytes
-                          + int(np.prod(self.schedule["tile"]["shape"])) * self.stage.itemsize)
+                          + int(np.prod(self.schedule.tile.shape)) * self.stage.itemsize)
         return report
 
     def describe(self) -> str:
         """What runs: the schedule's size and the backend."""
-        return (f"patch schedule ({len(self.schedule['patches'])} patches, {self.schedule['grid']}x"
-                f"{self.schedule['grid']} grid, {len(self.schedule['masks'])} border masks) on {self.backend}")
+        schedule = self.schedule
+        return (f"patch schedule ({len(schedule.patches)} patches, {schedule.grid}x{schedule.grid} grid, "
+                f"{len(schedule.masks)} border masks) on {self.backend}")
 
     @property
     def peak_bytes(self) -> int:

@@ -20,9 +20,11 @@ import numpy as np
 
 from edgekit.errors import BackendError, BundleError, EdgekitError, InputError, TargetMismatchError
 from edgekit.formats.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
-from edgekit.runtime.backends import BACKENDS, FORMATS, ModelTensor, open_backend
-from edgekit.runtime.patched import PatchExecutor, schedule_files
-from edgekit.runtime.split_exec import Resplit, SplitLayout, SplitRunner
+from edgekit.formats.plans import PatchSchedule, SplitSchedule
+from edgekit.formats.quant import dequantize, quantization, quantize
+from edgekit.runtime.backends import BACKENDS, FORMATS, Adapter, ModelTensor, open_backend
+from edgekit.runtime.patched import PatchExecutor
+from edgekit.runtime.split_exec import Resplit, SplitRunner
 from edgekit.runtime.transport import SOURCES, Reply, Transport
 
 LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
@@ -79,10 +81,11 @@ class _StageRunner:
                                "runtime runs single-input, single-output stages")
         self.stage, self.backend = stage, backend
         self.input, self.output = stage.inputs[0], stage.outputs[0]
-        plan = bundle.manifest.plan or {}
+        plan = bundle.manifest.plan
+        self.adapter: Adapter
         try:
-            if plan.get("kind") == "patch":  # the stage's model runs patch by patch under the plan's schedule
-                files = {name: bundle.read(name) for name in schedule_files(plan)}
+            if isinstance(plan, PatchSchedule):  # the stage's model runs patch by patch under the plan's schedule
+                files = {name: bundle.read(name) for name in plan.model_files}
                 self.adapter = PatchExecutor(files, plan, backend, threads)
             else:
                 self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
@@ -95,10 +98,8 @@ class _StageRunner:
         self._in = self.adapter.input_buffer
         self._float_in = self._in.dtype.kind == "f"
         self._finite = np.zeros(self.input.shape, bool)  # the finiteness mask for float inputs, reused
-        self._scratch = np.zeros(self.input.shape, np.float32) if self.input.scale is not None else None
-        if self._scratch is not None:
-            info = np.iinfo(self._in.dtype)
-            self._low, self._high = float(info.min), float(info.max)
+        self._quant, self._dequant = quantization(self.input), quantization(self.output)
+        self._scratch = np.zeros(self.input.shape, np.float32) if self._quant is not None else None
         self.out_dtype = np.dtype(np.float32 if self.output.scale is not None else self.output.dtype)
         self.out = np.zeros(self.output.shape, self.out_dtype)  # this stage's result when another stage follows
         self.memory: dict[str, Any] | None = None
@@ -122,17 +123,11 @@ class _StageRunner:
 
     def run_raw(self, x: np.ndarray, check: bool) -> np.ndarray:
         """Fill the input buffer from `x` and invoke: the model's own output (int8 when quantized), not a copy."""
-        if self._scratch is not None and x.dtype.kind == "f":
-            scratch = self._scratch  # q = clip(round(x / scale) + zero_point) in float32, then cast
-            np.divide(x, self.input.scale, out=scratch)
-            np.rint(scratch, out=scratch)
-            np.add(scratch, self.input.zero_point, out=scratch)
-            low, high = scratch.min(), scratch.max()  # NaN and infinity show up here; clip only when needed
-            if not (low >= self._low and high <= self._high):
-                if check and not (np.isfinite(low) and np.isfinite(high)):
-                    raise _not_finite(self.input, x)
-                np.clip(scratch, self._low, self._high, out=scratch)
-            np.copyto(self._in, scratch, casting="unsafe")
+        if self._quant is not None and x.dtype.kind == "f":
+            try:  # NaN and infinity are refused on the float32 values quantizing makes anyway, checked or not
+                quantize(x, *self._quant, out=self._in, scratch=self._scratch)
+            except InputError:
+                raise _not_finite(self.input, x) from None
         else:
             np.copyto(self._in, x, casting="same_kind")
             if check and self._float_in:
@@ -147,11 +142,9 @@ class _StageRunner:
         """The model's raw output as float32 (or as is when not quantized), into `target` or this stage's buffer."""
         if target is None:
             target = self.out
-        if self.output.scale is not None:
-            np.subtract(raw, self.output.zero_point, out=target, dtype=np.float32)
-            np.multiply(target, self.output.scale, out=target)
-        else:
-            np.copyto(target, raw)
+        if self._dequant is not None:
+            return dequantize(raw, *self._dequant, out=target)
+        np.copyto(target, raw)
         return target
 
 
@@ -245,8 +238,8 @@ class Session:
             raise EdgekitError("reading images needs Pillow, which the device install leaves out: "
                                "pip install pillow") from None
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if p.channels == 1 else "RGB").resize((p.width, p.height))
+            with Image.open(path) as opened:
+                image = opened.convert("L" if p.channels == 1 else "RGB").resize((p.width, p.height))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from None
         pixels = np.asarray(image, np.float32).reshape(p.height, p.width, p.channels)
@@ -336,7 +329,7 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         if before.outputs[0].shape != after.inputs[0].shape:
             raise BundleError(f"{bundle.path}: stage '{after.name}' takes {_shape_text(after.inputs[0].shape)} but "
                               f"stage '{before.name}' gives {_shape_text(before.outputs[0].shape)}")
-    layout = SplitLayout.of_bundle(bundle)
+    layout = SplitSchedule.of(manifest)
     if transport is not None and layout is None:
         raise BundleError(f"{bundle.path}: a transport was given but the bundle is not split (its plan has no "
                           "device and server stages); load it without one")
@@ -354,5 +347,5 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         return Session(bundle, runners, window)
     head = [r for r in runners if r.stage.name in layout.device_stages]
     tail = [r for r in runners if r.stage.name in layout.server_stages]
-    split = SplitRunner(head, tail, transport, deadline_s, Resplit.from_plan(manifest.plan) if resplit else None)
+    split = SplitRunner(head, tail, transport, deadline_s, Resplit.of(layout.figures) if resplit else None)
     return Session(bundle, head + tail, window, split, manifest.stages[-1].outputs[0])

@@ -1,22 +1,24 @@
 """Split execution on the device: run the head here, send its output through a Transport, fall back to the tail here.
 
-A split bundle's manifest says which stages run on the device and which on the server (`plan.kind == "split"`).
-The head's raw output (int8 with its own scale and zero point) is what goes on the wire, so the server sees the
-same numbers the local tail would; the local tail, when the bundle carries it and the device loads it, is the
-fallback that answers a frame the server cannot answer before its deadline.
+A split bundle's manifest says which stages run on the device and which on the server (its plan, an
+`edgekit.formats.plans.SplitSchedule`). The head's raw output (int8 with its own scale and zero point) is what
+goes on the wire, so the server sees the same numbers the local tail would; the local tail, when the bundle
+carries it and the device loads it, is the fallback that answers a frame the server cannot answer before its
+deadline.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from edgekit.errors import BundleError, OffloadError
-from edgekit.formats.bundle import Bundle
+from edgekit.errors import OffloadError
 from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES, Tensor
+from edgekit.formats.plans import SplitFigures
 from edgekit.runtime.transport import Reply, Transport
 
 
@@ -27,41 +29,6 @@ class _Runner(Protocol):
     def run(self, x: np.ndarray, target: np.ndarray | None, check: bool) -> np.ndarray: ...
 
     def run_raw(self, x: np.ndarray, check: bool) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class SplitLayout:
-    """Which stages run where, and the model id and version the server checks requests against."""
-
-    device_stages: tuple[str, ...]
-    server_stages: tuple[str, ...]
-    model_id: str
-    model_version: str
-
-    @classmethod
-    def from_plan(cls, plan: dict | None, stages: tuple[str, ...], where: str) -> SplitLayout | None:
-        """The layout of a `{"kind": "split", ...}` plan (None for any other plan); a BundleError if malformed."""
-        if not plan or plan.get("kind") != "split":
-            return None
-        fields = {}
-        for key in ("device_stages", "server_stages"):
-            names = plan.get(key)
-            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-                raise BundleError(f"{where}: split plan '{key}' must be a non-empty list of stage names")
-            fields[key] = tuple(names)
-        if fields["device_stages"] + fields["server_stages"] != stages:
-            raise BundleError(f"{where}: split plan runs {list(fields['device_stages'])} on the device and "
-                              f"{list(fields['server_stages'])} on the server, but the stages are {list(stages)}")
-        for key in ("model_id", "model_version"):
-            if not isinstance(plan.get(key), str) or not plan[key]:
-                raise BundleError(f"{where}: split plan '{key}' must be a non-empty string")
-        return cls(fields["device_stages"], fields["server_stages"], plan["model_id"], plan["model_version"])
-
-    @classmethod
-    def of_bundle(cls, bundle: Bundle) -> SplitLayout | None:
-        """The layout of a verified bundle's plan (None when it is not split)."""
-        manifest = bundle.manifest
-        return cls.from_plan(manifest.plan, tuple(s.name for s in manifest.stages), str(bundle.path))
 
 
 @dataclass(frozen=True)
@@ -82,16 +49,12 @@ class Resplit:
     probe_every: int = 20
 
     @classmethod
-    def from_plan(cls, plan: dict | None) -> Resplit | None:
-        """From a split manifest plan's `split` object; None when it lacks the figures (a hand-made bundle)."""
-        split = (plan or {}).get("split")
-        try:
-            chosen, all_device = split["chosen"], split["all_device"]
-            ranges = tuple((float(lo), float(hi), int(k)) for lo, hi, k in split["decision_map"])
-            return cls(float(chosen["device_seconds"]), int(chosen["payload_bytes"]),
-                       float(chosen["server_seconds"]), float(all_device["device_seconds"]), ranges)
-        except (KeyError, TypeError, ValueError):
+    def of(cls, figures: SplitFigures | None) -> Resplit | None:
+        """From a split schedule's planner figures; None when it has none (a hand-made bundle)."""
+        if figures is None:
             return None
+        return cls(figures.chosen.device_seconds, figures.chosen.payload_bytes, figures.chosen.server_seconds,
+                   figures.all_device.device_seconds, figures.decision_map)
 
     def offload(self, uplink_bps: float | None, rtt_s: float | None, frame: int) -> bool:
         """Whether frame number `frame` should go to the server at this link estimate (unknown: yes)."""
@@ -109,7 +72,7 @@ class Resplit:
 class SplitRunner:
     """Head here, tail over `transport` (or here, as the fallback); every frame gets one Reply."""
 
-    def __init__(self, head: list[_Runner], tail: list[_Runner], transport: Transport, deadline_s: float,
+    def __init__(self, head: Sequence[_Runner], tail: Sequence[_Runner], transport: Transport, deadline_s: float,
                  resplit: Resplit | None = None) -> None:
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, got {deadline_s}")
@@ -131,12 +94,13 @@ class SplitRunner:
         self._frames += 1
         estimate = getattr(self.transport, "link_estimate", lambda: None)()
         uplink = getattr(estimate, "uplink_bps", None)
-        if self.resplit and not self.resplit.offload(uplink, getattr(estimate, "rtt_s", None), self._frames):
+        if self.resplit and uplink is not None and \
+                not self.resplit.offload(uplink, getattr(estimate, "rtt_s", None), self._frames):
             start = time.monotonic()
-            output = self._local_tail(tensor)
-            np.copyto(out, output)
+            local = self._local_tail(tensor)
+            np.copyto(out, local)
             best = self.resplit.winner(uplink)
-            return Reply(output, "local", time.monotonic() - start,
+            return Reply(local, "local", time.monotonic() - start,
                          f"all-device is faster at the measured {uplink / 1e6:.3g} Mbit/s uplink" +
                          ("" if best is None else f" (the plan's decision map would deploy {best} device layers)"))
         reply = self.transport.request(tensor, self.deadline_s, self._local_tail if self.tail else None)

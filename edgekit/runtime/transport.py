@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.formats import frame
+from edgekit.formats import frame, quant
 from edgekit.formats.frame import Tensor
 
 SOURCES = ("remote", "fallback", "local", "timeout", "error")  # local: the link is too slow, by the plan
@@ -49,10 +49,9 @@ class Transport(Protocol):
 
 
 def dequantize(tensor: Tensor) -> np.ndarray:
-    """A frame tensor as float32: (q - zero point) * scale when it carries a scale, else the values as float32."""
+    """A frame tensor as float32: dequantized when it carries a scale, else the values as float32."""
     if tensor.scale:
-        value = np.subtract(tensor.array, tensor.zero_point, dtype=np.float32)
-        return np.multiply(value, np.float32(tensor.scale), out=value)
+        return quant.dequantize(tensor.array, tensor.scale, tensor.zero_point)
     return tensor.array.astype(np.float32)
 
 

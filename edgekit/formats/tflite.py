@@ -1,0 +1,100 @@
+"""`.tflite` flatbuffers through the schema bindings LiteRT ships: parse, name operators, tell constants, serialise.
+
+The bindings (ai-edge-litert's, else tflite-micro's copy) are imported on first use. Models are the schema's
+object API (`ModelT`), which edgekit reads (graph import, MCU checks, backend memory) and rewrites (patch
+artifacts, arena plans, latency prefixes) alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ModelLoadError
+
+# TensorType enum of the schema -> numpy dtype name, for the types edgekit meets
+TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
+
+
+def schema() -> Any:
+    """The generated schema module (`schema_py_generated`); ModelLoadError when no package ships one."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:  # pragma: no cover - depends on what is installed
+        try:
+            from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
+        except ImportError:
+            raise ModelLoadError("reading .tflite files needs ai-edge-litert "
+                                 "(pip install 'edgekit[runtime]')") from None
+    return schema_py_generated
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_names() -> dict[int, str]:
+    return {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_name(model: Any, op: Any) -> str:
+    """Builtin name of an operator ('CONV_2D'), or 'CUSTOM:<code>' for a custom op."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    name = _builtin_names().get(builtin, str(builtin))
+    if name == "CUSTOM":
+        custom = code.customCode
+        name = f"CUSTOM:{custom.decode(errors='replace') if isinstance(custom, bytes) else custom}"
+    return name
+
+
+def parse_model(data: bytes, where: str) -> Any:
+    """The ModelT of flatbuffer `data`; ModelLoadError naming `where` when it is not a TFLite model."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelLoadError(f"{where}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    try:
+        model = schema().ModelT.InitFromPackedBuf(data, 0)
+    except Exception as exc:  # the generated parser raises whatever struct/index error it hits
+        raise ModelLoadError(f"{where}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+    if not model.subgraphs:
+        raise ModelLoadError(f"{where}: TFLite model has no subgraphs")
+    return model
+
+
+def read_model(path: Path) -> tuple[Any, bytes]:
+    """Parse a .tflite file: (model object, raw bytes); ModelLoadError if not one."""
+    schema()  # a missing schema package is the error to report, before any about the file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    return parse_model(data, str(path)), data
+
+
+def is_constant(model: Any, tensor: int, subgraph: int = 0) -> bool:
+    """Whether a tensor is a constant (weights, biases, shapes): its buffer holds data, inside the flatbuffer
+    or, for models over 2 GB, past its end (offset > 1; offset 1 is the schema's placeholder)."""
+    index = model.subgraphs[subgraph].tensors[tensor].buffer
+    if not 0 <= index < len(model.buffers or []):
+        return False
+    buffer = model.buffers[index]
+    return (buffer.data is not None and len(buffer.data) > 0) or (buffer.offset or 0) > 1
+
+
+def pack_model(model: Any) -> bytes:
+    """Serialise a ModelT with every byte vector (weight buffers) on a 16-byte boundary, as TFLM expects."""
+    import flatbuffers
+
+    class Builder(flatbuffers.Builder):
+        def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 - flatbuffers' own name
+            if x.dtype != np.uint8:
+                return super().CreateNumpyVector(x)
+            self.StartVector(1, x.size, 16)
+            self.head -= x.size
+            self.Bytes[self.head: self.head + x.size] = x.tobytes()
+            self.vectorNumElems = x.size
+            return self.EndVector()
+
+    builder = Builder(1024 * 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
