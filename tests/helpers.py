@@ -146,6 +146,26 @@ def mutated(valid: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def set_at(*path: Any, value: Any) -> Callable[[dict], None]:
+    """An edit of a parsed JSON document: set the value at `path` (keys and list indices)."""
+    def change(data: dict) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+def drop_at(*path: Any) -> Callable[[dict], None]:
+    """An edit of a parsed JSON document: delete the entry at `path`."""
+    def change(data: dict) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    return change
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll `condition` until it is truthy and return its value; AssertionError naming `what` after `timeout_s`.
 

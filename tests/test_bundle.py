@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import drop_at, set_at
 
 from edgekit.errors import BundleError
 from edgekit.formats.bundle import (
@@ -145,23 +146,11 @@ def test_bad_manifest_writes_nothing(source: Path, tmp_path: Path) -> None:
     assert list(out_dir.iterdir()) == []  # no bundle, no temporary left behind
 
 
-def _set(path: tuple, value: object) -> Callable[[dict], None]:
-    def change(data: dict) -> None:
-        target = data
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-    return change
-
 
 def _rename_file(old: str, new: str) -> Callable[[dict], None]:
     def change(data: dict) -> None:
         data["files"][new] = data["files"].pop(old)
     return change
-
-
-def _drop(key: str) -> Callable[[dict], None]:
-    return lambda data: data.pop(key)
 
 
 def _duplicate_stage(data: dict) -> None:
@@ -175,33 +164,35 @@ def _tamper(folder: Path) -> None:
 
 
 MANIFEST_CASES = {
-    "version 2": (_set(("version",), 2), "unsupported manifest version 2"),
-    "no format": (_drop("format"), "missing key 'format'"),
-    "other format": (_set(("format",), "zip"), "'format' must be \"edgekit-bundle\""),
-    "unknown key": (_set(("extra",), 1), "unknown key 'extra'"),
-    "unknown stage key": (_set(("stages", 0, "device"), "npu"), "unknown key 'stages\\[0\\].device'"),
-    "missing key": (_drop("labels"), "missing key 'labels'"),
-    "wrong type": (_set(("model",), 3), "'model' must be a non-empty string, found integer 3"),
-    "unknown backend": (_set(("stages", 0, "backend"), "tensorrt"),
+    "version 2": (set_at("version", value=2), "unsupported manifest version 2"),
+    "no format": (drop_at("format"), "missing key 'format'"),
+    "other format": (set_at("format", value="zip"), "'format' must be \"edgekit-bundle\""),
+    "unknown key": (set_at("extra", value=1), "unknown key 'extra'"),
+    "unknown stage key": (set_at("stages", 0, "device", value="npu"), "unknown key 'stages\\[0\\].device'"),
+    "missing key": (drop_at("labels"), "missing key 'labels'"),
+    "wrong type": (set_at("model", value=3), "'model' must be a non-empty string, found integer 3"),
+    "unknown backend": (set_at("stages", 0, "backend", value="tensorrt"),
                         "'stages\\[0\\].backend' must be one of litert, onnxruntime, tflite-micro, found 'tensorrt'"),
-    "unknown dtype": (_set(("stages", 0, "inputs", 0, "dtype"), "int4"), "'stages\\[0\\].inputs\\[0\\].dtype'"),
-    "unknown layout": (_set(("stages", 0, "inputs", 0, "layout"), "CHW"), "inputs\\[0\\].layout' must be one of"),
-    "zero dim": (_set(("stages", 0, "outputs", 0, "shape"), [1, 0]), "'stages\\[0\\].outputs\\[0\\].shape\\[1\\]' "
-                                                                         "must be >= 1, found 0"),
-    "negative dim": (_set(("stages", 0, "inputs", 0, "shape"), [-1, 8, 8, 1]), "shape\\[0\\]' must be >= 1"),
-    "zero point out of range": (_set(("stages", 0, "inputs", 0, "zero_point"), 200), "must be in \\[-128, 127\\]"),
-    "stage file not listed": (_set(("stages", 0, "file"), "other.tflite"), "'other.tflite' is not listed"),
+    "unknown dtype": (set_at("stages", 0, "inputs", 0, "dtype", value="int4"), "'stages\\[0\\].inputs\\[0\\].dtype'"),
+    "unknown layout": (set_at("stages", 0, "inputs", 0, "layout", value="CHW"), "inputs\\[0\\].layout' must be one of"),
+    "zero dim": (set_at("stages", 0, "outputs", 0, "shape", value=[1, 0]),
+                 "'stages\\[0\\].outputs\\[0\\].shape\\[1\\]' must be >= 1, found 0"),
+    "negative dim": (set_at("stages", 0, "inputs", 0, "shape", value=[-1, 8, 8, 1]), "shape\\[0\\]' must be >= 1"),
+    "zero point out of range": (set_at("stages", 0, "inputs", 0, "zero_point", value=200),
+                                "must be in \\[-128, 127\\]"),
+    "stage file not listed": (set_at("stages", 0, "file", value="other.tflite"), "'other.tflite' is not listed"),
     "duplicate stage": (_duplicate_stage, "duplicate stage name 'main'"),
-    "plan not an object": (_set(("plan",), [1]), "'plan' must be an object or null"),
+    "plan not an object": (set_at("plan", value=[1]), "'plan' must be an object or null"),
     "traversal": (_rename_file("report.json", "../evil"), "unsafe file name '../evil'.*path traversal"),
     "absolute": (_rename_file("report.json", "/etc/passwd"), "unsafe file name '/etc/passwd'.*absolute path"),
     "backslash": (_rename_file("report.json", "mcu\\report.json"), "backslash"),
     "dot component": (_rename_file("report.json", "./report.json"), "'.' component"),
     "case collision": (_rename_file("report.json", "DIGITS_CNN_INT8.tflite"), "differ only in case"),
-    "bad sha256": (_set(("files", MODEL, "sha256"), "XYZ"), "'files\\['digits_cnn_int8.tflite'\\].sha256' must be"),
-    "declared smaller": (_set(("files", MODEL, "bytes"), 10), "size mismatch .*says 10 bytes, the file has 64"),
-    "declared larger": (_set(("files", MODEL, "bytes"), 100), "size mismatch"),
-    "wrong hash": (_set(("files", MODEL, "sha256"), "0" * 64), "sha256 mismatch for 'digits_cnn_int8.tflite'"),
+    "bad sha256": (set_at("files", MODEL, "sha256", value="XYZ"),
+                   "'files\\['digits_cnn_int8.tflite'\\].sha256' must be"),
+    "declared smaller": (set_at("files", MODEL, "bytes", value=10), "size mismatch .*says 10 bytes, the file has 64"),
+    "declared larger": (set_at("files", MODEL, "bytes", value=100), "size mismatch"),
+    "wrong hash": (set_at("files", MODEL, "sha256", value="0" * 64), "sha256 mismatch for 'digits_cnn_int8.tflite'"),
 }
 
 FILE_CASES = {

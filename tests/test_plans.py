@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import drop_at, set_at
 
 from edgekit.errors import BundleError
 from edgekit.formats.bundle import FileEntry, Manifest, Stage, TensorInfo, load_bundle, write_bundle
@@ -86,93 +87,77 @@ def test_typed_fields() -> None:
     assert resplit is not None and (resplit.device_s, resplit.payload_bytes, resplit.all_device_s) == (0.01, 512, 0.01)
 
 
-def _set(*path: Any, value: Any) -> Callable[[dict], None]:
-    def change(data: dict) -> None:
-        target = data
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-    return change
-
-
-def _drop(*path: Any) -> Callable[[dict], None]:
-    def change(data: dict) -> None:
-        target = data
-        for key in path[:-1]:
-            target = target[key]
-        del target[path[-1]]
-    return change
 
 
 PATCH_CASES = {
-    "kind": (_set("kind", value="patches"), r"'plan.kind' must be one of patch, found 'patches'"),
-    "version": (_set("version", value=3), r"'plan.version' must be 2 .* found 3"),
-    "layout": (_set("layout", value="NCHW"), r"'plan.layout' must be one of NHWC, found 'NCHW'"),
-    "missing key": (_drop("planner"), r"missing key 'plan.planner'"),
-    "unknown key": (_set("extra", value=1), r"unknown key 'plan.extra'"),
-    "unsafe model name": (_set("rest_model", value="../rest.tflite"), r"'plan.rest_model'.*path traversal"),
-    "grid": (_set("grid", value=0), r"'plan.grid' must be >= 1, found 0"),
-    "stage end": (_set("stage_end", value=""), r"'plan.stage_end' must be a non-empty string"),
-    "tensor rank": (_set("stage", "shape", value=[4, 4, 8]), r"'plan.stage.shape' must have 4 dimensions"),
-    "tensor dtype": (_set("input", "dtype", value="int4"), r"'plan.input.dtype' must be one of"),
-    "tensor key": (_set("tile", "name", value="t"), r"unknown key 'plan.tile.name'"),
-    "quantization": (_set("output", "scale", value=None), r"'plan.output.scale' and 'plan.output.zero_point'"),
-    "window fill": (_set("window", "fill", value=200), r"'plan.window.fill' must be <= 127, found 200"),
-    "window key": (_drop("window", "fill"), r"missing key 'plan.window.fill'"),
-    "window channels": (_set("window", "shape", value=[1, 6, 6, 4]), r"'plan.window' must have the batch, "
+    "kind": (set_at("kind", value="patches"), r"'plan.kind' must be one of patch, found 'patches'"),
+    "version": (set_at("version", value=3), r"'plan.version' must be 2 .* found 3"),
+    "layout": (set_at("layout", value="NCHW"), r"'plan.layout' must be one of NHWC, found 'NCHW'"),
+    "missing key": (drop_at("planner"), r"missing key 'plan.planner'"),
+    "unknown key": (set_at("extra", value=1), r"unknown key 'plan.extra'"),
+    "unsafe model name": (set_at("rest_model", value="../rest.tflite"), r"'plan.rest_model'.*path traversal"),
+    "grid": (set_at("grid", value=0), r"'plan.grid' must be >= 1, found 0"),
+    "stage end": (set_at("stage_end", value=""), r"'plan.stage_end' must be a non-empty string"),
+    "tensor rank": (set_at("stage", "shape", value=[4, 4, 8]), r"'plan.stage.shape' must have 4 dimensions"),
+    "tensor dtype": (set_at("input", "dtype", value="int4"), r"'plan.input.dtype' must be one of"),
+    "tensor key": (set_at("tile", "name", value="t"), r"unknown key 'plan.tile.name'"),
+    "quantization": (set_at("output", "scale", value=None), r"'plan.output.scale' and 'plan.output.zero_point'"),
+    "window fill": (set_at("window", "fill", value=200), r"'plan.window.fill' must be <= 127, found 200"),
+    "window key": (drop_at("window", "fill"), r"missing key 'plan.window.fill'"),
+    "window channels": (set_at("window", "shape", value=[1, 6, 6, 4]), r"'plan.window' must have the batch, "
                                                                      r"channels and dtype of 'plan.input'"),
-    "tile dtype": (_set("tile", "dtype", value="int16"), r"'plan.tile' must have the batch, channels and dtype"),
-    "mask inputs": (_set("masks", 0, "inputs", value=[2, 1]), r"'plan.masks\[0\].inputs' must be \[1, 2\]"),
-    "mask shape": (_set("masks", 0, "shape", value=[5]), r"'plan.masks\[0\].shape' must be 2 integers"),
-    "mask dim": (_set("masks", 0, "shape", value=[5, 0]), r"'plan.masks\[0\].shape\[1\]' must be >= 1"),
-    "no patches": (_set("patches", value=[]), r"'plan.patches' must not be empty"),
-    "region length": (_set("patches", 0, "tile", value=[0, 0, 2]), r"'plan.patches\[0\].tile' must be 4 integers"),
-    "region type": (_set("patches", 0, "window", value=["a", 0, 1, 2]),
+    "tile dtype": (set_at("tile", "dtype", value="int16"), r"'plan.tile' must have the batch, channels and dtype"),
+    "mask inputs": (set_at("masks", 0, "inputs", value=[2, 1]), r"'plan.masks\[0\].inputs' must be \[1, 2\]"),
+    "mask shape": (set_at("masks", 0, "shape", value=[5]), r"'plan.masks\[0\].shape' must be 2 integers"),
+    "mask dim": (set_at("masks", 0, "shape", value=[5, 0]), r"'plan.masks\[0\].shape\[1\]' must be >= 1"),
+    "no patches": (set_at("patches", value=[]), r"'plan.patches' must not be empty"),
+    "region length": (set_at("patches", 0, "tile", value=[0, 0, 2]), r"'plan.patches\[0\].tile' must be 4 integers"),
+    "region type": (set_at("patches", 0, "window", value=["a", 0, 1, 2]),
                     r"'plan.patches\[0\].window\[0\]' must be an integer, found string 'a'"),
-    "negative tile": (_set("patches", 0, "tile", value=[-1, 0, 1, 2]), r"'plan.patches\[0\].tile\[0\]' must be >= 0"),
-    "window size": (_set("patches", 0, "window", value=[0, -1, 5, 5]),
+    "negative tile": (set_at("patches", 0, "tile", value=[-1, 0, 1, 2]), r"'plan.patches\[0\].tile\[0\]' must be >= 0"),
+    "window size": (set_at("patches", 0, "window", value=[0, -1, 5, 5]),
                     r"'plan.patches\[0\].window' \[0, -1, 5, 5\] must span 6x6 .* found 5x6"),
-    "tile outside": (_set("patches", 3, "tile", value=[2, 2, 4, 5]),
+    "tile outside": (set_at("patches", 3, "tile", value=[2, 2, 4, 5]),
                      r"'plan.patches\[3\].tile' \[2, 2, 4, 5\] must be a non-empty region inside the 4x4 stage"),
-    "empty tile": (_set("patches", 3, "tile", value=[2, 2, 2, 4]), r"'plan.patches\[3\].tile'.*non-empty region"),
-    "tile too large": (_set("patches", 0, "tile", value=[0, 0, 3, 2]),
+    "empty tile": (set_at("patches", 3, "tile", value=[2, 2, 2, 4]), r"'plan.patches\[3\].tile'.*non-empty region"),
+    "tile too large": (set_at("patches", 0, "tile", value=[0, 0, 3, 2]),
                        r"'plan.patches\[0\].tile' \[0, 0, 3, 2\] must span at most 2x2 .* found 3x2"),
-    "valid count": (_set("patches", 1, "valid", value=[]),
+    "valid count": (set_at("patches", 1, "valid", value=[]),
                     r"'plan.patches\[1\].valid' must hold one region per mask \(1\), found 0"),
-    "valid outside": (_set("patches", 2, "valid", value=[[0, 0, 6, 5]]),
+    "valid outside": (set_at("patches", 2, "valid", value=[[0, 0, 6, 5]]),
                       r"'plan.patches\[2\].valid\[0\]' \[0, 0, 6, 5\] must lie inside mask 0's 5x5"),
-    "valid inverted": (_set("patches", 2, "valid", value=[[3, 0, 2, 5]]), r"'plan.patches\[2\].valid\[0\]'"),
-    "cover gap": (_set("patches", 3, "tile", value=[2, 2, 4, 3]),
+    "valid inverted": (set_at("patches", 2, "valid", value=[[3, 0, 2, 5]]), r"'plan.patches\[2\].valid\[0\]'"),
+    "cover gap": (set_at("patches", 3, "tile", value=[2, 2, 4, 3]),
                   r"tiles of 'plan.patches' do not cover the 4x4 stage buffer exactly once: rows 2..3, columns 3..3 "
                   r"are in no tile"),
-    "cover overlap": (_set("patches", 1, "tile", value=[0, 1, 2, 3]),
+    "cover overlap": (set_at("patches", 1, "tile", value=[0, 1, 2, 3]),
                       r"do not cover the 4x4 stage buffer exactly once: row 0, column 1 is in two tiles"),
-    "counts": (_set("macs", "stage_full", value=-1), r"'plan.macs.stage_full' must be >= 0, found -1"),
-    "counts key": (_drop("rest_arena", "head_bytes"), r"missing key 'plan.rest_arena.head_bytes'"),
-    "counts type": (_set("flash_bytes", "full", value=1.5), r"'plan.flash_bytes.full' must be an integer"),
+    "counts": (set_at("macs", "stage_full", value=-1), r"'plan.macs.stage_full' must be >= 0, found -1"),
+    "counts key": (drop_at("rest_arena", "head_bytes"), r"missing key 'plan.rest_arena.head_bytes'"),
+    "counts type": (set_at("flash_bytes", "full", value=1.5), r"'plan.flash_bytes.full' must be an integer"),
 }
 
 SPLIT_CASES = {
-    "no device stages": (_set("device_stages", value=[]), r"'plan.device_stages' must not be empty"),
-    "stage name": (_set("server_stages", value=[3]), r"'plan.server_stages\[0\]' must be a non-empty string"),
-    "model id": (_set("model_id", value=""), r"'plan.model_id' must be a non-empty string"),
-    "model version": (_drop("model_version"), r"missing key 'plan.model_version'"),
-    "unknown key": (_set("version", value=1), r"unknown key 'plan.version'"),
-    "null figures": (_set("split", value=None), r"'plan.split' must be an object, found null"),
-    "figures key": (_drop("split", "objective"), r"missing key 'plan.split.objective'"),
-    "seconds": (_set("split", "chosen", "device_seconds", value="fast"),
+    "no device stages": (set_at("device_stages", value=[]), r"'plan.device_stages' must not be empty"),
+    "stage name": (set_at("server_stages", value=[3]), r"'plan.server_stages\[0\]' must be a non-empty string"),
+    "model id": (set_at("model_id", value=""), r"'plan.model_id' must be a non-empty string"),
+    "model version": (drop_at("model_version"), r"missing key 'plan.model_version'"),
+    "unknown key": (set_at("version", value=1), r"unknown key 'plan.version'"),
+    "null figures": (set_at("split", value=None), r"'plan.split' must be an object, found null"),
+    "figures key": (drop_at("split", "objective"), r"missing key 'plan.split.objective'"),
+    "seconds": (set_at("split", "chosen", "device_seconds", value="fast"),
                 r"'plan.split.chosen.device_seconds' must be a finite number, found string 'fast'"),
-    "negative seconds": (_set("split", "all_device", "device_seconds", value=-1.0),
+    "negative seconds": (set_at("split", "all_device", "device_seconds", value=-1.0),
                          r"'plan.split.all_device.device_seconds' must be >= 0"),
-    "uplink": (_set("split", "uplink_bps", value=0), r"'plan.split.uplink_bps' must be > 0"),
-    "decision map": (_set("split", "decision_map", value=[[1e3, 6]]),
+    "uplink": (set_at("split", "uplink_bps", value=0), r"'plan.split.uplink_bps' must be > 0"),
+    "decision map": (set_at("split", "decision_map", value=[[1e3, 6]]),
                      r"'plan.split.decision_map\[0\]' must be \[from bit/s, to bit/s, device layers\]"),
-    "decision range": (_set("split", "decision_map", value=[[2e5, 1e3, 6]]),
+    "decision range": (set_at("split", "decision_map", value=[[2e5, 1e3, 6]]),
                        r"'plan.split.decision_map\[0\]' must run from a lower to a higher bandwidth"),
-    "cut layers": (_set("split", "chosen", "device_layers", value=1.0),
+    "cut layers": (set_at("split", "chosen", "device_layers", value=1.0),
                    r"'plan.split.chosen.device_layers' must be an integer"),
-    "boundary": (_set("boundary", "dtype", value="int4"), r"'plan.boundary.dtype' must be one of"),
-    "boundary key": (_drop("boundary", "fp32_bytes"), r"missing key 'plan.boundary.fp32_bytes'"),
+    "boundary": (set_at("boundary", "dtype", value="int4"), r"'plan.boundary.dtype' must be one of"),
+    "boundary key": (drop_at("boundary", "fp32_bytes"), r"missing key 'plan.boundary.fp32_bytes'"),
 }
 
 
@@ -242,10 +227,10 @@ def test_a_loaded_manifest_holds_typed_plans(patch_bundle: Path, split_bundle: P
 
 
 @pytest.mark.parametrize("change, message", [
-    (_set("split", "chosen", "payload_bytes", value="512"), r"'plan.split.chosen.payload_bytes' must be an integer"),
-    (_drop("split", "decision_map"), r"missing key 'plan.split.decision_map'"),
-    (_set("split", "all_device", value=[]), r"'plan.split.all_device' must be an object, found array"),
-    (_set("device_stages", value=["tail"]), r"runs \['tail'\] on the device and \['tail'\] on the server, but the "
+    (set_at("split", "chosen", "payload_bytes", value="512"), r"'plan.split.chosen.payload_bytes' must be an integer"),
+    (drop_at("split", "decision_map"), r"missing key 'plan.split.decision_map'"),
+    (set_at("split", "all_device", value=[]), r"'plan.split.all_device' must be an object, found array"),
+    (set_at("device_stages", value=["tail"]), r"runs \['tail'\] on the device and \['tail'\] on the server, but the "
                                             r"stages are \['head', 'tail'\]"),
 ])
 def test_load_refuses_a_malformed_split_plan(split_bundle: Path, change: Callable[[dict], None],
@@ -261,7 +246,7 @@ def test_load_refuses_a_malformed_split_plan(split_bundle: Path, change: Callabl
 
 
 def test_load_refuses_a_malformed_patch_schedule(patch_bundle: Path) -> None:
-    _edit(patch_bundle, _set("patches", 0, "tile", value=[0, 0, 1, 1]))
+    _edit(patch_bundle, set_at("patches", 0, "tile", value=[0, 0, 1, 1]))
     where = re.escape(str(patch_bundle))
     with pytest.raises(BundleError, match=f"^{where}: manifest.json: the tiles of 'plan.patches' do not cover the 4x4 "
                                           "stage buffer exactly once"):

@@ -19,6 +19,7 @@ import numpy as np
 from edgekit.errors import OffloadError
 from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES, Tensor
 from edgekit.formats.plans import SplitFigures
+from edgekit.formats.quant import dequantize
 from edgekit.runtime.transport import Reply, Transport
 
 
@@ -120,8 +121,7 @@ class SplitRunner:
     def _local_tail(self, tensor: Tensor) -> np.ndarray:
         """The tail run here on the boundary tensor, dequantized exactly as the server does."""
         if tensor.scale:
-            np.subtract(tensor.array, tensor.zero_point, out=self._boundary, dtype=np.float32)
-            np.multiply(self._boundary, np.float32(tensor.scale), out=self._boundary)
+            dequantize(tensor.array, tensor.scale, tensor.zero_point, out=self._boundary)
         else:
             np.copyto(self._boundary, tensor.array)
         value = self._boundary
