@@ -54,6 +54,7 @@ class Analysis:
                 "param_bytes": layer.param_bytes, "output_bytes_int8": m8.output_bytes,
                 "output_bytes_fp32": m32.output_bytes, "live_bytes_int8": m8.live_bytes,
                 "live_bytes_fp32": m32.live_bytes, "receptive_field": list(layer.rf), "jump": list(layer.jump),
+                "source_op": layer.source_op, "macs_known": layer.macs_known,
             })
         return {
             "model": self.graph.name, "source": self.graph.source, "source_layout": self.graph.layout,
@@ -61,6 +62,7 @@ class Analysis:
             "outputs": list(self.graph.outputs),
             "totals": {"layers": len(self.graph.layers), "macs": self.graph.total_macs,
                        "params": self.graph.total_params, "param_bytes": self.graph.total_param_bytes},
+            "unknown_ops": self.graph.unknown_ops,  # source op -> layers; their MACs are not in totals.macs
             "peak_activation_bytes": {dtype: {"bytes": p.peak_bytes, "layer": p.peak_layer}
                                       for dtype, p in self.memory.items()},
             "accounting": {"inplace_depthwise": int8.policy.inplace_depthwise,

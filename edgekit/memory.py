@@ -5,7 +5,8 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
 - a tensor is alive from the layer that writes it until the last layer that reads it (graph
   inputs from the start, graph outputs to the end); so a residual input stays alive until its
   add has run, then is freed;
-- reshape/flatten outputs alias their input (no copy);
+- reshape/flatten/squeeze outputs alias their input (no copy; the ops of kind "alias" in `graph.ops`);
+- an op edgekit does not know (op "unknown") is a buffer of its own, like any op, sized by its shape;
 - with `inplace_depthwise`, a depthwise conv whose input dies with it writes over its input:
   it costs max(input, output) instead of input + output;
 - with `inplace_residual`, a conv whose only reader is a residual add accumulates straight into
@@ -25,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Graph, Layer, numel
+from edgekit.graph.ir import DTYPE_BYTES, Graph, Layer, numel
+from edgekit.graph.ops import ALIAS_OPS
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import export_onnx, tiny_net
 
-from edgekit.errors import ModelLoadError, UnsupportedOpError
+from edgekit.errors import ModelLoadError
 from edgekit.graph import Graph, load_graph
 from edgekit.models import create_model
 
@@ -33,7 +33,9 @@ def test_tiny_net_layer_table_by_hand() -> None:
     assert (stem.rf, dw.rf, pool.rf) == ((3, 3), (7, 7), (9, 9))
     assert (stem.jump, pool.jump) == ((2, 2), (4, 4))
     assert stem.padding == (1, 1, 1, 1) and stem.stride == (2, 2)
-    assert graph.total_macs == 55296 + 18432 + 16384 + 80
+    assert graph.layers[4].macs == 8 * 8 * 8 * 2 * 2 and graph.layers[5].macs == 8 * 8 * 8  # pools: window, adds
+    assert graph.total_macs == 55296 + 18432 + 16384 + 2048 + 512 + 80
+    assert {l.source_op for l in graph.layers[:3]} == {"aten.conv2d.default"} and graph.unknown_ops == {}
 
 
 @pytest.mark.slow
@@ -56,7 +58,7 @@ def test_torch_and_onnx_export_give_the_same_layer_table(name: str, tmp_path: Pa
 def test_mobilenet_v2_sanity_figures() -> None:
     graph = load_graph("mobilenet_v2")
     assert graph.inputs[0].shape == (1, 3, 224, 224)
-    assert graph.total_macs == 300_774_272  # ~300 M MACs (conv + linear)
+    assert graph.total_macs == 300_774_272 + 1280 * 7 * 7  # ~300 M MACs of conv + linear, and the global pool
     assert 3.4e6 < graph.total_params < 3.6e6  # 3.5 M (3,487,816 after batch-norm folding)
     depthwise = [l for l in graph.layers if l.op == "depthwise_conv2d"]
     assert len(depthwise) == 17 and all(l.kernel == (3, 3) for l in depthwise)
@@ -64,7 +66,7 @@ def test_mobilenet_v2_sanity_figures() -> None:
 
 def test_resnet18_sanity_figures() -> None:
     graph = load_graph("resnet18")
-    assert graph.total_macs == 1_814_073_344  # ~1.8 G MACs
+    assert graph.total_macs == 1_814_073_344 + 64 * 56 * 56 * 9 + 512 * 7 * 7  # ~1.8 G MACs; max and global pool
     assert 11.6e6 < graph.total_params < 11.8e6  # ~11.7 M
     adds = [l for l in graph.layers if l.op == "add"]
     assert len(adds) == 8 and all(len(l.inputs) == 2 for l in adds)
@@ -103,19 +105,22 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
         load_graph(tiny_net(), (1, 1, 32, 32))
 
 
-def test_unsupported_operator_names_the_layer() -> None:
-    class Transposed(torch.nn.Module):
+def test_an_operator_outside_the_op_table_is_analysed_as_unknown() -> None:
+    class Cumulative(torch.nn.Module):
         input_shape = (1, 4, 8, 8)
 
         def __init__(self) -> None:
             super().__init__()
-            self.up = torch.nn.ConvTranspose2d(4, 4, 2, 2)
+            self.conv = torch.nn.Conv2d(4, 4, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.up(x)
+            return self.conv(torch.cumsum(x, 3))
 
-    with pytest.raises(UnsupportedOpError, match="layer 'up' uses operator aten.conv_transpose2d"):
-        load_graph(Transposed())
+    graph = load_graph(Cumulative())
+    unknown, conv = graph.layers
+    assert (unknown.op, unknown.source_op, unknown.macs_known) == ("unknown", "aten.cumsum.default", False)
+    assert unknown.output_shape == (1, 4, 8, 8) and unknown.rf == (8, 8)  # unknown semantics: the whole image
+    assert graph.unknown_ops == {"aten.cumsum.default": 1} and graph.total_macs == conv.macs == 4 * 8 * 8 * 4
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".tflite"])

@@ -5,16 +5,19 @@ Per layer, the seconds come from the first of these the device profile has (`lay
 2. "fitted": the calibrated roofline: MACs / fitted MAC/s + bytes moved (input + output activations +
    weights) / fitted bandwidth + the fitted fixed cost of an executed layer, in the calibrated dtype;
 3. "estimate": the same roofline with the profile's own throughput for the dtype and memory bandwidth.
+An op edgekit does not know has unknown MACs: estimates count its bytes moved only (`excluded_compute` says so).
 Device energy = active power x time. A transfer costs bytes x 8 / bandwidth + RTT + protocol overhead,
 and, when the link gives it, radio energy per byte.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
-from edgekit.graph.ir import ALIAS_OPS, DTYPE_BYTES, Layer, numel
+from edgekit.graph.ir import DTYPE_BYTES, Layer, numel, unknown_ops_text
+from edgekit.graph.ops import ALIAS_OPS
 from edgekit.targets import Device, DeviceCalibration, Link
 
 LATENCY_SOURCES = ("measured", "fitted", "estimate")  # the order `layer_seconds` prefers them in
@@ -40,6 +43,13 @@ def moved_bytes(layer: Layer, dtype: str) -> int:
 def is_executed(layer: Layer) -> bool:
     """Whether a layer runs a kernel of its own (a reshape only renames its input buffer)."""
     return layer.op not in ALIAS_OPS
+
+
+def excluded_compute(layers: Iterable[Layer]) -> str:
+    """'' or what every latency estimate over `layers` leaves out: the compute of ops edgekit does not know
+    (their MACs are unknown; only their bytes moved and fixed cost are counted)."""
+    named = unknown_ops_text(layers)
+    return f"latency excludes the compute of ops edgekit does not know: {named}" if named else ""
 
 
 def fitted_seconds(layer: Layer, calibration: DeviceCalibration) -> float:

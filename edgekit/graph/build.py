@@ -1,9 +1,9 @@
 """Shared lowering from importer nodes to a `Graph`: canonicalise, then compute cost and receptive field.
 
-Importers (torch, ONNX, TFLite) only translate their operators into `RawNode`s in one vocabulary.
-Everything that must agree across sources is done here once: identity removal, batch-norm and
-zero-pad folding, relu/relu6 fusion (as TFLite and MCU runtimes execute them), MACs, parameters
-and receptive fields.
+Importers (torch, ONNX, TFLite) only translate their operators into `RawNode`s in the vocabulary of
+`edgekit.graph.ops`. Everything that must agree across sources is done here once, from that table:
+identity removal, batch-norm and zero-pad folding, relu/relu6 fusion (as TFLite and MCU runtimes execute
+them), recognising a mean over H,W as global pooling, MACs, parameters and receptive fields.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from edgekit.errors import ModelLoadError
-from edgekit.graph.ir import DTYPE_BYTES, SPATIAL_OPS, Graph, Layer, TensorSpec, numel
+from edgekit.graph.ir import DTYPE_BYTES, Graph, Layer, TensorSpec, numel
+from edgekit.graph.ops import FUSABLE_ACTIVATIONS, Kind, Macs, op_info
 
-FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6"})
-GLOBAL_OPS = frozenset({"global_avgpool", "linear"})
+Labels = tuple[str | None, ...]  # which logical axis ('N', 'C', 'H', 'W') each dimension of a tensor is
 
 
 @dataclass
@@ -22,8 +22,10 @@ class RawNode:
     """One source operator in edgekit's op vocabulary, before canonicalisation.
 
     attrs may hold: kernel, stride, padding (top, left, bottom, right), dilation, groups,
-    weight_shape (conv: O,I/g,kh,kw; linear: out,in), bias (bool), channels (batchnorm),
-    param_bytes (when the source stores weights in a known size, e.g. int8 TFLite), act.
+    weight_shape (conv and transposed conv: O,I/g,kh,kw; linear: out,in), bias (bool), channels (batchnorm),
+    param_bytes (when the source stores weights in a known size, e.g. int8 TFLite), act, perm (transpose) and
+    axes / keep_dims (reductions, softmax) in the N,C,H,W axis order of the graph's shapes, inner (matmul:
+    the contracted size), params (other ops with weights).
     """
 
     name: str
@@ -33,6 +35,7 @@ class RawNode:
     output_shape: tuple[int, ...]
     dtype: str
     attrs: dict = field(default_factory=dict)
+    source_op: str = ""
 
 
 def same_padding(in_hw: tuple, out_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple,
@@ -54,6 +57,8 @@ def build_graph(name: str, source: str, layout: str, inputs: list[TensorSpec], o
     nodes = _fold_pads(nodes)
     shapes = {spec.name: spec.shape for spec in inputs}
     fields = {spec.name: ((1, 1), (1, 1)) for spec in inputs}
+    labels: dict[str, Labels] = {spec.name: ("N", "C", "H", "W") if len(spec.shape) == 4 else (None,) * len(spec.shape)
+                                 for spec in inputs}
     image_hw = max((spec.shape[-2:] for spec in inputs if len(spec.shape) == 4), default=(1, 1))
     layers: list[Layer] = []
     for node in nodes:
@@ -62,9 +67,14 @@ def build_graph(name: str, source: str, layout: str, inputs: list[TensorSpec], o
             raise ModelLoadError(f"{source} graph: layer '{node.name}' reads tensor '{missing[0]}' "
                                  "that no earlier layer produces (graph not in execution order?)")
         in_shapes = tuple(shapes[t] for t in node.inputs)
-        rf, jump = _receptive_field(node, [fields[t] for t in node.inputs], in_shapes, image_hw)
+        in_labels = labels[node.inputs[0]] if node.inputs else ()
+        if node.op == "mean" and len(in_labels) == 4 and \
+                sorted(str(in_labels[a]) for a in node.attrs.get("axes", ())) == ["H", "W"]:
+            node.op = "global_avgpool"  # a mean over exactly H,W, in whatever axis order the tensor has
+        rf, jump = _receptive_field(node, [fields[t] for t in node.inputs], in_shapes, in_labels, image_hw)
         layer = _to_layer(node, in_shapes, rf, jump)
         shapes[node.output], fields[node.output] = layer.output_shape, (rf, jump)
+        labels[node.output] = _output_labels(node, in_shapes, in_labels)
         layers.append(layer)
     return Graph(name=name, source=source, layout=layout, inputs=tuple(inputs), outputs=tuple(outputs),
                  layers=_unique_names(layers))
@@ -106,7 +116,7 @@ def _fold_into_producer(nodes: list[RawNode], outputs: list[str]) -> list[RawNod
             continue
         if node.op == "batchnorm" and producer.op in ("conv2d", "linear") and "act" not in producer.attrs:
             producer.attrs["bias"] = True
-        elif node.op in FUSABLE_ACTIVATIONS and producer.op != "reshape" \
+        elif node.op in FUSABLE_ACTIVATIONS and op_info(producer.op).takes_activation \
                 and "act" not in producer.attrs:
             producer.attrs["act"] = node.op
         else:
@@ -139,49 +149,74 @@ def _fold_pads(nodes: list[RawNode]) -> list[RawNode]:
     return kept
 
 
-def _receptive_field(node: RawNode, in_fields: list, in_shapes: tuple, image_hw: tuple) -> tuple:
+def _output_labels(node: RawNode, in_shapes: tuple, in_labels: Labels) -> Labels:
+    """Logical axes of the node's output: permuted by a transpose, dropped by a reduction, kept through
+    reshapes that only add or remove unit dimensions and through rank-preserving ops; unknown otherwise."""
+    rank, attrs, kind = len(node.output_shape), node.attrs, op_info(node.op).kind
+    if "perm" in attrs and len(attrs["perm"]) == len(in_labels):
+        return tuple(in_labels[p] for p in attrs["perm"])
+    if kind in (Kind.REDUCTION, Kind.GLOBAL) and "axes" in attrs and not attrs.get("keep_dims", False):
+        kept = tuple(label for i, label in enumerate(in_labels) if i not in attrs["axes"])
+        return kept if len(kept) == rank else (None,) * rank
+    if kind is Kind.ALIAS and in_shapes:
+        if [d for d in in_shapes[0] if d != 1] != [d for d in node.output_shape if d != 1]:
+            return (None,) * rank
+        big = iter(label for d, label in zip(in_shapes[0], in_labels) if d != 1)
+        return tuple(next(big) if d != 1 else None for d in node.output_shape)
+    return in_labels if len(in_labels) == rank else (None,) * rank
+
+
+def _receptive_field(node: RawNode, in_fields: list, in_shapes: tuple, in_labels: Labels, image_hw: tuple) -> tuple:
+    """Receptive field and jump of the node's output pixels on the model input (the whole image when a
+    global op, a reduction over H or W, a matmul or an unknown op mixes positions)."""
     if not in_fields:
         return (1, 1), (1, 1)
     rf = tuple(max(f[0][i] for f in in_fields) for i in range(2))
     jump = tuple(max(f[1][i] for f in in_fields) for i in range(2))
-    if node.op in SPATIAL_OPS:
+    kind = op_info(node.op).kind
+    whole = (max(rf[0], image_hw[0]), max(rf[1], image_hw[1]))
+    if kind is Kind.SPATIAL:
         kernel, stride = node.attrs.get("kernel", (1, 1)), node.attrs.get("stride", (1, 1))
         dilation = node.attrs.get("dilation", (1, 1))
         rf = tuple(rf[i] + (dilation[i] * (kernel[i] - 1)) * jump[i] for i in range(2))
         jump = tuple(jump[i] * stride[i] for i in range(2))
-    elif node.op in GLOBAL_OPS:
+    elif kind is Kind.GLOBAL:
         hw = in_shapes[0][-2:] if len(in_shapes[0]) == 4 else (1, 1)
         rf = tuple(max(rf[i] + (hw[i] - 1) * jump[i], image_hw[i]) for i in range(2))
-    elif node.op == "upsample" and len(node.output_shape) == 4 and len(in_shapes[0]) == 4:
+    elif kind in (Kind.MATMUL, Kind.UNKNOWN):
+        rf = whole
+    elif kind in (Kind.REDUCTION, Kind.NORMALIZATION):
+        axes = node.attrs.get("axes", ())
+        reduced = {in_labels[a] if a < len(in_labels) else None for a in axes}
+        rf = tuple(whole[i] if {("H", "W")[i], None} & reduced else rf[i] for i in range(2))
+    elif kind is Kind.UPSAMPLING and len(node.output_shape) == 4 and len(in_shapes[0]) == 4:
         jump = tuple(max(1, jump[i] * in_shapes[0][2 + i] // node.output_shape[2 + i]) for i in range(2))
+        kernel = node.attrs.get("kernel", (1, 1))
+        rf = tuple(rf[i] + (kernel[i] - 1) * jump[i] for i in range(2))
     return rf, jump
 
 
 def _to_layer(node: RawNode, in_shapes: tuple, rf: tuple, jump: tuple) -> Layer:
     a = node.attrs
-    op, macs, params = node.op, 0, 0
-    if op == "conv2d":
-        out_c, in_per_group, kh, kw = a["weight_shape"]
-        groups = a.get("groups", 1)
-        if groups > 1 and groups == in_shapes[0][1]:
-            op = "depthwise_conv2d"
-        macs = numel(node.output_shape) * in_per_group * kh * kw
-        params = numel(a["weight_shape"]) + (out_c if a.get("bias") else 0)
-    elif op == "linear":
-        out_f, in_f = a["weight_shape"]
-        macs = numel(node.output_shape) * in_f
-        params = out_f * in_f + (out_f if a.get("bias") else 0)
+    op, params = node.op, int(a.get("params", 0))
+    if op == "conv2d" and a.get("groups", 1) > 1 and a["groups"] == in_shapes[0][1]:
+        op = "depthwise_conv2d"
+    info = op_info(op)
+    if "weight_shape" in a:
+        out_c = a["weight_shape"][0]
+        params = numel(tuple(a["weight_shape"])) + (out_c if a.get("bias") else 0)
     elif op == "batchnorm":
         params = 2 * a["channels"]
+    macs = info.macs.count(in_shapes, node.output_shape, a)
     param_bytes = a.get("param_bytes", params * DTYPE_BYTES["fp32"])
     return Layer(
-        name=node.name, op=op, inputs=tuple(node.inputs), output=node.output, input_shapes=in_shapes,
+        name=node.name, op=info.name, inputs=tuple(node.inputs), output=node.output, input_shapes=in_shapes,
         output_shape=tuple(int(d) for d in node.output_shape), dtype=node.dtype, macs=int(macs),
         params=int(params), param_bytes=int(param_bytes), kernel=tuple(a.get("kernel", (1, 1))),
         stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0, 0, 0))),
         explicit_pad=tuple(a.get("explicit_pad", (0, 0, 0, 0))),
         dilation=tuple(a.get("dilation", (1, 1))), groups=int(a.get("groups", 1)), activation=a.get("act"),
-        rf=rf, jump=jump,
+        rf=rf, jump=jump, source_op=node.source_op or node.op, macs_known=info.macs is not Macs.UNKNOWN,
     )
 
 

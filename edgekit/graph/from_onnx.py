@@ -7,17 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ModelLoadError, UnsupportedOpError
+from edgekit.errors import ModelLoadError
 from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import Graph, TensorSpec
+from edgekit.graph.ops import MULTI_OUTPUT_OPS, ONNX_OPS
 
-_ONNX_DTYPES = {1: "fp32", 10: "fp16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
-_SIMPLE = {"Relu": "relu", "Add": "add", "Mul": "mul", "Sub": "sub", "HardSwish": "hardswish",
-           "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "LeakyRelu": "leaky_relu", "Gelu": "gelu",
-           "HardSigmoid": "hardsigmoid", "GlobalAveragePool": "global_avgpool", "Flatten": "reshape",
-           "Reshape": "reshape", "Squeeze": "reshape", "Unsqueeze": "reshape", "Identity": "identity",
-           "Dropout": "identity", "Resize": "upsample", "Upsample": "upsample", "Transpose": "transpose",
-           "QuantizeLinear": "quantize", "DequantizeLinear": "dequantize"}
+_ONNX_DTYPES = {1: "fp32", 10: "fp16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64", 9: "bool", 11: "fp64"}
 # Operators that only compute shapes or constants; they never touch activations.
 _SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape"}
 
@@ -101,65 +96,100 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
         acts = [t for t in node.input if t in activations]
         if not acts or node.op_type in _SHAPE_OPS:
             continue
-        out = node.output[0]
-        if out not in shapes:
-            raise ModelLoadError(f"{path}: shape inference could not find the shape of '{out}' (node '{name}')")
-        activations.add(out)
-        nodes.append(_translate(node, name, acts, out, shapes, dtypes[out], consts, path))
+        _require_shape(path, node, name, node.output[0], shapes)
+        raw = _translate(node, name, acts, node.output[0], shapes, consts)
+        # split (and an unknown op, whose outputs edgekit cannot tell apart) lowers to one layer per output
+        outs = [t for t in node.output if t] if raw.op in MULTI_OUTPUT_OPS | {"unknown"} else [node.output[0]]
+        for out in outs:
+            _require_shape(path, node, name, out, shapes)
+            activations.add(out)
+            nodes.append(RawNode(name, raw.op, acts, out, shapes[out], dtypes[out], dict(raw.attrs), raw.source_op))
     outputs = [v.name for v in graph.output]
     return build_graph(path.stem, "onnx", "NCHW", inputs, outputs, nodes)
 
 
-def _translate(node: Any, name: str, acts: list[str], out: str, shapes: dict, dtype: str, consts: dict,
-               path: Path) -> RawNode:
-    op_type, attrs, shape = node.op_type, _attrs(node), shapes[out]
+def _require_shape(path: Path, node: Any, name: str, tensor: str, shapes: dict) -> None:
+    """A ModelLoadError naming the node when shape inference left one of its outputs without a shape."""
+    if tensor not in shapes:
+        raise ModelLoadError(f"{path}: shape inference found no shape for '{tensor}', output of node '{name}' "
+                             f"({node.op_type}); edgekit needs every activation's shape (give it as value_info)")
 
-    def raw(op: str, **extra: Any) -> RawNode:
-        return RawNode(name, op, acts, out, shape, dtype, extra)
+
+def _reduce_axes(node: Any, attrs: dict, rank: int, const: Any) -> dict:
+    """axes (sorted, non-negative; all when none are given) and keep_dims of an ONNX reduction."""
+    axes = const(1) if const(1) is not None else attrs.get("axes")
+    if node.op_type in ("ArgMax", "ArgMin"):
+        axes = [attrs.get("axis", 0)]
+    axes = tuple(range(rank)) if axes is None or len(np.ravel(axes)) == 0 else \
+        tuple(sorted(int(a) % rank for a in np.ravel(axes)))
+    return {"axes": axes, "keep_dims": bool(attrs.get("keepdims", 1))}
+
+
+def _translate(node: Any, name: str, acts: list[str], out: str, shapes: dict, consts: dict) -> RawNode:
+    """Map one ONNX node to a RawNode in the op table's vocabulary ('unknown' for ops it does not know)."""
+    op_type, attrs, shape = node.op_type, _attrs(node), shapes.get(out, ())
+    standard = node.domain in ("", "ai.onnx")
+    source = op_type if standard else f"{node.domain}.{op_type}"
+    op = ONNX_OPS.get(op_type, "unknown") if standard else "unknown"
+    rank = len(shapes.get(acts[0], ()))
+
+    def raw(kind: str, **extra: Any) -> RawNode:
+        return RawNode(name, kind, acts, out, shape, "", extra, source_op=source)
 
     def const(index: int) -> np.ndarray | None:
         return consts.get(node.input[index]) if len(node.input) > index and node.input[index] else None
 
-    if op_type == "Conv":
+    if op in ("conv2d", "transpose_conv2d"):
         weight = const(1)
-        if weight is None or weight.ndim != 4:
-            raise UnsupportedOpError(f"{path}: node '{name}' is a Conv whose weight is not a constant 4-D tensor")
+        if weight is None or weight.ndim != 4:  # a weight computed at run time, or not 2-D: shapes only
+            return raw("unknown")
+        groups = int(attrs.get("group", 1))
         in_hw, out_hw = shapes[acts[0]][2:], shape[2:]
-        return raw("conv2d", weight_shape=weight.shape, bias=const(2) is not None, groups=attrs.get("group", 1),
+        if op == "transpose_conv2d":  # ONNX stores (in, out/groups, kh, kw); the table reads (out, in/groups, ...)
+            weight_shape = (weight.shape[1] * groups, weight.shape[0] // groups, *weight.shape[2:])
+            return raw(op, weight_shape=weight_shape, bias=const(2) is not None, groups=groups,
+                       kernel=tuple(weight.shape[2:]), stride=tuple(attrs.get("strides", (1, 1))))
+        return raw("conv2d", weight_shape=weight.shape, bias=const(2) is not None, groups=groups,
                    **_spatial(attrs, weight.shape[2:], in_hw, out_hw))
     if op_type in ("Gemm", "MatMul"):
         weight = const(1)
-        if weight is None or weight.ndim != 2:
-            raise UnsupportedOpError(f"{path}: node '{name}' is a {op_type} without a constant 2-D weight")
-        if op_type == "MatMul" or not attrs.get("transB", 0):
-            weight = weight.T
-        return raw("linear", weight_shape=weight.shape, bias=const(2) is not None)
-    if op_type == "BatchNormalization":
+        if weight is not None and weight.ndim == 2:
+            if op_type == "MatMul" or not attrs.get("transB", 0):
+                weight = weight.T
+            return raw("linear", weight_shape=weight.shape, bias=const(2) is not None)
+        left = shapes[acts[0]]
+        return raw("batch_matmul", inner=int(left[-2] if attrs.get("transA", 0) else left[-1]))
+    if op == "batchnorm":
         return raw("batchnorm", channels=shape[1])
-    if op_type == "Clip":
+    if op == "clip":
         low = const(1) if const(1) is not None else attrs.get("min")
         high = const(2) if const(2) is not None else attrs.get("max")
-        if low is not None and high is not None and (float(low), float(high)) == (0.0, 6.0):
-            return raw("relu6")
-        raise UnsupportedOpError(f"{path}: node '{name}' is a Clip to [{low}, {high}] (only relu6 is supported)")
-    if op_type in ("MaxPool", "AveragePool"):
+        six = low is not None and high is not None and (float(low), float(high)) == (0.0, 6.0)
+        return raw("relu6" if six else "clip")
+    if op in ("maxpool2d", "avgpool2d"):
         kernel = tuple(attrs["kernel_shape"])
-        spatial = _spatial(attrs, kernel, shapes[acts[0]][2:], shape[2:])
-        return raw("maxpool2d" if op_type == "MaxPool" else "avgpool2d", **spatial)
-    if op_type == "ReduceMean":
-        axes = const(1) if const(1) is not None else attrs.get("axes")
-        if axes is not None and sorted(int(a) % 4 for a in np.ravel(axes)) == [2, 3]:
-            return raw("global_avgpool")
-        raise UnsupportedOpError(f"{path}: node '{name}' is a ReduceMean over axes {axes} (only H,W is supported)")
-    if op_type == "Concat":
+        return raw(op, **_spatial(attrs, kernel, shapes[acts[0]][2:], shape[2:])) if len(kernel) == 2 \
+            else raw("unknown")
+    if op in ("mean", "sum", "reduce_max", "reduce_min", "arg_max", "arg_min"):
+        return raw(op, **_reduce_axes(node, attrs, rank, const))
+    if op in ("softmax", "log_softmax"):
+        return raw(op, axes=(int(attrs.get("axis", -1)) % rank,))
+    if op == "layer_norm":
+        first = int(attrs.get("axis", -1)) % rank
+        params = sum(int(np.size(c)) for c in (const(1), const(2)) if c is not None)
+        return raw("layer_norm", axes=tuple(range(first, rank)), params=params)
+    if op == "concat":
         return raw("concat", axis=attrs["axis"] % len(shape))
-    if op_type == "Pad":
-        pads = const(1)
-        value = const(2)
-        if pads is None or len(pads) != 8 or any(pads[[0, 1, 4, 5]]):
-            raise UnsupportedOpError(f"{path}: node '{name}' is a Pad that is not a constant spatial pad")
+    if op == "transpose":
+        return raw("transpose", perm=tuple(int(p) for p in attrs.get("perm", range(rank - 1, -1, -1))))
+    if op == "resize_nearest":
+        mode = attrs.get("mode", b"nearest")
+        return raw("resize_bilinear" if (mode.decode() if isinstance(mode, bytes) else mode) == "linear"
+                   else "resize_nearest")
+    if op == "pad":
+        pads, value = const(1), const(2)
+        if pads is None or len(pads) != 8 or any(pads[[0, 1, 4, 5]]):  # not (only) a spatial pad of a 4-D tensor
+            return raw("pad", padding=(0, 0, 0, 0), zero=False)
         zero = attrs.get("mode", b"constant") in (b"constant", "constant") and (value is None or float(value) == 0.0)
         return raw("pad", padding=(int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7])), zero=zero)
-    if op_type in _SIMPLE:
-        return raw(_SIMPLE[op_type])
-    raise UnsupportedOpError(f"{path}: node '{name}' uses ONNX operator {op_type}, which edgekit cannot analyse yet")
+    return raw(op)

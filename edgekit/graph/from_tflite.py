@@ -11,19 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import UnsupportedOpError
 from edgekit.formats.tflite import TENSOR_TYPES, is_constant, op_name, read_model
 from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import DTYPE_BYTES, Graph, TensorSpec
+from edgekit.graph.ops import MULTI_OUTPUT_OPS, TFLITE_OPS, Kind, op_info
 
-_TFLITE_DTYPES = {0: "fp32", 1: "fp16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}  # -> IR names
-_SIMPLE = {"ADD": "add", "MUL": "mul", "SUB": "sub", "RELU": "relu", "RELU6": "relu6", "HARD_SWISH": "hardswish",
-           "LOGISTIC": "sigmoid", "TANH": "tanh", "SOFTMAX": "softmax", "LEAKY_RELU": "leaky_relu", "GELU": "gelu",
-           "RESHAPE": "reshape", "SQUEEZE": "reshape", "EXPAND_DIMS": "reshape", "QUANTIZE": "quantize",
-           "DEQUANTIZE": "dequantize", "TRANSPOSE": "transpose", "RESIZE_NEAREST_NEIGHBOR": "upsample",
-           "RESIZE_BILINEAR": "upsample"}
-_FUSED = {1: "relu", 3: "relu6"}
-_LAYOUT_FREE = {"QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "LOGISTIC", "TANH", "HARD_SWISH", "ADD", "MUL", "SUB"}
+_TFLITE_DTYPES = {0: "fp32", 1: "fp16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
+                  10: "fp64"}  # -> IR names
+_FUSED = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh"}
+# Ops that keep their input's layout: an NCHW tensor (litert-torch's, before its boundary TRANSPOSE) stays NCHW.
+_LAYOUT_FREE = frozenset(name for name, op in TFLITE_OPS.items()
+                         if op_info(op).kind in (Kind.POINTWISE, Kind.BINARY, Kind.QUANTIZATION))
+_NHWC = (0, 3, 1, 2)  # canonical N,C,H,W axis k is axis _NHWC[k] of an NHWC tensor
 
 
 def _short_name(tensor_name: bytes | str) -> str:
@@ -60,15 +59,27 @@ def _nchw_tensors(ops: list[tuple[str, Any]], perm_of: Any) -> set[int]:
 
 
 def from_tflite(path: str | Path) -> Graph:
-    """Read a `.tflite` model (first subgraph) into a Graph; INT8 weights are counted as stored."""
+    """Read a `.tflite` model (first subgraph) into a Graph; INT8 weights are counted as stored.
+
+    A multi-output op (SPLIT, SPLIT_V, UNPACK, an unknown op) becomes one layer per output, each reading the
+    op's whole input: the same buffers are live as when one op writes them all."""
     path = Path(path)
     model, data = read_model(path)
     sub = model.subgraphs[0]
     ops = [(op_name(model, op), op) for op in sub.operators or []]
 
+    def stored_shape(index: int) -> tuple[int, ...]:
+        dims = sub.tensors[index].shape
+        return tuple(int(d) for d in dims) if dims is not None else ()
+
+    def order(index: int) -> tuple[int, ...]:
+        """Canonical axis k of tensor `index` is its stored axis order(index)[k]."""
+        rank = len(stored_shape(index))
+        return _NHWC if rank == 4 and index not in nchw else tuple(range(rank))
+
     def shape(index: int) -> tuple[int, ...]:
-        dims = tuple(int(d) for d in sub.tensors[index].shape)
-        return (dims[0], dims[3], dims[1], dims[2]) if len(dims) == 4 and index not in nchw else dims
+        dims = stored_shape(index)
+        return tuple(dims[k] for k in order(index))
 
     def tensor_id(index: int) -> str:
         return f"t{index}"
@@ -88,66 +99,101 @@ def from_tflite(path: str | Path) -> Graph:
                    * DTYPE_BYTES.get(dtype(i), 1) for i in indices)
 
     nchw = _nchw_tensors(ops, lambda op: const_value(op.inputs[1]))
+    source = _Source(order, const_value, stored_shape)
     inputs = [TensorSpec(tensor_id(i), shape(i), dtype(i)) for i in sub.inputs]
     nodes = []
     for index, (opname, op) in enumerate(ops):
         acts = [i for i in op.inputs if i >= 0 and not is_constant(model, i)]
         weights = [i for i in op.inputs if i >= 0 and is_constant(model, i)]
-        out = op.outputs[0]
-        scope = _short_name(sub.tensors[out].name)
+        scope = _short_name(sub.tensors[op.outputs[0]].name)
         name = f"{scope}:{opname.lower()}" if scope else f"{opname.lower()}_{index}"
-        nodes.append(_translate(opname, op, name, [tensor_id(i) for i in acts], tensor_id(out), shape(out),
-                                dtype(out), [sub.tensors[i].shape if sub.tensors[i].shape is not None else ()
-                                             for i in weights], const_bytes(weights),
-                                [shape(i) for i in acts], const_value, path, index))
+        raw = _translate(opname, op, name, acts, op.outputs[0], shape(op.outputs[0]),
+                         [stored_shape(i) for i in weights],
+                         const_bytes(weights), source)
+        outs = op.outputs if raw.op in MULTI_OUTPUT_OPS | {"unknown"} else op.outputs[:1]
+        for out in outs:
+            nodes.append(RawNode(name, raw.op, [tensor_id(i) for i in acts], tensor_id(out), shape(out), dtype(out),
+                                 dict(raw.attrs), opname))
     outputs = [tensor_id(i) for i in sub.outputs]
     return build_graph(path.stem, "tflite", "NHWC", inputs, outputs, nodes)
 
 
-def _translate(opname: str, op: Any, name: str, acts: list[str], out: str, out_shape: tuple, dtype: str,
-               weight_shapes: list, param_bytes: int, act_shapes: list, const_value: Any, path: Path,
-               index: int) -> RawNode:
+class _Source:
+    """What `_translate` reads of the flatbuffer: axis orders, constants and stored shapes of tensors."""
+
+    def __init__(self, order: Any, const_value: Any, stored_shape: Any) -> None:
+        self.order, self.const_value, self.stored_shape = order, const_value, stored_shape
+
+    def axis(self, tensor: int, stored_axis: int) -> int:
+        """The canonical (N,C,H,W-order) axis of a stored axis of `tensor`."""
+        order = self.order(tensor)
+        return order.index(int(stored_axis) % len(order))
+
+    def axes(self, tensor: int, stored: Any) -> tuple[int, ...]:
+        return tuple(sorted(self.axis(tensor, a) for a in np.ravel(stored)))
+
+
+def _translate(opname: str, op: Any, name: str, acts: list[int], out: int, out_shape: tuple, weight_shapes: list,
+               param_bytes: int, src: _Source) -> RawNode:
+    """Map one operator to a RawNode in the op table's vocabulary ('unknown' for builtins it does not know)."""
     options = op.builtinOptions
+    first = acts[0] if acts else -1
 
     def raw(kind: str, **attrs: Any) -> RawNode:
         act = _FUSED.get(getattr(options, "fusedActivationFunction", 0))
         if act:
             attrs["act"] = act
-        return RawNode(name, kind, acts, out, out_shape, dtype, attrs)
+        return RawNode(name, kind, [], "", out_shape, "", attrs, opname)
 
+    kind = TFLITE_OPS.get(opname, "unknown")
     if opname in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         w = [int(d) for d in weight_shapes[0]]  # conv: O,H,W,I; depthwise: 1,H,W,C*m
         stride, dilation = (options.strideH, options.strideW), (options.dilationHFactor, options.dilationWFactor)
-        in_c = act_shapes[0][1]
+        in_c = src.stored_shape(first)[-1]
         if opname == "CONV_2D":
             weight_shape, groups = (w[0], w[3], w[1], w[2]), in_c // w[3]
         else:
             weight_shape, groups = (w[3], 1, w[1], w[2]), in_c
         kernel = weight_shape[2:]
-        padding = same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, dilation) \
+        in_hw = src.stored_shape(first)[1:3]
+        padding = same_padding(in_hw, out_shape[2:], kernel, stride, dilation) \
             if options.padding == 0 else (0, 0, 0, 0)
         return raw("conv2d", weight_shape=weight_shape, bias=len(weight_shapes) > 1, groups=groups, kernel=kernel,
                    stride=stride, dilation=dilation, padding=padding, param_bytes=param_bytes)
+    if opname == "TRANSPOSE_CONV":  # inputs: output shape, weights (O,H,W,I), input[, bias]
+        w = [int(d) for d in weight_shapes[1]] if len(weight_shapes) > 1 else []
+        if len(w) != 4:
+            return raw("unknown")
+        return raw("transpose_conv2d", weight_shape=(w[0], w[3], w[1], w[2]), bias=len(weight_shapes) > 2,
+                   kernel=(w[1], w[2]), stride=(options.strideH, options.strideW), param_bytes=param_bytes)
     if opname == "FULLY_CONNECTED":
         return raw("linear", weight_shape=tuple(int(d) for d in weight_shapes[0]), bias=len(weight_shapes) > 1,
                    param_bytes=param_bytes)
+    if opname == "BATCH_MATMUL":
+        left = src.stored_shape(first)
+        return raw("batch_matmul", inner=left[-2] if options.adjX else left[-1], param_bytes=param_bytes,
+                   params=sum(int(np.prod(s)) for s in weight_shapes))
     if opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         kernel, stride = (options.filterHeight, options.filterWidth), (options.strideH, options.strideW)
-        padding = same_padding(act_shapes[0][2:], out_shape[2:], kernel, stride, (1, 1)) \
+        padding = same_padding(src.stored_shape(first)[1:3], out_shape[2:], kernel, stride, (1, 1)) \
             if options.padding == 0 else (0, 0, 0, 0)
-        return raw("maxpool2d" if opname == "MAX_POOL_2D" else "avgpool2d", kernel=kernel, stride=stride,
-                   padding=padding)
-    if opname == "MEAN" and len(act_shapes[0]) == 4:
-        return raw("global_avgpool")
+        return raw(kind, kernel=kernel, stride=stride, padding=padding)
+    if opname in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN"):
+        return raw(kind, axes=src.axes(first, src.const_value(op.inputs[1])), keep_dims=bool(options.keepDims))
+    if opname in ("ARG_MAX", "ARG_MIN"):
+        return raw(kind, axes=src.axes(first, src.const_value(op.inputs[1])), keep_dims=False)
+    if opname in ("SOFTMAX", "LOG_SOFTMAX"):
+        return raw(kind, axes=(src.axis(first, -1),))
+    if opname == "TRANSPOSE":
+        stored = [int(p) for p in src.const_value(op.inputs[1])]
+        in_order, out_order = src.order(first), src.order(out)
+        return raw("transpose", perm=tuple(in_order.index(stored[out_order[k]]) for k in range(len(stored))))
     if opname == "CONCATENATION":
-        axis = options.axis % len(out_shape)
-        return raw("concat", axis={3: 1, 1: 2, 2: 3}.get(axis, axis) if len(out_shape) == 4 else axis)
+        return raw("concat", axis=src.axis(out, options.axis))
     if opname in ("PAD", "PADV2"):
-        pads = const_value(op.inputs[1]).reshape(-1, 2)
-        if len(pads) != 4 or pads[0].any() or pads[3].any():
-            raise UnsupportedOpError(f"{path}: operator {index} ({name}) pads more than the spatial axes")
+        pads = src.const_value(op.inputs[1]).reshape(-1, 2)
+        if len(pads) != 4 or pads[0].any() or pads[3].any() or src.order(first) != _NHWC:
+            return raw("pad", padding=(0, 0, 0, 0), zero=False)  # not (only) a spatial pad: a copy, not folded
         return raw("pad", padding=(int(pads[1][0]), int(pads[2][0]), int(pads[1][1]), int(pads[2][1])),
                    zero=opname == "PAD")  # int8 PAD fills with the zero point, i.e. real zero
-    if opname in _SIMPLE:
-        return raw(_SIMPLE[opname])
-    raise UnsupportedOpError(f"{path}: operator {index} ({name}) is {opname}, which edgekit cannot analyse yet")
+    return raw(kind)

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
-from edgekit.errors import ModelLoadError, UnsupportedOpError
-from edgekit.graph.build import RawNode, build_graph
-from edgekit.graph.ir import Graph, TensorSpec
+from edgekit.errors import ModelLoadError
+from edgekit.graph.build import RawNode, build_graph, same_padding
+from edgekit.graph.ir import Graph, TensorSpec, numel
+from edgekit.graph.ops import ATEN_OPS
 
 _TORCH_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.int8": "int8", "torch.uint8": "uint8",
-                 "torch.int32": "int32", "torch.int64": "int64"}
-_ELEMENTWISE = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul", "aten.sub.Tensor": "sub",
-                "aten.relu.default": "relu", "aten.hardswish.default": "hardswish", "aten.sigmoid.default": "sigmoid",
-                "aten.silu.default": "silu", "aten.tanh.default": "tanh", "aten.gelu.default": "gelu",
-                "aten.leaky_relu.default": "leaky_relu", "aten.softmax.int": "softmax",
-                "aten._softmax.default": "softmax", "aten.hardsigmoid.default": "hardsigmoid"}
-_RESHAPES = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten.squeeze.dim",
-             "aten.squeeze.dims", "aten.unsqueeze.default", "aten._unsafe_view.default"}
-_IDENTITIES = {"aten.dropout.default", "aten.clone.default", "aten.contiguous.default", "aten.alias.default",
-               "aten.detach.default", "aten.feature_dropout.default"}
+                 "torch.int32": "int32", "torch.int64": "int64", "torch.bool": "bool", "torch.float64": "fp64"}
 
 
 def _pair(value: Any, default: int) -> tuple[int, int]:
@@ -46,66 +37,110 @@ def _layer_name(node: Any) -> str:
     return f"{path}.{op}" if path else op
 
 
-def _translate(node: Any, name: str, inputs: list[str], shape: tuple, dtype: str) -> RawNode:
-    """Map one aten call to a RawNode; raise UnsupportedOpError for anything not understood."""
+def _axes(dims: Any, rank: int) -> tuple[int, ...]:
+    """Reduction dims as sorted non-negative axes; None or [] means all of them."""
+    if dims is None or isinstance(dims, (list, tuple)) and len(dims) == 0:
+        return tuple(range(rank))
+    return tuple(sorted(int(d) % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims])))
+
+
+def _rank(node: Any) -> int:
+    return len(node.args[0].meta["val"].shape)
+
+
+def _translate(node: Any, name: str, inputs: list[str], output: str, shape: tuple, dtype: str,
+               is_weight: Any) -> RawNode:
+    """Map one aten call to a RawNode in the op table's vocabulary ('unknown' for aten ops it does not know)."""
     target = str(node.target)
-    if node.target is operator.getitem:
-        target = "getitem"
+    op = ATEN_OPS.get(target, "unknown")
 
-    def raw(op: str, **attrs: Any) -> RawNode:
-        return RawNode(name, op, inputs, node.name, shape, dtype, attrs)
+    def raw(kind: str, **attrs: Any) -> RawNode:
+        return RawNode(name, kind, inputs, output, shape, dtype, attrs, source_op=target)
 
-    if target in ("aten.conv2d.default", "aten.convolution.default"):
+    if op in ("conv2d", "transpose_conv2d"):
         weight = tuple(node.args[1].meta["val"].shape)
-        if target == "aten.convolution.default":
-            if _arg(node, 6):
-                raise UnsupportedOpError(f"torch graph: layer '{name}' is a transposed convolution (not supported yet)")
+        if len(weight) != 4:  # a 1-D or 3-D convolution: shapes known, semantics not in the table
+            return raw("unknown")
+        if target == "aten.convolution.default":  # (x, w, b, stride, padding, dilation, transposed, out_pad, groups)
             stride, padding, dilation, groups = node.args[3], node.args[4], node.args[5], node.args[8]
+            op = "transpose_conv2d" if _arg(node, 6) else "conv2d"
+        elif op == "transpose_conv2d":  # (x, w, b, stride, padding, output_padding, groups, dilation)
+            stride, padding, dilation, groups = _arg(node, 3), _arg(node, 4, 0), _arg(node, 7), _arg(node, 6, 1)
         else:
             stride, padding, dilation, groups = _arg(node, 3), _arg(node, 4, 0), _arg(node, 5), _arg(node, 6, 1)
-        if len(weight) != 4:
-            raise UnsupportedOpError(f"torch graph: layer '{name}' is a {len(weight) - 2}-D convolution "
-                                     "(only 2-D is supported)")
-        pad = _pair(padding, 0)
-        return raw("conv2d", weight_shape=weight, bias=_arg(node, 2) is not None, kernel=weight[2:],
-                   stride=_pair(stride, 1), padding=(pad[0], pad[1], pad[0], pad[1]), dilation=_pair(dilation, 1),
-                   groups=int(groups))
-    if target == "aten.linear.default":
+        groups = int(groups)
+        if op == "transpose_conv2d":  # torch stores (in, out/groups, kh, kw); the table reads (out, in/groups, ...)
+            weight = (weight[1] * groups, weight[0] // groups, *weight[2:])
+        if isinstance(padding, str):  # conv2d.padding: 'valid', or 'same' (torch puts the odd pixel last)
+            in_hw, out_hw = tuple(node.args[0].meta["val"].shape[-2:]), tuple(shape[-2:])
+            pads = same_padding(in_hw, out_hw, weight[2:], _pair(stride, 1), _pair(dilation, 1)) \
+                if padding == "same" else (0, 0, 0, 0)
+        else:
+            pad = _pair(padding, 0)
+            pads = (pad[0], pad[1], pad[0], pad[1])
+        return raw(op, weight_shape=weight, bias=_arg(node, 2) is not None, kernel=weight[2:],
+                   stride=_pair(stride, 1), padding=pads, dilation=_pair(dilation, 1), groups=groups)
+    if op == "linear":
         return raw("linear", weight_shape=tuple(node.args[1].meta["val"].shape), bias=_arg(node, 2) is not None)
-    if target in ("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"):
+    if op == "batch_matmul":
+        left, right = node.args[0].meta["val"].shape, node.args[1].meta["val"].shape
+        if is_weight(node.args[1]) and len(right) == 2:  # x @ W with a parameter: a linear layer
+            return raw("linear", weight_shape=(int(right[1]), int(right[0])), bias=False)
+        return raw("batch_matmul", inner=int(left[-1]))
+    if op == "batchnorm":
         return raw("batchnorm", channels=shape[1])
-    if target in ("aten.hardtanh.default", "aten.clamp.default") and \
-            (float(_arg(node, 1, -1)), float(_arg(node, 2, 1))) == (0.0, 6.0):
-        return raw("relu6")
-    if target in _ELEMENTWISE:
-        return raw(_ELEMENTWISE[target])
-    if target == "aten.cat.default":
+    if op == "clip":
+        low, high = _arg(node, 1), _arg(node, 2)
+        return raw("relu6" if (low, high) == (0.0, 6.0) or (low, high) == (0, 6) else "clip")
+    if op == "concat":
         return raw("concat", axis=int(_arg(node, 1, 0)) % len(shape))
-    if target in ("aten.max_pool2d.default", "aten.avg_pool2d.default"):
+    if op in ("maxpool2d", "avgpool2d"):
         kernel = _pair(node.args[1], 1)
         stride = _pair(_arg(node, 2), 0)
         pad = _pair(_arg(node, 3, 0), 0)
-        op = "maxpool2d" if "max" in target else "avgpool2d"
         return raw(op, kernel=kernel, stride=stride if stride != (0, 0) else kernel, padding=(*pad, *pad))
-    if target == "aten.adaptive_avg_pool2d.default" and tuple(shape[-2:]) == (1, 1) or \
-            target == "aten.mean.dim" and sorted(d % 4 for d in node.args[1]) == [2, 3]:
-        return raw("global_avgpool")
-    if target in _RESHAPES:
-        return raw("reshape")
-    if target in _IDENTITIES or target == "getitem" and node.args[1] == 0:
-        return raw("identity")
-    if target in ("aten.upsample_nearest2d.vec", "aten.upsample_bilinear2d.vec", "aten.upsample_nearest2d.default"):
-        return raw("upsample")
-    if target == "aten.permute.default":
-        return raw("transpose")
-    if target in ("aten.pad.default", "aten.constant_pad_nd.default"):
-        left, right, top, bottom = (list(node.args[1]) + [0, 0, 0, 0])[:4]
+    if op == "global_avgpool":  # adaptive_avg_pool2d: global, identity or an even pool
+        in_hw, out_hw = tuple(node.args[0].meta["val"].shape[-2:]), tuple(shape[-2:])
+        if out_hw == (1, 1):
+            return raw("global_avgpool")
+        if in_hw == out_hw:
+            return raw("identity")
+        if all(i % o == 0 for i, o in zip(in_hw, out_hw)):
+            kernel = (in_hw[0] // out_hw[0], in_hw[1] // out_hw[1])
+            return raw("avgpool2d", kernel=kernel, stride=kernel)
+        return raw("unknown")
+    if op in ("mean", "sum", "reduce_max", "reduce_min", "arg_max", "arg_min"):
+        whole = target in ("aten.mean.default", "aten.sum.default")  # (x, dtype): over every axis
+        dims = None if whole else _arg(node, 1, node.kwargs.get("dim"))
+        keep = not whole and bool(_arg(node, 2, node.kwargs.get("keepdim", False)))
+        return raw(op, axes=_axes(dims, _rank(node)), keep_dims=keep)
+    if op in ("softmax", "log_softmax"):
+        return raw(op, axes=_axes(_arg(node, 1), _rank(node)))
+    if op == "layer_norm":
+        normalized = tuple(node.args[1])
+        rank = _rank(node)
+        weights = sum(1 for index in (2, 3) if _arg(node, index) is not None)
+        return raw("layer_norm", axes=tuple(range(rank - len(normalized), rank)), params=weights * numel(normalized))
+    if op == "transpose":
+        rank = _rank(node)
+        if target == "aten.permute.default":
+            perm = [int(d) % rank for d in node.args[1]]
+        else:  # transpose.int(x, a, b) swaps two dims; t() swaps the two of a matrix
+            first, second = (int(_arg(node, 1, 0)) % rank, int(_arg(node, 2, 1)) % rank)
+            perm = list(range(rank))
+            perm[first], perm[second] = perm[second], perm[first]
+        return raw("transpose", perm=tuple(perm))
+    if op == "pad":
+        sizes = [int(d) for d in node.args[1]]
+        left, right, top, bottom = (sizes + [0, 0, 0, 0])[:4]
         if target == "aten.pad.default":  # (input, pad, mode="constant", value=None)
             constant, value = _arg(node, 2, "constant") == "constant", _arg(node, 3, None)
         else:  # constant_pad_nd(input, pad, value=0)
             constant, value = True, _arg(node, 2, 0.0)
-        return raw("pad", padding=(top, left, bottom, right), zero=constant and float(value or 0.0) == 0.0)
-    raise UnsupportedOpError(f"torch graph: layer '{name}' uses operator {target}, which edgekit cannot analyse yet")
+        spatial = len(sizes) <= 4 and _rank(node) == 4
+        return raw("pad", padding=(top, left, bottom, right) if spatial else (0, 0, 0, 0),
+                   zero=spatial and constant and float(value or 0.0) == 0.0)
+    return raw(op)
 
 
 def export_program(model: Any, input_shape: tuple[int, ...], name: str | None = None) -> Any:
@@ -127,19 +162,36 @@ def from_torch(model: Any, input_shape: tuple[int, ...], name: str | None = None
 
 
 def graph_from_program(program: Any, model_name: str) -> Graph:
-    """The Graph of an ExportedProgram; tensor names are its FX node names."""
+    """The Graph of an ExportedProgram; tensor names are its FX node names.
+
+    A multi-output call (split, chunk, unbind) becomes one layer per output it is indexed for, each reading
+    the call's whole input (the same buffers live as one call writing all outputs). Calls on no activation
+    (constants computed in the graph) are not layers. Every tensor the model returns is a graph output,
+    whether it returns a tensor, a tuple, a dict or a ModelOutput dataclass."""
+    import operator
+
     user_inputs = set(program.graph_signature.user_inputs)
+    activations: set[str] = set()
     inputs, nodes, outputs = [], [], []
+
+    def is_weight(arg: Any) -> bool:
+        return getattr(arg, "op", "") == "placeholder" and arg.name not in user_inputs
+
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
             val = node.meta["val"]
             inputs.append(TensorSpec(node.name, tuple(val.shape), _TORCH_DTYPES.get(str(val.dtype), str(val.dtype))))
+            activations.add(node.name)
         elif node.op == "call_function":
+            call = node.args[0] if node.target is operator.getitem else node
             val = node.meta.get("val")
-            shape = tuple(int(d) for d in val.shape) if hasattr(val, "shape") else ()
-            dtype = _TORCH_DTYPES.get(str(getattr(val, "dtype", "")), "fp32")
-            activations = [a.name for a in node.all_input_nodes if a.op != "placeholder" or a.name in user_inputs]
-            nodes.append(_translate(node, _layer_name(node), activations, shape, dtype))
+            reads = [a.name for a in call.all_input_nodes if a.name in activations]
+            if not reads or not hasattr(val, "shape"):  # a constant, or a tuple only its getitems take apart
+                continue
+            shape = tuple(int(d) for d in val.shape)
+            dtype = _TORCH_DTYPES.get(str(val.dtype), "fp32")
+            nodes.append(_translate(call, _layer_name(call), reads, node.name, shape, dtype, is_weight))
+            activations.add(node.name)
         elif node.op == "output":
-            outputs = [a.name for a in node.all_input_nodes]
+            outputs = [a.name for a in node.all_input_nodes if a.name in activations]
     return build_graph(model_name, "torch", "NCHW", inputs, outputs, nodes)

@@ -7,16 +7,13 @@ the tensor names in `Layer.inputs`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-DTYPE_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "fp16": 2, "fp32": 4, "int32": 4, "int64": 8}
-
-# Ops that do not move data: their output is the input buffer under another shape.
-ALIAS_OPS = frozenset({"reshape"})
-SPATIAL_OPS = frozenset({"conv2d", "depthwise_conv2d", "maxpool2d", "avgpool2d"})
+DTYPE_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "fp16": 2, "fp32": 4, "int32": 4, "int64": 8, "bool": 1}
 
 
 def numel(shape: tuple[int, ...]) -> int:
@@ -34,7 +31,11 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Layer:
-    """One operator with everything the planners need: shapes, cost and receptive field."""
+    """One operator with everything the planners need: shapes, cost and receptive field.
+
+    `op` is a row of `edgekit.graph.ops.OPS` ("unknown" for an op the table does not know); `source_op` is
+    the operator as the source model names it (TFLite builtin, ONNX op type, aten target).
+    """
 
     name: str
     op: str
@@ -55,6 +56,8 @@ class Layer:
     activation: str | None = None  # fused relu / relu6
     rf: tuple[int, int] = (1, 1)  # receptive field (h, w) of one output pixel on the model input
     jump: tuple[int, int] = (1, 1)  # distance on the model input between adjacent output pixels
+    source_op: str = ""
+    macs_known: bool = True  # False for an unknown op: its `macs` (0) are not counted work
 
     @property
     def output_elements(self) -> int:
@@ -93,7 +96,13 @@ class Graph:
 
     @property
     def total_macs(self) -> int:
+        """MACs of the layers whose MACs are known (see `unknown_ops` for the rest)."""
         return sum(layer.macs for layer in self.layers)
+
+    @property
+    def unknown_ops(self) -> dict[str, int]:
+        """Source ops edgekit does not know -> how many layers use them (their MACs are not in the totals)."""
+        return unknown_ops(self.layers)
 
     @property
     def total_params(self) -> int:
@@ -102,3 +111,17 @@ class Graph:
     @property
     def total_param_bytes(self) -> int:
         return sum(layer.param_bytes for layer in self.layers)
+
+
+def unknown_ops(layers: Iterable[Layer]) -> dict[str, int]:
+    """Source ops edgekit does not know -> how many of `layers` use them, in order of first use."""
+    counts: dict[str, int] = {}
+    for layer in layers:
+        if not layer.macs_known:
+            counts[layer.source_op] = counts.get(layer.source_op, 0) + 1
+    return counts
+
+
+def unknown_ops_text(layers: Iterable[Layer]) -> str:
+    """'FOO (2 layers), BAR (1 layer)' for the unknown ops among `layers`; '' when there are none."""
+    return ", ".join(f"{op} ({n} layer{'s' if n > 1 else ''})" for op, n in unknown_ops(layers).items())

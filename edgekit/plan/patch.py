@@ -20,12 +20,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from edgekit.errors import PlanError
-from edgekit.graph.ir import SPATIAL_OPS, Graph, Layer
+from edgekit.graph.ir import Graph, Layer
+from edgekit.graph.ops import SPATIAL_OPS, Kind, op_info
 from edgekit.memory import MemoryPolicy, activation_memory, live_bytes
 
 Region = tuple[int, int, int, int]  # rows [top, bottom), cols [left, right), in a tensor's own H,W
-ELEMENTWISE_OPS = frozenset({"add", "mul", "sub", "concat", "relu", "relu6", "hardswish", "sigmoid", "silu", "tanh",
-                             "gelu", "leaky_relu", "hardsigmoid", "batchnorm", "quantize", "dequantize"})
 DEFAULT_MAX_EXTRA_MACS = 0.20
 GRIDS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -141,12 +140,28 @@ def patch_regions(graph: Graph, stage: list[Layer], tile: Region,
     return needed, raw_input
 
 
+def stage_blocker(layer: Layer) -> str:
+    """Why `layer` cannot sit in a patch stage ('' when it can): not a spatial or per-pixel op of the op table,
+    not 4-D, or reading a tensor of another H x W (broadcasting, concatenation along H or W)."""
+    info = op_info(layer.op)
+    layout_only = info.kind is Kind.LAYOUT and layer.input_shapes[0] == layer.output_shape  # NCHW<->NHWC
+    if info.kind is Kind.UNKNOWN:
+        return f"'{layer.name}' is {layer.source_op}, an op edgekit does not know"
+    if not (info.patchable or layout_only):
+        return f"'{layer.name}' is {layer.op} ({info.kind.value}), which cannot be computed patch by patch"
+    if len(layer.output_shape) != 4:
+        return f"'{layer.name}' has a {len(layer.output_shape)}-D output"
+    if info.kind is not Kind.SPATIAL and any(len(s) != 4 or s[-2:] != layer.output_shape[-2:]
+                                             for s in layer.input_shapes):
+        return f"'{layer.name}' ({layer.op}) reads a tensor of another height x width than it writes"
+    return ""
+
+
 def stage_ends(graph: Graph) -> list[int]:
-    """Indices of layers that can end a patch stage: all-spatial ops from the input, one tensor crossing."""
+    """Indices of layers that can end a patch stage: patchable ops from the input, one tensor crossing."""
     ends = []
     for index, layer in enumerate(graph.layers):
-        layout_only = layer.op == "transpose" and layer.input_shapes[0] == layer.output_shape  # NCHW<->NHWC
-        if not (layer.op in SPATIAL_OPS | ELEMENTWISE_OPS or layout_only) or len(layer.output_shape) != 4:
+        if stage_blocker(layer):
             break
         produced = {l.output for l in graph.layers[: index + 1]}
         crossing = {t for l in graph.layers[index + 1:] for t in l.inputs if t in produced}
@@ -223,8 +238,11 @@ def fixed_plan(graph: Graph, stage_end: str, grid: int, input_resident: bool = F
     """A plan for a stage end and grid chosen by hand (to compare with the search, or to test)."""
     names = [layer.name for layer in graph.layers]
     if stage_end not in names or names.index(stage_end) not in stage_ends(graph):
-        valid = ", ".join(graph.layers[i].name for i in stage_ends(graph))
-        raise PlanError(f"{graph.name}: '{stage_end}' cannot end a patch stage (valid: {valid})")
+        valid = ", ".join(graph.layers[i].name for i in stage_ends(graph)) or "none"
+        before = graph.layers[: names.index(stage_end) + 1] if stage_end in names else ()
+        blocker = next((why for why in map(stage_blocker, before) if why), "")
+        raise PlanError(f"{graph.name}: '{stage_end}' cannot end a patch stage (valid: {valid})"
+                        + (f"; {blocker}" if blocker else ""))
     end = names.index(stage_end)
     candidate, tiles, windows = evaluate(graph, end, grid, input_resident, policy)
     baseline = activation_memory(graph, policy).peak_bytes
@@ -253,8 +271,9 @@ def plan_patches(graph: Graph, budget_bytes: int | None = None, max_extra_macs: 
             if grid <= min(shape[-2], shape[-1]):
                 results[(end, grid)] = evaluate(graph, end, grid, input_resident, policy)
     if not results:
-        raise PlanError(f"{graph.name}: no layer can end a patch stage (the first layer is not a spatial op "
-                        "with a single tensor leaving it)")
+        why = next((why for why in map(stage_blocker, graph.layers) if why), "")
+        raise PlanError(f"{graph.name}: no layer can end a patch stage (only patchable layers from the input with "
+                        f"a single tensor leaving them can{'; ' + why if why else ''})")
     total = graph.total_macs
     candidates = [c for c, _, _ in results.values()]
     allowed = [c for c in candidates if c.extra_macs_ratio(total) <= max_extra_macs]

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edgekit.analysis import Analysis
+from edgekit.graph.ir import unknown_ops_text
+from edgekit.graph.ops import Kind, op_info
 from edgekit.report.table import table
 from edgekit.targets import Device, Link
 from edgekit.units import format_bytes, format_count
@@ -33,9 +35,12 @@ def render_analysis(analysis: Analysis) -> str:
     rows = []
     for i, (layer, m8) in enumerate(zip(graph.layers, int8.layers)):
         op = layer.op + (f"+{layer.activation}" if layer.activation else "")
-        spatial = layer.op.endswith(("conv2d", "pool2d"))
+        spatial = op_info(layer.op).kind is Kind.SPATIAL
         geometry = f"{layer.kernel[0]}x{layer.kernel[1]}/{layer.stride[0]}" if spatial else ""
-        rows.append((i, layer.name, op, _shape(layer.output_shape), geometry, format_count(layer.macs),
+        if not layer.macs_known:
+            op = layer.source_op  # the op as the model names it: edgekit does not know it
+        macs = format_count(layer.macs) if layer.macs_known else "?"
+        rows.append((i, layer.name, op, _shape(layer.output_shape), geometry, macs,
                      format_count(layer.params), format_bytes(m8.output_bytes), format_bytes(m8.live_bytes),
                      f"{layer.rf[0]}x{layer.rf[1]}"))
     headers = ("#", "layer", "op", "output (CxHxW)", "k/s", "MACs", "params", "out int8", "live int8", "RF")
@@ -52,6 +57,9 @@ def render_analysis(analysis: Analysis) -> str:
         f"accounting: {policy_text(int8.policy)}; a residual input is freed after its last consumer; "
         "reshape aliases; params after batch-norm folding",
     ]
+    unknown = unknown_ops_text(graph.layers)
+    if unknown:
+        lines.append(f"ops edgekit does not know: {unknown}; MACs exclude them (memory counts them from their shapes)")
     if analysis.target is not None:
         lines.append(f"target {analysis.target.name} ({analysis.target.device_class}):")
         lines += [f"  {fit.describe()}" for fit in analysis.fits]
