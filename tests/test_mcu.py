@@ -71,7 +71,8 @@ def _litert_output(path: Path, x: np.ndarray) -> np.ndarray:
     """The int8 output of LiteRT for the same int8 input."""
     adapter = open_model(path)
     adapter.input_buffer[...] = x
-    return adapter.invoke()
+    (output,) = adapter.invoke()
+    return output
 
 
 def test_builtin_op_list_matches_the_installed_tflm_kernels() -> None:

@@ -81,10 +81,17 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PatchArtifac
 
 
 def _full(path: Path, artifacts: PatchArtifacts, backend: str, x: np.ndarray) -> np.ndarray:
-    schedule = artifacts.schedule
-    full = open_backend(backend, path.read_bytes(), schedule.input.shape, schedule.output.shape)
+    """The full model's raw output (these models have one)."""
+    full = open_backend(backend, path.read_bytes(), artifacts.schedule.input.shape)
     full.input_buffer[...] = x
-    return full.invoke()
+    (output,) = full.invoke()
+    return output
+
+
+def _patched(executor: PatchExecutor, x: np.ndarray) -> np.ndarray:
+    """The patch executor's raw output (these models have one)."""
+    (output,) = executor.run_raw(x)
+    return output
 
 
 def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
@@ -100,7 +107,7 @@ def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.Fixtu
     executor = PatchExecutor({name: artifacts.files[name] for name in schedule.model_files}, schedule, backend)
     for seed in (0, 1):
         x = _frame(artifacts, seed)
-        assert np.array_equal(executor.run_raw(x), _full(path, artifacts, backend, x))
+        assert np.array_equal(_patched(executor, x), _full(path, artifacts, backend, x))
 
 
 def test_masks_mark_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
@@ -137,13 +144,13 @@ def test_masks_decide_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
     schedule = artifacts.schedule
     x = _frame(artifacts)
     expected = _full(path, artifacts, "litert", x)
-    assert np.array_equal(PatchExecutor(artifacts.files, schedule, "litert").run_raw(x), expected)
+    assert np.array_equal(_patched(PatchExecutor(artifacts.files, schedule, "litert"), x), expected)
     unmasked = _with_valid(schedule, 0, tuple((0, 0, *m.shape) for m in schedule.masks))
     center = len(schedule.patches) // 2
     padded = _with_valid(schedule, center, tuple((1, 0, *m.shape) for m in schedule.masks))
     for wrong in (unmasked, padded):
         assert wrong != schedule
-        assert not np.array_equal(PatchExecutor(artifacts.files, wrong, "litert").run_raw(x), expected)
+        assert not np.array_equal(_patched(PatchExecutor(artifacts.files, wrong, "litert"), x), expected)
 
 
 def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
@@ -265,8 +272,8 @@ def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path,
     model = read_model(rest_file)[0]
     attach_arena_plan(model, ArenaPlan((0,) * len(model.subgraphs[0].tensors), 0, 0))
     clobbered = {**artifacts.files, "patch_rest.tflite": pack_model(model)}
-    assert np.array_equal(PatchExecutor(artifacts.files, artifacts.schedule, "tflite-micro").run_raw(x), expected)
-    assert not np.array_equal(PatchExecutor(clobbered, artifacts.schedule, "tflite-micro").run_raw(x), expected)
+    assert np.array_equal(_patched(PatchExecutor(artifacts.files, artifacts.schedule, "tflite-micro"), x), expected)
+    assert not np.array_equal(_patched(PatchExecutor(clobbered, artifacts.schedule, "tflite-micro"), x), expected)
 
 
 def test_a_plan_for_another_model_is_refused(mbv2: tuple[Path, PatchArtifacts],
@@ -286,12 +293,14 @@ def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path
     x = np.random.default_rng(2).random(artifacts.schedule.input.shape, dtype=np.float32)
     out = artifacts.schedule.output
     expected = _full(path, artifacts, "litert", executor.quantize(x))
-    assert np.array_equal(executor.run(x), ((expected.astype(np.int32) - out.zero_point) * out.scale)
-                          .astype(np.float32))
+    (patched,) = executor.run(x)
+    assert np.array_equal(patched, ((expected.astype(np.int32) - out.zero_point) * out.scale).astype(np.float32))
     with pytest.raises(BackendError, match=r"input shape \(1, 48, 48, 3\) \(NHWC\) expected, found \(1, 3, 48, 48\)"):
         executor.run(x.transpose(0, 3, 1, 2))
-    full = open_backend("litert", path.read_bytes(), (1, 48, 48, 3), out.shape)
-    for ours, theirs in zip(executor.model_tensors(), full.model_tensors()):  # what a session checks
+    full = open_backend("litert", path.read_bytes(), (1, 48, 48, 3))
+    (ours_in, ours_out), (theirs_in, theirs_out) = executor.model_tensors(), full.model_tensors()
+    assert len(ours_out) == len(theirs_out) == 1
+    for ours, theirs in ((ours_in, theirs_in), (ours_out[0], theirs_out[0])):  # what a session checks
         assert (ours.shape, ours.dtype, ours.zero_point) == (theirs.shape, theirs.dtype, theirs.zero_point)
         assert ours.scale == pytest.approx(theirs.scale, rel=1e-7)
 

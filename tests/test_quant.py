@@ -57,7 +57,7 @@ def run(model: bytes, x: np.ndarray, **interpreter: object) -> np.ndarray:
     if not interpreter:  # the backend edgekit's runtime runs, default delegates
         adapter = LiteRTAdapter(model, threads=1)
         adapter.input_buffer[...] = x
-        return adapter.invoke().copy()
+        return adapter.invoke()[0].copy()
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=model, num_threads=1, **interpreter)

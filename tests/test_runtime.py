@@ -248,8 +248,8 @@ def test_steady_state_allocates_nothing(digits: dict, fmt: str) -> None:
 def test_predict_and_benchmark_for_the_cli(digits: dict, tmp_path: Path) -> None:
     np.save(tmp_path / "three.npy", digits["x"][:3])
     result = predict(digits["bundles"]["onnx"], tmp_path / "three.npy", top=2)
-    assert [r["top"][0]["label"] for r in result["results"]] == [str(y) for y in digits["y"][:3]]
-    assert len(result["results"][0]["top"]) == 2
+    assert [r["outputs"][0]["top"][0]["label"] for r in result["results"]] == [str(y) for y in digits["y"][:3]]
+    assert len(result["results"][0]["outputs"]) == 1 and len(result["results"][0]["outputs"][0]["top"]) == 2
     assert "rank" in render_prediction(result)
     report = benchmark(digits["bundles"]["tflite"], runs=30, warmup=5)
     assert report["count"] == 30 and report["throughput_fps"] > 10

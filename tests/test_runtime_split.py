@@ -213,6 +213,6 @@ def test_split_bundle_over_a_real_broker_gives_the_local_numbers(split_bundle: d
         with OffloadClient.for_bundle(load_bundle(split_bundle["bundle"]), broker.url) as client:
             remote = predict(split_bundle["bundle"], frames, top=5, transport=client, deadline_s=5.0)
     assert [r["answered_by"]["source"] for r in remote["results"]] == ["remote"] * 3
-    assert [r["top"] for r in remote["results"]] == [r["top"] for r in local["results"]]
+    assert [r["outputs"] for r in remote["results"]] == [r["outputs"] for r in local["results"]]
     with pytest.raises(BundleError, match="needs a split bundle"):
         OffloadClient.for_bundle(load_bundle(split_bundle["tail"]), broker.url)

@@ -12,8 +12,9 @@ it as is. Outputs:
 - `patch_stage.tflite`: input 0 the patch's window of the int8 image (outside the image: the schedule's
   fill value), then a (rows, cols) bool pair per mask; output the tile (the largest tile's size: smaller
   tiles take its top-left part);
-- `patch_rest.tflite`: the rest of the network on the stage buffer, with an offline arena plan
-  (`edgekit.convert.arena_plan`) that puts its input, the stage buffer, at offset 0 of TFLM's arena;
+- `patch_rest.tflite`: the rest of the network on the stage buffer, giving every output of the model (in its
+  order, under its names), with an offline arena plan (`edgekit.convert.arena_plan`) that puts its input, the
+  stage buffer, at offset 0 of TFLM's arena;
 - the schedule (an `edgekit.formats.plans.PatchSchedule`; `edgekit.convert.patch_pack` renders it as a C
   header): per patch its window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
@@ -31,6 +32,7 @@ import numpy as np
 from edgekit.convert.arena_plan import attach_arena_plan, plan_arena
 from edgekit.errors import ConversionError, PlanError
 from edgekit.formats import tflite
+from edgekit.formats.bundle import TensorInfo
 from edgekit.formats.plans import (
     FlashBytes,
     Patch,
@@ -58,10 +60,12 @@ Shift = tuple[int, int]
 
 @dataclass(frozen=True)
 class PatchArtifacts:
-    """Model files (name -> flatbuffer bytes) and the schedule that runs them patch by patch."""
+    """Model files (name -> flatbuffer bytes), the schedule that runs them patch by patch, and every output
+    the rest model gives (the model's outputs; the schedule's `output` is the first of them)."""
 
     files: dict[str, bytes]
     schedule: PatchSchedule
+    outputs: tuple[TensorInfo, ...]
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write every model file and patch_schedule.json into out_dir."""
@@ -81,10 +85,6 @@ def _union(a: Region | None, b: Region) -> Region:
 
 def _hw(region: Region) -> tuple[int, int]:
     return region[2] - region[0], region[3] - region[1]
-
-
-def _name(tensor: Any) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name or ""
 
 
 def _shifted(region: Region, by: Shift) -> Region:
@@ -183,12 +183,16 @@ def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
         if name == "CONCATENATION" and src.ops[index].builtinOptions.axis not in (3, -1):
             raise ConversionError(f"{src.path}: operator {index} concatenates along axis "
                                   f"{src.ops[index].builtinOptions.axis}; patches need channel concatenation (axis 3)")
-    produced = {tensor} | {t for op in src.ops[end + 1:] for t in op.outputs}
+    rest = {t for op in src.ops[end + 1:] for t in op.outputs}
     for index in range(end + 1, len(src.ops)):
-        leaked = [t for t in src.acts(src.ops[index]) if t not in produced]
+        leaked = [t for t in src.acts(src.ops[index]) if t not in rest | {tensor}]
         if leaked:
             raise PlanError(f"{src.path}: operator {index} after the stage reads tensor {leaked[0]} from inside "
                             "the stage; only the stage output may cross")
+    early = [tflite.tensor_name(src.sub.tensors[t]) for t in src.sub.outputs if t not in rest]
+    if early:
+        raise PlanError(f"{src.path}: model output '{early[0]}' is computed inside the patch stage; the rest model "
+                        "must give every output, so end the stage before it")
     return end, tensor
 
 
@@ -238,7 +242,7 @@ class _Stage:
         t = copy.deepcopy(self.src.sub.tensors[like])
         t.shape = np.array([1, hw[0], hw[1], t.shape[3]], np.int32)
         t.shapeSignature, t.buffer = None, 0
-        t.name = _name(t) + suffix
+        t.name = tflite.tensor_name(t) + suffix
         self.tensors.append(t)
         return len(self.tensors) - 1
 
@@ -437,6 +441,13 @@ def _tensor_info(tensor: Any) -> ScheduleTensor:
                           int(q.zeroPoint[0]) if scale is not None else None)
 
 
+def _output_info(tensor: Any) -> TensorInfo:
+    """A model output as the manifest describes it: its name, and NHWC when 4-D (the model is NHWC)."""
+    info = _tensor_info(tensor)
+    return TensorInfo(tflite.tensor_name(tensor), info.shape, info.dtype, "NHWC" if len(info.shape) == 4 else None,
+                      info.scale, info.zero_point)
+
+
 def _contains(outer: Region, inner: Region) -> bool:
     return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
 
@@ -484,11 +495,11 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
         STAGE_MODEL, REST_MODEL, plan.chosen.stage_end, plan.chosen.grid, input_info,
         _tensor_info(src.sub.tensors[stage_tensor]), _tensor_info(src.sub.tensors[src.sub.outputs[0]]),
         _tensor_info(stage.tensors[stage.inputs[0]]), window_fill, _tensor_info(stage.tensors[stage_out]),
-        tuple(PatchMask(_name(src.sub.tensors[t]), _hw(region), fill, (1 + 2 * k, 2 + 2 * k))
+        tuple(PatchMask(tflite.tensor_name(src.sub.tensors[t]), _hw(region), fill, (1 + 2 * k, 2 + 2 * k))
               for k, (t, region, fill) in enumerate(stage.masks)),
         tuple(Patch(r[image], tile, stage.valid(p)) for p, (tile, r) in enumerate(zip(plan.tiles, needed))),
         StageMacs(full_macs, stage.macs * len(plan.tiles)),
         FlashBytes(len(src.data), sum(len(data) for data in files.values())),
         RestArena(0, rest_arena.head_bytes, rest_arena.lower_bound_bytes),
         PlannerFigures(plan.chosen.peak_bytes, plan.layer_by_layer_peak_bytes, plan.chosen.extra_macs))
-    return PatchArtifacts(files, schedule)
+    return PatchArtifacts(files, schedule, tuple(_output_info(src.sub.tensors[t]) for t in src.sub.outputs))

@@ -1,14 +1,15 @@
 """The MCU side of patch artifacts: the schedule as a C header, and the pack a firmware builds from.
 
-The firmware gets the stage model and the rest model (each a C array; the weights once, as in the full
-model), one op resolver for both, an arena sized for the larger, and `patch_schedule.h`. The firmware
-loop, per patch: fill the stage model's input with EK_WINDOW_FILL and copy in the part of the window
-that lies inside the image; set each mask's rows/cols inputs (True inside `valid`); invoke; copy the
-tile's rows/cols from the top-left of the output into the stage buffer. Then invoke the rest model on
-the stage buffer. The rest model carries an offline arena plan with its input at offset 0 of its arena
-head (EK_REST_INPUT_OFFSET): a firmware whose stage buffer is the first EK_STAGE_BYTES of the rest
-interpreter's arena head fills it patch by patch and starts the rest without a copy, reaching the
-smaller peak (max(stage head + stage buffer, rest head)); one that copies pays the stage buffer twice.
+The firmware gets the stage model and the rest model (each a C array; the weights once, as in the full model),
+one op resolver for both, an arena sized for the larger, and `patch_schedule.h`. The firmware loop, per patch:
+fill the stage model's input with EK_WINDOW_FILL and copy in the part of the window that lies inside the
+image; set each mask's rows/cols inputs (True inside `valid`); invoke; copy the tile's rows/cols from the
+top-left of the output into the stage buffer. Then invoke the rest model on the stage buffer; its outputs
+(`ek_outputs`: every output of the model, in its order) are the result. The rest model carries an offline
+arena plan with its input at offset 0 of its arena head (EK_REST_INPUT_OFFSET): a firmware whose stage buffer
+is the first EK_STAGE_BYTES of the rest interpreter's arena head fills it patch by patch and starts the rest
+without a copy, reaching the smaller peak (max(stage head + stage buffer, rest head)); one that copies pays
+the stage buffer twice.
 """
 
 from __future__ import annotations
@@ -26,8 +27,25 @@ from edgekit.plan.patch import PatchPlan
 from edgekit.targets import Device
 
 
-def schedule_header(schedule: PatchSchedule) -> str:
-    """patch_schedule.h: the schedule as C data a firmware loops over (C99 and C++ alike)."""
+def _outputs_table(outputs: tuple[TensorInfo, ...]) -> str:
+    """The C table of the rest model's outputs: name, dims and quantization of each, in the model's order."""
+    rank = max(len(o.shape) for o in outputs)
+
+    def row(o: TensorInfo) -> str:
+        name = o.name.replace("\\", "\\\\").replace('"', '\\"')
+        dims = ", ".join(str(d) for d in o.shape)
+        return f'  {{"{name}", {len(o.shape)}, {{{dims}}}, {o.scale or 0.0!r}f, {o.zero_point or 0}}}'
+
+    return (f"#define EK_OUTPUT_COUNT {len(outputs)}\n#define EK_OUTPUT_MAX_RANK {rank}\n\n"
+            "/* The rest model's outputs (TFLM output(i) is ek_outputs[i]); scale 0: not quantized. */\n"
+            "typedef struct { const char *name; uint8_t rank; uint16_t dims[EK_OUTPUT_MAX_RANK]; float scale; "
+            "int32_t zero_point; } ek_output_t;\n"
+            "static const ek_output_t ek_outputs[EK_OUTPUT_COUNT] = {\n" + ",\n".join(map(row, outputs)) + "\n};\n\n")
+
+
+def schedule_header(schedule: PatchSchedule, outputs: tuple[TensorInfo, ...]) -> str:
+    """patch_schedule.h: the schedule as C data a firmware loops over (C99 and C++ alike), and `outputs`,
+    every output the rest model gives."""
     def region(r: Region) -> str:
         return "{" + ", ".join(str(v) for v in r) + "}"
 
@@ -59,7 +77,8 @@ def schedule_header(schedule: PatchSchedule) -> str:
             " * the model reads its padding value there. Invoke, and copy the first (tile.bottom - tile.top)\n"
             " * rows and (tile.right - tile.left) cols of its output (EK_TILE_H x EK_TILE_W) into rows/cols\n"
             " * `tile` of the stage buffer. Then run the rest model (g_patch_rest_data) on the stage buffer,\n"
-            " * which its offline arena plan puts at EK_REST_INPUT_OFFSET of its arena head (no copy needed).\n"
+            " * which its offline arena plan puts at EK_REST_INPUT_OFFSET of its arena head (no copy needed);\n"
+            " * its EK_OUTPUT_COUNT outputs (ek_outputs) are the model's.\n"
             " * Regions are {top, left, bottom, right}, bottom/right exclusive. */\n"
             "#ifndef EDGEKIT_PATCH_SCHEDULE_H\n#define EDGEKIT_PATCH_SCHEDULE_H\n\n#include <stdint.h>\n\n"
             f"{dims(image, 'EK_INPUT')}{quant(image, 'EK_INPUT')}"
@@ -76,6 +95,7 @@ def schedule_header(schedule: PatchSchedule) -> str:
             f"typedef struct {{ ek_region_t window; ek_region_t tile; ek_region_t valid[{slots}]; }} ek_patch_t;\n\n"
             f"static const ek_mask_t ek_masks[{slots}] = {{\n{masks}\n}};\n\n"
             f"static const ek_patch_t ek_patches[EK_PATCH_COUNT] = {{\n{rows}\n}};\n\n"
+            f"{_outputs_table(outputs)}"
             "#endif /* EDGEKIT_PATCH_SCHEDULE_H */\n")
 
 
@@ -88,7 +108,7 @@ def write_patch_pack(artifacts: PatchArtifacts, out_dir: str | Path) -> dict[str
     """
     out = Path(out_dir)
     artifacts.write(out)
-    (out / "patch_schedule.h").write_text(schedule_header(artifacts.schedule))
+    (out / "patch_schedule.h").write_text(schedule_header(artifacts.schedule, artifacts.outputs))
     models = artifacts.schedule.model_files
     arenas = {name: arena_parts(out / name) for name in models}
     ops = list(dict.fromkeys(op for name in models for op in _tflm_ops(out / name)))
@@ -146,16 +166,12 @@ def write_patch_files(build: _Patch) -> None:
 
 
 def describe_patches(build: _Patch) -> None:
-    """The manifest: one stage (the shared stage model) whose plan is the schedule, and the recipe of the model
-    it was cut from when known."""
-    schedule = build.artifacts.schedule
-
-    def info(name: str, tensor: ScheduleTensor) -> TensorInfo:
-        return TensorInfo(name, tensor.shape, tensor.dtype, "NHWC" if len(tensor.shape) == 4 else None,
-                          tensor.scale, tensor.zero_point)
-
-    stage = Stage("patched", "tflite-micro" if build.mcu else "litert", schedule.stage_model,
-                  (info("input", schedule.input),), (info("output", schedule.output),))
+    """The manifest: one stage (the shared stage model) whose plan is the schedule, giving every output of the
+    model, and the recipe of the model it was cut from when known."""
+    schedule, image = build.artifacts.schedule, build.artifacts.schedule.input
+    source = TensorInfo("input", image.shape, image.dtype, "NHWC", image.scale, image.zero_point)
+    stage = Stage("patched", "tflite-micro" if build.mcu else "litert", schedule.stage_model, (source,),
+                  build.artifacts.outputs)
     recipe = source_recipe(build.tflite_path)
     build.manifest = Manifest(build.tflite_path.stem, build.target.name if build.target else "any", (stage,),
                               plan=schedule, recipe=None if recipe is None else {stage.name: recipe})

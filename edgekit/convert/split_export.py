@@ -4,7 +4,7 @@ The cut is taken on the torch.export program, the same trace the graph IR and th
 so a boundary named by the planner (`SplitCandidate.tensors[0]`) means exactly that tensor. Head and
 tail are plain `torch.fx.GraphModule`s holding their own weights: litert-torch and torch.onnx export
 them like any module. Only a cut crossed by a single tensor can be deployed, since every bundle stage
-takes one input and gives one output.
+takes one input; the tail gives every output of the model, in its order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def split_model(model: torch.nn.Module, example: torch.Tensor,
                 boundary: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Head (input -> `boundary`) and tail (`boundary` -> output) with `tail(head(x)) == model(x)`.
+    """Head (input -> `boundary`) and tail (`boundary` -> every output) with `tail(head(x)) == model(x)`.
 
     `boundary` is a tensor of the graph IR (a layer's output name). A cut that more than one tensor
     crosses (inside a residual block) is a SplitError naming the nearest single-tensor cuts around it.

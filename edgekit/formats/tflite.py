@@ -48,6 +48,11 @@ def op_name(model: Any, op: Any) -> str:
     return name
 
 
+def tensor_name(tensor: Any) -> str:
+    """A tensor's name as text (the object API gives bytes)."""
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name or ""
+
+
 def parse_model(data: bytes, where: str) -> Any:
     """The ModelT of flatbuffer `data`; ModelLoadError naming `where` when it is not a TFLite model."""
     if len(data) < 8 or data[4:8] != b"TFL3":

@@ -3,8 +3,9 @@
 `request()` publishes the boundary tensor as a frame (QoS 1) and waits for the answer with the same request
 id until the deadline minus `fallback_reserve_s`, leaving the fallback time to finish by the deadline. When the
 broker is known to be down it falls back at once instead of waiting. Answers are matched by request id only:
-one that arrives late, twice, or for another request is counted and dropped, never delivered. paho's network
-thread reconnects with exponential backoff; at most `max_in_flight` requests wait at once.
+one that arrives late, twice, or for another request is counted and dropped, never delivered. An answer gives
+every output of the tail: an array for a single-output tail, else a dict name -> array (as `Session.run`).
+paho's network thread reconnects with exponential backoff; at most `max_in_flight` requests wait at once.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import uuid
 from collections import deque
 from typing import Any
 
-import numpy as np
-
 from edgekit.errors import BundleError, FrameError, OffloadError
 from edgekit.formats.bundle import Bundle
 from edgekit.formats.frame import CODECS, Frame, Tensor, decode, encode
@@ -26,7 +25,7 @@ from edgekit.formats.plans import SplitSchedule
 from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.link import LinkEstimate, LinkMeter
 from edgekit.offload.protocol import CONTENT_TYPE, Topics, check_publish_size, publish_properties
-from edgekit.runtime.transport import Fallback, Reply, dequantize
+from edgekit.runtime.transport import Fallback, Reply, response_outputs
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ class OffloadClient:
         return self.meter.estimate(self.connected)
 
     def request(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
-        """The tail's output for `tensor` within `deadline_s`, or the fallback's, or a Reply saying why not.
+        """The tail's outputs for `tensor` within `deadline_s`, or the fallback's, or a Reply saying why not.
 
         Raises only for bad arguments: a non-positive deadline, or a frame larger than the broker accepts
         (PayloadTooLargeError), which no retry can fix.
@@ -230,13 +229,14 @@ class OffloadClient:
                                    f"no answer within {(give_up - start) * 1000:.0f} ms")
         if answer.kind == "error":
             return self._fall_back(tensor, fallback, start, "error", f"server: {answer.error}")
-        if answer.kind != "response" or len(answer.tensors) != 1:
-            return self._fall_back(tensor, fallback, start, "error",
-                                   f"server sent a {answer.kind} frame with {len(answer.tensors)} tensors")
+        try:
+            outputs = response_outputs(answer)
+        except FrameError as exc:
+            return self._fall_back(tensor, fallback, start, "error", f"server: {exc}")
         latency = time.monotonic() - start
         self.meter.answered(latency)
         self.counts["remote"] += 1
-        return Reply(dequantize(answer.tensors[0]), "remote", latency)
+        return Reply(outputs, "remote", latency)
 
     def _properties(self, request_id: bytes, deadline_s: float) -> Any:
         """MQTT v5 request properties (None on 3.1.1, where the frame and topic carry everything)."""
@@ -249,7 +249,7 @@ class OffloadClient:
         if fallback is None:
             self.counts[source] += 1
             return Reply(None, source, time.monotonic() - start, detail)
-        output = np.asarray(fallback(tensor), np.float32)
+        output = fallback(tensor)
         self.counts["fallback"] += 1
         return Reply(output, "fallback", time.monotonic() - start, detail)
 

@@ -2,10 +2,11 @@
 
 Decode strictly, refuse what is not for this model, drop work whose deadline has passed, feed the tensor to
 the tail Session (as is when it already has the model's integer dtype and quantization, else dequantized to
-float32 for the session to quantize), and answer with the output: float32, or, when the tail's output is
-quantized, its integers with their scale and zero point (a quarter of the bytes; dequantizing them gives the
-session's float output bit for bit). Anything wrong becomes an error answer naming the problem; no input
-makes it raise. Testable without a broker; the MQTT server wraps it.
+float32 for the session to quantize), and answer with every output, one tensor each, named and ordered as the
+tail model declares them: float32, or, when an output is quantized, its integers with their scale and zero
+point (a quarter of the bytes; dequantizing them gives the session's float output bit for bit). Anything
+wrong becomes an error answer naming the problem; no input makes it raise. Testable without a broker; the
+MQTT server wraps it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, FrameError
-from edgekit.formats.frame import MAX_TENSOR_BYTES, Frame, Tensor, decode, encode, peek_request_id
+from edgekit.errors import EdgekitError, FrameError, OffloadError
+from edgekit.formats.frame import MAX_TENSOR_BYTES, MAX_TENSORS, Frame, Tensor, decode, encode, peek_request_id
 from edgekit.formats.quant import quantization, quantize
 from edgekit.runtime.session import Session
-from edgekit.runtime.transport import dequantize
+from edgekit.runtime.transport import Outputs, dequantize
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "expired")
@@ -36,9 +37,12 @@ class TailHandler:
         self.session, self.clock, self.max_tensor_bytes = session, clock, max_tensor_bytes
         self.model_id = model_id or session.manifest.model
         self.model_version = model_version
-        info, out = session.input, session.output
+        if len(session.outputs) > MAX_TENSORS:
+            raise OffloadError(f"{session.bundle.path}: the tail has {len(session.outputs)} outputs; a response "
+                               f"frame carries at most {MAX_TENSORS} tensors")
+        info = session.input
         self._raw_dtype, self._raw_quant = np.dtype(info.dtype), quantization(info)  # quant None: floats only
-        self._out_dtype, self._out_quant = np.dtype(out.dtype), quantization(out)
+        self._outputs = [(out.name, np.dtype(out.dtype), quantization(out)) for out in session.outputs]
 
     def handle(self, payload: bytes, correlation: bytes | None = None) -> tuple[str, bytes]:
         """The status ('ok', 'error' or 'expired': drop it, the device has moved on) and the answer frame.
@@ -69,7 +73,7 @@ class TailHandler:
             return "error", self._error(request.request_id, request.deadline_ms,
                                         f"tail failed: {type(exc).__name__}: {exc}")
         answer = Frame(request.request_id, request.deadline_ms, self.model_id, self.model_version,
-                       (self._output(output),), kind="response")
+                       self._tensors(output), kind="response")
         return "ok", encode(answer)
 
     def __call__(self, payload: bytes) -> bytes:
@@ -99,14 +103,17 @@ class TailHandler:
                              "their quantization to be dequantized")
         return dequantize(tensor)
 
-    def _output(self, output: np.ndarray) -> Tensor:
-        """The session's float output, back in the tail's integers when its output is quantized (exact: the
-        session made the floats from those integers)."""
-        name = self.session.output.name
-        if self._out_quant is None:
-            return Tensor(name, output)
-        scale, zero_point = self._out_quant
-        return Tensor(name, quantize(output, scale, zero_point, self._out_dtype), scale, zero_point)
+    def _tensors(self, output: Outputs) -> tuple[Tensor, ...]:
+        """The session's float outputs, each back in the tail's integers where that output is quantized (exact:
+        the session made the floats from those integers)."""
+        arrays = output.values() if isinstance(output, dict) else (output,)
+        tensors = []
+        for (name, dtype, quant), array in zip(self._outputs, arrays):
+            if quant is None:
+                tensors.append(Tensor(name, array))
+            else:
+                tensors.append(Tensor(name, quantize(array, *quant, dtype), *quant))
+        return tuple(tensors)
 
     def _error(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
         return encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (), kind="error",

@@ -224,8 +224,10 @@ def serve(bundle: str | Path, broker: str | BrokerConfig | None = None, *, worke
                 kind, value = "failed", "no word from it within 120 s"
             if kind == "failed":
                 raise OffloadError(f"a tail worker could not start: {value}")
+        outputs = verified.manifest.stages[-1].outputs  # the tail's: every one goes back in each answer
         announce(f"serving model '{model_id}' with {workers} worker(s): devices publish to "
-                 f"{topics.request(model_id, 'DEVICE_ID')}, answers on {topics.response('DEVICE_ID')}")
+                 f"{topics.request(model_id, 'DEVICE_ID')}, answers on {topics.response('DEVICE_ID')} carrying "
+                 f"{len(outputs)} output(s): " + ", ".join(f"{o.name} {list(o.shape)}" for o in outputs))
         announce("ready")
         while not stop.wait(0.2) and all(proc.is_alive() for proc in procs):
             pass

@@ -9,20 +9,21 @@ from edgekit.units import format_bytes
 
 
 def render_prediction(result: dict[str, Any]) -> str:
-    """The prediction as text: a header, then per frame its top-k or its output summary."""
+    """The prediction as text: a header, then per frame and output its top-k or its summary."""
 
     lines = [f"{result['model']} ({result['target']}) on {', '.join(result['backends'])}: {result['input']}"]
     for frame in result["results"]:
         if len(result["results"]) > 1:
             lines.append(f"frame {frame['frame']}:")
-        if "top" in frame:
-            lines.append(table(("rank", "class", "score"),
-                               [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
-                                for rank, t in enumerate(frame["top"], 1)]))
-        else:
-            o = frame["output"]
-            lines.append(f"output {o['dtype']} {tuple(o['shape'])}: min {o['min']:.4g} max {o['max']:.4g} "
-                         f"mean {o['mean']:.4g}")
+        for o in frame["outputs"]:
+            head = f"output '{o['name']}' {o['dtype']} {tuple(o['shape'])}"
+            if "top" in o:
+                lines.append(head + ":")
+                lines.append(table(("rank", "class", "score"),
+                                   [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
+                                    for rank, t in enumerate(o["top"], 1)]))
+            else:
+                lines.append(f"{head}: min {o['min']:.4g} max {o['max']:.4g} mean {o['mean']:.4g}")
         if "answered_by" in frame:
             by = frame["answered_by"]
             lines.append(f"tail answered by: {by['source']} in {by['ms']:.1f} ms" +

@@ -1,14 +1,15 @@
 """Backend adapters, the one way edgekit runs a model: model bytes in, one input buffer filled in place,
-`invoke()` -> raw output.
+`invoke()` -> every raw output.
 
 Each adapter wraps one interpreter (LiteRT, ONNX Runtime, TF Lite Micro) behind the `Adapter` protocol:
 `input_buffer` (a numpy array in the model's own input dtype, allocated once; the session writes the next
-frame into it), `invoke()` (runs the model on that buffer and returns the output in the model's own dtype),
-`model_tensors()` (name, shape, dtype, scale, zero point as the model file declares them, for checking the
-manifest against the file), `memory()` (what the backend says about its own memory, where it says
-anything) and `describe()`. The device opens a bundle's stages with `open_backend` (shapes from the
-manifest); the host opens a model file it made with `open_model` and calls it on float input through
-`FloatRunner` (fidelity checks, tools). Only numpy and the backend package are imported; never torch.
+frame into it), `invoke()` (runs the model on that buffer and returns a tuple of every output, in the model's
+order and its own dtypes), `model_tensors()` (the input and every output: name, shape, dtype, scale, zero
+point as the model file declares them, for checking the manifest against the file), `memory()` (what the
+backend says about its own memory, where it says anything) and `describe()`. The device opens a bundle's
+stages with `open_backend` (shapes from the manifest); the host opens a model file it made with `open_model`
+and calls it on float input through `FloatRunner` (fidelity checks, tools). Only numpy and the backend package
+are imported; never torch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, InputError, ModelLoadError
 from edgekit.formats.quant import dequantize, quantization, quantize
-from edgekit.formats.tflite import is_constant, parse_model
+from edgekit.formats.tflite import is_constant, parse_model, tensor_name
 
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
@@ -47,15 +48,18 @@ class ModelTensor:
     zero_point: int | None = None
 
 
+Signature = tuple[ModelTensor, tuple[ModelTensor, ...]]  # a model's input and every output, in its order
+
+
 class Adapter(Protocol):
     """A model behind one preallocated input buffer, as the session drives it (see the module docstring)."""
 
     backend: str
     input_buffer: np.ndarray
 
-    def invoke(self) -> np.ndarray: ...
+    def invoke(self) -> tuple[np.ndarray, ...]: ...
 
-    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]: ...
+    def model_tensors(self) -> Signature: ...
 
     def memory(self) -> dict[str, Any]: ...
 
@@ -87,16 +91,24 @@ def _tflite_quantization(scales: Any, zero_points: Any) -> tuple[float | None, i
     return float(scales[0]), int(zero_points[0]) if zero_points.size else 0
 
 
+def _tflite_tensor(details: dict, name: str) -> ModelTensor:
+    """A TFLite interpreter's tensor details (LiteRT's or TF Lite Micro's) as a ModelTensor called `name`."""
+    q = details.get("quantization_parameters", {})
+    scale, zero = _tflite_quantization(q.get("scales", []), q.get("zero_points", []))
+    return ModelTensor(name, tuple(int(s) for s in details["shape"]), np.dtype(details["dtype"]).name, scale, zero)
+
+
 class LiteRTAdapter:
     """A .tflite model under LiteRT (default delegates: XNNPACK on CPU).
 
     `side_inputs` > 0 accepts that many inputs after the first (a patch stage model's masks), each with a
-    buffer in `side_buffers` that every invoke passes along. `input_shape` None: the model's own."""
+    buffer in `side_buffers` that every invoke passes along. `input_shape` None: the model's own; outputs
+    always have the model's own shapes."""
 
     backend = "litert"
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
-                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
                  side_inputs: int = 0) -> None:
         interpreter_class = litert_interpreter_class()
         self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
@@ -105,30 +117,25 @@ class LiteRTAdapter:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"LiteRT cannot load the model ({' '.join(str(exc).split())[:300]})") from None
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        _check_arity(len(inputs), len(outputs), side_inputs)
-        self._in, self._out = inputs[0], outputs[0]
-        self._in_index, self._out_index = self._in["index"], self._out["index"]
+        inputs, self._outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        _check_inputs(len(inputs), side_inputs)
+        self._in = inputs[0]
+        self._in_index, self._out_indices = self._in["index"], tuple(d["index"] for d in self._outs)
         self.input_buffer = np.zeros(input_shape or tuple(self._in["shape"]), self._in["dtype"])
         self.side_buffers = [np.zeros(d["shape"], d["dtype"]) for d in inputs[1:]]
         self._sides = [(d["index"], buffer) for d, buffer in zip(inputs[1:], self.side_buffers)]
         self._set, self._invoke, self._get = (self.interpreter.set_tensor, self.interpreter.invoke,
                                               self.interpreter.get_tensor)
 
-    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
-        def describe(d: dict) -> ModelTensor:
-            q = d.get("quantization_parameters", {})
-            scale, zero = _tflite_quantization(q.get("scales", []), q.get("zero_points", []))
-            return ModelTensor(d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
+    def model_tensors(self) -> Signature:
+        return _tflite_tensor(self._in, self._in["name"]), tuple(_tflite_tensor(d, d["name"]) for d in self._outs)
 
-        return describe(self._in), describe(self._out)
-
-    def invoke(self) -> np.ndarray:
+    def invoke(self) -> tuple[np.ndarray, ...]:
         for index, buffer in self._sides:
             self._set(index, buffer)
         self._set(self._in_index, self.input_buffer)
         self._invoke()
-        return self._get(self._out_index)
+        return tuple([self._get(index) for index in self._out_indices])  # a list: tuple() of it allocates exactly
 
     def memory(self) -> dict[str, Any]:
         """Bytes of the model's non-constant tensors (summed, before LiteRT's arena reuses memory)."""
@@ -148,22 +155,22 @@ class LiteRTAdapter:
         return "LiteRT (default delegates)"
 
 
-def _check_arity(inputs: int, outputs: int, side_inputs: int) -> None:
-    if inputs != 1 + side_inputs or outputs != 1:
-        expected = "single-input" if not side_inputs else f"{1 + side_inputs}-input"
-        raise BackendError(f"the model has {inputs} inputs and {outputs} outputs; expected a {expected}, "
-                           "single-output model")
+def _check_inputs(inputs: int, side_inputs: int) -> None:
+    """The model takes one input (plus `side_inputs` masks, for a patch stage model); it may have any outputs."""
+    if inputs != 1 + side_inputs:
+        expected = "one input" if not side_inputs else f"{1 + side_inputs} inputs (the window and its masks)"
+        raise BackendError(f"the model has {inputs} inputs; the runtime runs models with {expected}")
 
 
 class OrtAdapter:
     """An .onnx model under ONNX Runtime, bound once to preallocated input and output buffers (IOBinding).
 
-    A shape None is the model's own, which must then be static."""
+    A shape None is the model's own, which must then be static; `output_shapes` gives one per output."""
 
     backend = "onnxruntime"
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
-                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
                  providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort
@@ -178,17 +185,18 @@ class OrtAdapter:
             self.session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad models
             raise BackendError(f"ONNX Runtime cannot load the model ({' '.join(str(exc).split())[:300]})") from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; the runtime runs "
-                               "single-input, single-output stages")
-        self._in, self._out = inputs[0], outputs[0]
+        inputs, self._outs = self.session.get_inputs(), self.session.get_outputs()
+        _check_inputs(len(inputs), 0)
+        if output_shapes is not None and len(output_shapes) != len(self._outs):
+            raise BackendError(f"the model has {len(self._outs)} outputs, {len(output_shapes)} output shapes given")
+        self._in = inputs[0]
         self.input_buffer = np.zeros(input_shape or _static_shape(self._in), self._numpy_type(self._in.type))
-        self.output_buffer = np.zeros(output_shape or _static_shape(self._out), self._numpy_type(self._out.type))
+        self.output_buffers = tuple(np.zeros(shape or _static_shape(out), self._numpy_type(out.type))
+                                    for out, shape in zip(self._outs, output_shapes or (None,) * len(self._outs)))
         self._binding = self.session.io_binding()
         self._binding.bind_cpu_input(self._in.name, self.input_buffer)
-        self._binding.bind_output(self._out.name, "cpu", 0, self.output_buffer.dtype, list(self.output_buffer.shape),
-                                  self.output_buffer.ctypes.data)
+        for out, buffer in zip(self._outs, self.output_buffers):
+            self._binding.bind_output(out.name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
         self._run = self.session.run_with_iobinding
 
     @staticmethod
@@ -198,16 +206,16 @@ class OrtAdapter:
                                f"({', '.join(ORT_TYPES)})")
         return ORT_TYPES[ort_type]
 
-    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
+    def model_tensors(self) -> Signature:
         def describe(arg: Any) -> ModelTensor:
             shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
             return ModelTensor(arg.name, shape, self._numpy_type(arg.type))
 
-        return describe(self._in), describe(self._out)
+        return describe(self._in), tuple(describe(out) for out in self._outs)
 
-    def invoke(self) -> np.ndarray:
+    def invoke(self) -> tuple[np.ndarray, ...]:
         self._run(self._binding)
-        return self.output_buffer
+        return self.output_buffers
 
     def memory(self) -> dict[str, Any]:
         return {"kind": "ONNX Runtime does not report its arena", "bytes": None}
@@ -236,7 +244,7 @@ class TflmAdapter:
     backend = "tflite-micro"
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
-                 output_shape: tuple[int, ...] | None = None, threads: int | None = None,
+                 output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
                  arena_bytes: int | None = None, side_inputs: int = 0) -> None:
         try:
             from tflite_micro.python.tflite_micro import runtime
@@ -250,31 +258,28 @@ class TflmAdapter:
             raise BackendError(f"TF Lite Micro cannot load the model in a {self.arena_bytes:,}-byte arena "
                                f"({' '.join(str(exc).split())[:300]})") from None
         self._model = model
-        self._in, self._out = self.interpreter.get_input_details(0), self.interpreter.get_output_details(0)
+        sub = parse_model(model, "the stage model").subgraphs[0]  # TFLM's interpreter reports no names, no counts
+        _check_inputs(len(sub.inputs), side_inputs)
+        self._in_name = tensor_name(sub.tensors[sub.inputs[0]])
+        self._out_names = [tensor_name(sub.tensors[i]) for i in sub.outputs]
+        self._outputs = range(len(sub.outputs))
+        self._in = self.interpreter.get_input_details(0)
+        self._outs = [self.interpreter.get_output_details(i) for i in self._outputs]
         self.input_buffer = np.zeros(input_shape or tuple(self._in["shape"]), self._in["dtype"])
-        self.side_buffers = []
-        for index in range(1, 1 + side_inputs):
-            try:
-                details = self.interpreter.get_input_details(index)
-            except (RuntimeError, ValueError, IndexError):
-                raise BackendError(f"the model has {index} inputs; expected {1 + side_inputs}") from None
-            self.side_buffers.append(np.zeros(details["shape"], details["dtype"]))
+        self.side_buffers = [np.zeros(d["shape"], d["dtype"])
+                             for d in (self.interpreter.get_input_details(i) for i in range(1, 1 + side_inputs))]
         self._arena_used: int | None = None
 
-    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
-        def describe(d: dict, name: str) -> ModelTensor:
-            q = d.get("quantization_parameters", {})
-            scale, zero = _tflite_quantization(q.get("scales", []), q.get("zero_points", []))
-            return ModelTensor(name, tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, scale, zero)
+    def model_tensors(self) -> Signature:
+        return (_tflite_tensor(self._in, self._in_name),
+                tuple(_tflite_tensor(d, name) for d, name in zip(self._outs, self._out_names)))
 
-        return describe(self._in, "input 0"), describe(self._out, "output 0")
-
-    def invoke(self) -> np.ndarray:
+    def invoke(self) -> tuple[np.ndarray, ...]:
         for index, buffer in enumerate(self.side_buffers, 1):
             self.interpreter.set_input(buffer, index)
         self.interpreter.set_input(self.input_buffer, 0)
         self.interpreter.invoke()
-        return self.interpreter.get_output(0)
+        return tuple([self.interpreter.get_output(i) for i in self._outputs])
 
     def memory(self) -> dict[str, Any]:
         """The arena TFLM really used, from its allocation report (printed by C++ to fd 2, captured here)."""
@@ -323,12 +328,13 @@ def generous_arena_bytes(model_bytes: int) -> int:
 ADAPTERS = {"litert": LiteRTAdapter, "onnxruntime": OrtAdapter, "tflite-micro": TflmAdapter}
 
 
-def open_backend(backend: str, model: bytes, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                 threads: int | None = None) -> Adapter:
-    """The adapter for `backend` over `model` (the file's bytes), with buffers for the given shapes."""
+def open_backend(backend: str, model: bytes, input_shape: tuple[int, ...],
+                 output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None) -> Adapter:
+    """The adapter for `backend` over `model` (the file's bytes), with buffers for the given shapes (outputs:
+    one shape per output, or None for the model's own)."""
     if backend not in ADAPTERS:
         raise BackendError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
-    return ADAPTERS[backend](model, input_shape, output_shape, threads)
+    return ADAPTERS[backend](model, input_shape, output_shapes, threads)
 
 
 def open_model(path: str | Path, threads: int | None = 1) -> Adapter:
@@ -349,21 +355,30 @@ def open_model(path: str | Path, threads: int | None = 1) -> Adapter:
 
 class FloatRunner:
     """An adapter called like the float model it came from: float input quantized with the model's own input
-    scale and zero point (input already in the model's integer dtype passes as is), the output dequantized to
-    float32, a new array per call. How the host checks a model file's fidelity and tools time it."""
+    scale and zero point (input already in the model's integer dtype passes as is), the outputs dequantized to
+    float32, new arrays per call. How the host checks a model file's fidelity and tools time it.
+
+    Calling it gives the output of a single-output model; `run_all` gives every output, in the model's order."""
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
-        self.input, self.output = adapter.model_tensors()
+        self.input, self.outputs = adapter.model_tensors()
         self._buffer = adapter.input_buffer
-        self._in, self._out = quantization(self.input), quantization(self.output)
+        self._in, self._out = quantization(self.input), [quantization(out) for out in self.outputs]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(self.outputs) != 1:
+            raise BackendError(f"the model has {len(self.outputs)} outputs ("
+                               f"{', '.join(out.name for out in self.outputs)}); call run_all() for all of them")
+        return self.run_all(x)[0]
+
+    def run_all(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every output of the model for `x`, dequantized, in the model's order."""
         if x.shape != self._buffer.shape:
             raise InputError(f"input '{self.input.name}' takes shape {self._buffer.shape}, got {x.shape}")
         if self._in is not None and x.dtype.kind == "f":
             quantize(x, *self._in, out=self._buffer)
         else:
             np.copyto(self._buffer, x, casting="same_kind")
-        raw = self.adapter.invoke()
-        return dequantize(raw, *self._out) if self._out is not None else raw.astype(np.float32)
+        return tuple(dequantize(raw, *params) if params is not None else raw.astype(np.float32)
+                     for raw, params in zip(self.adapter.invoke(), self._out))

@@ -1,11 +1,12 @@
 """Run an INT8 patch schedule (MCUNetV2) on the device: numpy + one TFLite backend, never torch.
 
-For each patch the executor writes the patch's window of the int8 image into the stage model's input
-(the schedule's fill value where the window lies beyond the image), sets the patch's border masks, runs
-the stage model and copies the tile it computed into one preallocated stage buffer; the rest model then
-runs on the stage buffer. One stage model serves every patch, so its weights are stored once, under
-LiteRT and TF Lite Micro alike. Artifacts and schedule come from `edgekit.convert.patch_artifacts`; the
-schedule is an `edgekit.formats.plans.PatchSchedule`, its geometry checked when it was read.
+For each patch the executor writes the patch's window of the int8 image into the stage model's input (the
+schedule's fill value where the window lies beyond the image), sets the patch's border masks, runs the stage
+model and copies the tile it computed into one preallocated stage buffer; the rest model then runs on the
+stage buffer and gives every output the model has (a detector's heads, say). One stage model serves every
+patch, so its weights are stored once, under LiteRT and TF Lite Micro alike. Artifacts and schedule come
+from `edgekit.convert.patch_artifacts`; the schedule is an `edgekit.formats.plans.PatchSchedule`, its
+geometry checked when it was read.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BackendError
-from edgekit.formats.plans import Patch, PatchSchedule, Region, ScheduleTensor
+from edgekit.formats.plans import Patch, PatchSchedule, Region
 from edgekit.formats.quant import dequantize, quantization, quantize
-from edgekit.runtime.backends import LiteRTAdapter, ModelTensor, TflmAdapter
+from edgekit.runtime.backends import LiteRTAdapter, ModelTensor, Signature, TflmAdapter
 
 Slices = tuple[slice, slice]
 
@@ -56,15 +57,22 @@ class PatchExecutor:
                                f"(given: {', '.join(sorted(files)) or 'none'})")
         self.schedule, self.backend = schedule, backend
         self.input_buffer = np.zeros(schedule.input.shape, schedule.input.dtype)
-        self._stage = adapters[backend](files[schedule.stage_model], schedule.window.shape, schedule.tile.shape,
-                                        threads, side_inputs=2 * len(schedule.masks))
-        self._rest = adapters[backend](files[schedule.rest_model], schedule.stage.shape, schedule.output.shape,
-                                       threads)
+        self._stage = adapters[backend](files[schedule.stage_model], schedule.window.shape, None, threads,
+                                        side_inputs=2 * len(schedule.masks))
+        self._rest = adapters[backend](files[schedule.rest_model], schedule.stage.shape, None, threads)
         self.stage = self._rest.input_buffer  # the tiles land in the rest model's input: no copy per frame
         shapes = [tuple(b.shape) for b in self._stage.side_buffers]
         declared = [s for m in schedule.masks for s in ((1, m.shape[0], 1, 1), (1, 1, m.shape[1], 1))]
-        if shapes != declared or tuple(self._stage.input_buffer.shape) != tuple(self._stage.model_tensors()[0].shape):
-            raise BackendError(f"{schedule.stage_model}: its inputs do not match the schedule's window and masks")
+        window, tiles = self._stage.model_tensors()
+        if shapes != declared or tuple(self._stage.input_buffer.shape) != window.shape or \
+                [t.shape for t in tiles] != [schedule.tile.shape]:
+            raise BackendError(f"{schedule.stage_model}: its inputs and output do not match the schedule's window, "
+                               "masks and tile")
+        self._outputs = self._rest.model_tensors()[1]  # every output of the model; the schedule names the first
+        first = self._outputs[0]
+        if (first.shape, first.dtype) != (schedule.output.shape, schedule.output.dtype):
+            raise BackendError(f"{schedule.rest_model}: its first output is {first.dtype} {first.shape}, the "
+                               f"schedule's output {schedule.output.dtype} {schedule.output.shape}")
         height, width = self.input_buffer.shape[1:3]
         self._patches = [(*_copy_plan(p.window, height, width), _masks(schedule, p),
                           (slice(p.tile[0], p.tile[2]), slice(p.tile[1], p.tile[3])),
@@ -81,8 +89,8 @@ class PatchExecutor:
             return x.astype(info.dtype, copy=False)
         return quantize(x, *params, info.dtype)
 
-    def invoke(self) -> np.ndarray:
-        """Run the frame in `input_buffer`: every patch into the stage buffer, then the rest; raw output.
+    def invoke(self) -> tuple[np.ndarray, ...]:
+        """Run the frame in `input_buffer`: every patch into the stage buffer, then the rest; raw outputs.
 
         With `input_buffer`, `model_tensors()` and `memory()` this is the backend-adapter surface of
         `edgekit.runtime.backends`, so a session can drive the schedule like any single model.
@@ -93,25 +101,23 @@ class PatchExecutor:
             window[:, w_rows, w_cols] = image[:, rows, cols]
             for buffer, mask in zip(self._stage.side_buffers, masks):
                 buffer[...] = mask
-            self.stage[:, t_rows, t_cols] = self._stage.invoke()[:, o_rows, o_cols]
+            self.stage[:, t_rows, t_cols] = self._stage.invoke()[0][:, o_rows, o_cols]
         return self._rest.invoke()
 
-    def run_raw(self, x: np.ndarray) -> np.ndarray:
-        """One frame (float NHWC, quantized here, or int8) to the model's raw (int8) output."""
+    def run_raw(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One frame (float NHWC, quantized here, or int8) to the model's raw (int8) outputs."""
         self.input_buffer[...] = self.quantize(x)
         return self.invoke()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """One frame (float NHWC, quantized here, or int8) to the dequantized float32 output."""
-        out, params = self.run_raw(x), quantization(self.schedule.output)
-        return out.astype(np.float32) if params is None else dequantize(out, *params)
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One frame (float NHWC, quantized here, or int8) to the dequantized float32 outputs."""
+        return tuple(out.astype(np.float32) if params is None else dequantize(out, *params)
+                     for out, params in zip(self.run_raw(x), map(quantization, self._outputs)))
 
-    def model_tensors(self) -> tuple[ModelTensor, ModelTensor]:
-        """The schedule's input (the whole image) and output, as the artifacts declare them."""
-        def describe(info: ScheduleTensor, name: str) -> ModelTensor:
-            return ModelTensor(name, info.shape, info.dtype, info.scale, info.zero_point)
-
-        return describe(self.schedule.input, "input"), describe(self.schedule.output, "output")
+    def model_tensors(self) -> Signature:
+        """The schedule's input (the whole image), and every output as the rest model declares it."""
+        image = self.schedule.input
+        return ModelTensor("input", image.shape, image.dtype, image.scale, image.zero_point), self._outputs
 
     def memory(self) -> dict[str, Any]:
         """Peak bytes (see `peak_bytes`), the stage buffer and, under tflite-micro, both models' arenas."""

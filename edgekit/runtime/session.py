@@ -2,10 +2,15 @@
 
 `load(bundle)` opens every stage with its backend (or one named backend for all), checks the manifest's
 tensors against what each model file declares, and allocates the buffers a frame needs once: the model's
-input buffer, the float32 scratch for quantizing, the finiteness mask, each stage's output buffer. `Session.run`
+input buffer, the float32 scratch for quantizing, the finiteness mask, each stage's output buffers. `Session.run`
 validates a frame before anything runs, quantizes float input with the input tensor's scale and zero point
-into the input buffer, runs the stages in order and dequantizes the last output into the caller's `out` (or
-one new array it returns); runs allocate nothing that outlives the call.
+into the input buffer, runs the stages in order and dequantizes the last stage's outputs into the caller's `out`
+(or new arrays it returns); runs allocate nothing that outlives the call.
+
+Every stage takes one input; the last may give several outputs, which the manifest must list all of, in the
+model's order. A single-output session's `run` gives an array; a multi-output one gives a dict, output name ->
+array, in that order (`Outputs`). A stage with several inputs, or one with several outputs that another stage
+follows, is refused at load.
 """
 
 from __future__ import annotations
@@ -25,12 +30,10 @@ from edgekit.formats.quant import dequantize, quantization, quantize
 from edgekit.runtime.backends import BACKENDS, FORMATS, Adapter, ModelTensor, open_backend
 from edgekit.runtime.patched import PatchExecutor
 from edgekit.runtime.split_exec import Resplit, SplitRunner
-from edgekit.runtime.transport import SOURCES, Reply, Transport
+from edgekit.runtime.transport import SOURCES, Outputs, Reply, Transport, as_outputs
 
 LATENCY_WINDOW = 1000  # runs kept for the percentiles in Session.stats()
 PARTS = ("device", "server")  # the sides of a split bundle that load(part=...) opens alone
-
-
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -59,6 +62,25 @@ def _check_against_model(where: str, side: str, info: TensorInfo, declared: Mode
         raise BundleError(f"{where}: {side} '{info.name}' does not match the model file: " + "; ".join(problems))
 
 
+def _check_outputs(where: str, outputs: tuple[TensorInfo, ...], declared: tuple[ModelTensor, ...]) -> None:
+    """The manifest lists every output the model file declares, in the model's order, and no other."""
+    if len(outputs) < len(declared):
+        missing = ", ".join(f"'{m.name}'" for m in declared[len(outputs):])
+        raise BundleError(f"{where}: the model has {len(declared)} outputs, the manifest lists {len(outputs)}; "
+                          f"missing output {missing}")
+    if len(outputs) > len(declared):
+        extra = ", ".join(f"'{o.name}'" for o in outputs[len(declared):])
+        raise BundleError(f"{where}: the manifest lists {len(outputs)} outputs, the model has {len(declared)}; "
+                          f"no such output {extra} in the model")
+    for info, model in zip(outputs, declared):
+        _check_against_model(where, "output", info, model)
+
+
+def _float_dtype(info: TensorInfo) -> np.dtype:
+    """What the session gives for a tensor: float32 when it is quantized, else its own dtype."""
+    return np.dtype(np.float32 if info.scale is not None else info.dtype)
+
+
 def _expects(info: TensorInfo) -> str:
     return f"input '{info.name}' takes {_tensor_text(info)}"
 
@@ -72,15 +94,15 @@ def _not_finite(info: TensorInfo, x: np.ndarray) -> InputError:
 
 
 class _StageRunner:
-    """One stage: its backend adapter, the float scratch for quantizing, the output buffer for chaining."""
+    """One stage: its backend adapter, the float scratch for quantizing, the output buffers for chaining."""
 
     def __init__(self, bundle: Bundle, stage: Stage, backend: str, threads: int | None) -> None:
         where = f"{bundle.path}: stage '{stage.name}' ({stage.file})"
-        if len(stage.inputs) != 1 or len(stage.outputs) != 1:
-            raise EdgekitError(f"{where}: has {len(stage.inputs)} inputs and {len(stage.outputs)} outputs; the "
-                               "runtime runs single-input, single-output stages")
+        if len(stage.inputs) != 1:
+            raise BundleError(f"{where}: takes {len(stage.inputs)} inputs ("
+                              f"{', '.join(t.name for t in stage.inputs)}); the runtime runs stages with one input")
         self.stage, self.backend = stage, backend
-        self.input, self.output = stage.inputs[0], stage.outputs[0]
+        self.input, self.outputs = stage.inputs[0], stage.outputs
         plan = bundle.manifest.plan
         self.adapter: Adapter
         try:
@@ -88,20 +110,20 @@ class _StageRunner:
                 files = {name: bundle.read(name) for name in plan.model_files}
                 self.adapter = PatchExecutor(files, plan, backend, threads)
             else:
-                self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape, self.output.shape,
-                                            threads)
+                self.adapter = open_backend(backend, bundle.read(stage.file), self.input.shape,
+                                            tuple(o.shape for o in self.outputs), threads)
         except BackendError as exc:
             raise BackendError(f"{where}: {exc}") from None
-        model_in, model_out = self.adapter.model_tensors()
+        model_in, model_outs = self.adapter.model_tensors()
         _check_against_model(where, "input", self.input, model_in)
-        _check_against_model(where, "output", self.output, model_out)
+        _check_outputs(where, self.outputs, model_outs)
         self._in = self.adapter.input_buffer
         self._float_in = self._in.dtype.kind == "f"
         self._finite = np.zeros(self.input.shape, bool)  # the finiteness mask for float inputs, reused
-        self._quant, self._dequant = quantization(self.input), quantization(self.output)
+        self._quant = quantization(self.input)
+        self._dequant = tuple(quantization(o) for o in self.outputs)
         self._scratch = np.zeros(self.input.shape, np.float32) if self._quant is not None else None
-        self.out_dtype = np.dtype(np.float32 if self.output.scale is not None else self.output.dtype)
-        self.out = np.zeros(self.output.shape, self.out_dtype)  # this stage's result when another stage follows
+        self.outs = tuple(np.zeros(o.shape, _float_dtype(o)) for o in self.outputs)  # when another stage follows
         self.memory: dict[str, Any] | None = None
 
     def accepted(self, dtype: np.dtype) -> str | None:
@@ -113,16 +135,16 @@ class _StageRunner:
         return ("float" + (f" or {self._in.dtype}" if self._scratch is not None else "")
                 if self._scratch is not None or self._float_in else str(self._in.dtype))
 
-    def run(self, x: np.ndarray, target: np.ndarray | None, check: bool) -> np.ndarray:
-        """Fill the input buffer from `x` (shape and dtype checked), invoke, write the output into `target`.
+    def run(self, x: np.ndarray, targets: tuple[np.ndarray, ...] | None, check: bool) -> tuple[np.ndarray, ...]:
+        """Fill the input buffer from `x` (shape and dtype checked), invoke, write the outputs into `targets`.
 
         With `check`, a float frame holding NaN or infinity is an InputError raised before the backend runs;
         the test rides on the float32 copy the frame needs anyway, while it is still in cache.
         """
-        return self.dequantize(self.run_raw(x, check), target)
+        return self.dequantize(self.run_raw(x, check), targets)
 
-    def run_raw(self, x: np.ndarray, check: bool) -> np.ndarray:
-        """Fill the input buffer from `x` and invoke: the model's own output (int8 when quantized), not a copy."""
+    def run_raw(self, x: np.ndarray, check: bool) -> tuple[np.ndarray, ...]:
+        """Fill the input buffer from `x` and invoke: the model's own outputs (int8 when quantized), not copies."""
         if self._quant is not None and x.dtype.kind == "f":
             try:  # NaN and infinity are refused on the float32 values quantizing makes anyway, checked or not
                 quantize(x, *self._quant, out=self._in, scratch=self._scratch)
@@ -138,34 +160,47 @@ class _StageRunner:
                         raise _not_finite(self.input, x)
         return self.adapter.invoke()
 
-    def dequantize(self, raw: np.ndarray, target: np.ndarray | None) -> np.ndarray:
-        """The model's raw output as float32 (or as is when not quantized), into `target` or this stage's buffer."""
-        if target is None:
-            target = self.out
-        if self._dequant is not None:
-            return dequantize(raw, *self._dequant, out=target)
-        np.copyto(target, raw)
-        return target
+    def dequantize(self, raws: tuple[np.ndarray, ...],
+                   targets: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, ...]:
+        """The model's raw outputs as float32 (or as they are when not quantized), into `targets` or this stage's
+        buffers."""
+        targets = targets or self.outs
+        for raw, target, params in zip(raws, targets, self._dequant):
+            if params is not None:
+                dequantize(raw, *params, out=target)
+            else:
+                np.copyto(target, raw)
+        return targets
 
 
 class Session:
     """A loaded bundle ready to run frames; see `load()`."""
 
     def __init__(self, bundle: Bundle, runners: list[_StageRunner], window: int = LATENCY_WINDOW,
-                 split: SplitRunner | None = None, output: TensorInfo | None = None) -> None:
+                 split: SplitRunner | None = None, outputs: tuple[TensorInfo, ...] | None = None) -> None:
         self.bundle, self._runners, self._split = bundle, runners, split
         self.manifest: Manifest = bundle.manifest
         self.input: TensorInfo = runners[0].input
-        self.output: TensorInfo = output or runners[-1].output
+        self.outputs: tuple[TensorInfo, ...] = outputs or runners[-1].outputs  # in the model's order
         self.last_reply: Reply | None = None  # how the last split frame was answered
         self._sources = dict.fromkeys(SOURCES, 0)
         self._first, self._rest, self._last = runners[0], runners[1:], runners[-1]
         self._shape = self.input.shape
         self._unbatched = self._shape[1:] if len(self._shape) > 1 and self._shape[0] == 1 else None
-        self._out_shape = self.output.shape
-        self._out_dtype = np.dtype(np.float32 if self.output.scale is not None else self.output.dtype)
+        self._names = tuple(o.name for o in self.outputs)
+        self._name_set = frozenset(self._names)
+        self._out_specs = tuple((o.shape, _float_dtype(o)) for o in self.outputs)
         self._latency_ns = np.zeros(max(1, window), np.int64)
         self._count = 0
+
+    @property
+    def output(self) -> TensorInfo:
+        """The output of a single-output session; a multi-output one has `outputs` instead."""
+        if len(self.outputs) != 1:
+            raise BundleError(f"{self.bundle.path}: the model has {len(self.outputs)} outputs ("
+                              f"{', '.join(self._names)}); Session.output is for single-output models, use "
+                              "Session.outputs")
+        return self.outputs[0]
 
     @property
     def labels(self) -> tuple[str, ...] | None:
@@ -176,34 +211,51 @@ class Session:
         """The backend each stage runs under, in stage order."""
         return tuple(r.backend for r in self._runners)
 
-    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """One frame through every stage: the output (float32 when quantized), a new array or written to `out`.
+    def run(self, x: np.ndarray, out: Outputs | None = None) -> Outputs:
+        """One frame through every stage: the output (float32 when quantized), new or written to `out`.
 
-        `x` has the input's shape (a leading batch of 1 may be left off) and either a float dtype (quantized
-        here when the model takes integers) or exactly the model's integer dtype (passed as is). Anything
-        else, NaN or infinity included, is an InputError before the backend runs. With `out` (an array of the
-        output's shape and dtype) a run allocates nothing.
+        A single-output model gives an array; a multi-output one a dict, output name -> array, in the model's
+        order. `x` has the input's shape (a leading batch of 1 may be left off) and either a float dtype
+        (quantized here when the model takes integers) or exactly the model's integer dtype (passed as is).
+        Anything else, NaN or infinity included, is an InputError before the backend runs. With `out` (what
+        `empty_output()` gives: an array, or a dict of arrays, of the outputs' shapes and dtypes) a run
+        allocates nothing.
         """
         start = time.perf_counter_ns()
         x = self._validate(x)
         if out is None:
-            out = np.empty(self._out_shape, self._out_dtype)
-        elif not isinstance(out, np.ndarray) or out.shape != self._out_shape or out.dtype != self._out_dtype:
-            found = f"{out.dtype} {_shape_text(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise InputError(f"out= must be a {self._out_dtype} array of shape {_shape_text(self._out_shape)}, "
-                             f"got {found}")
+            out = self.empty_output()
+        targets = self._targets(out)
         if self._split is not None:
-            self.last_reply = self._split.run(x, out)
+            self.last_reply = self._split.run(x, targets)
             self._sources[self.last_reply.source] += 1
         elif self._rest:
-            value = self._first.run(x, None, True)
-            for runner in self._rest:
-                value = runner.run(value, out if runner is self._last else None, False)
+            values = self._first.run(x, None, True)
+            for runner in self._rest:  # every stage but the last has one output (checked at load)
+                values = runner.run(values[0], targets if runner is self._last else None, False)
         else:
-            self._first.run(x, out, True)
+            self._first.run(x, targets, True)
         self._latency_ns[self._count % len(self._latency_ns)] = time.perf_counter_ns() - start
         self._count += 1
         return out
+
+    def empty_output(self) -> Outputs:
+        """New buffers for `run(x, out=...)`: an array, or a dict name -> array for a multi-output model."""
+        return as_outputs([np.empty(shape, dtype) for shape, dtype in self._out_specs], self._names)
+
+    def _targets(self, out: Any) -> tuple[np.ndarray, ...]:
+        """The arrays of `out` in output order, or an InputError saying what `out=` must be."""
+        arrays: tuple[Any, ...] | None = None
+        if len(self._names) == 1:
+            arrays = (out,)
+        elif isinstance(out, dict) and out.keys() == self._name_set:
+            arrays = tuple([out[name] for name in self._names])
+        if arrays is None or any(not isinstance(a, np.ndarray) or (a.shape, a.dtype) != spec
+                                 for a, spec in zip(arrays, self._out_specs)):
+            wanted = " and ".join(f"{dtype} {_shape_text(shape)}" for shape, dtype in self._out_specs)
+            form = "an array" if len(self._names) == 1 else f"a dict {{{', '.join(map(repr, self._names))}}} of arrays"
+            raise InputError(f"out= must be {form} ({wanted}), got {_describe(out)}")
+        return arrays
 
     def _validate(self, x: Any) -> np.ndarray:
         """`x` in the input's shape, or an InputError naming the input, what it expects and what it got."""
@@ -248,7 +300,7 @@ class Session:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], np.float32)
 
-    def run_image(self, path: str | Path) -> np.ndarray:
+    def run_image(self, path: str | Path) -> Outputs:
         """`run(preprocess_image(path))`: Pillow is imported only here (it is optional on the device)."""
         return self.run(self.preprocess_image(path))
 
@@ -279,12 +331,21 @@ class Session:
         """What is loaded: bundle, model, target, and per stage its backend, engine and tensors."""
         return {"bundle": str(self.bundle.path), "model": self.manifest.model, "target": self.manifest.target,
                 "stages": [{"name": r.stage.name, "file": r.stage.file, "backend": r.backend,
-                            "engine": r.adapter.describe(), "input": r.input.to_dict(), "output": r.output.to_dict()}
-                           for r in self._runners]}
+                            "engine": r.adapter.describe(), "input": r.input.to_dict(),
+                            "outputs": [o.to_dict() for o in r.outputs]} for r in self._runners]}
 
     def __repr__(self) -> str:
         return (f"Session({str(self.bundle.path)!r}, model={self.manifest.model!r}, "
                 f"backends={list(self.backends)})")
+
+
+def _describe(value: Any) -> str:
+    """What was passed, in words: an array's dtype and shape, a dict's keys, else its type."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {_shape_text(value.shape)}"
+    if isinstance(value, dict):
+        return "a dict of " + (", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) or "nothing")
+    return type(value).__name__
 
 
 def peak_rss_bytes() -> int | None:
@@ -326,6 +387,10 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
             raise BackendError(f"{bundle.path}: stage '{stage.name}' is a {FORMATS[stage.backend]} model "
                                f"({stage.file}); backend '{backend}' runs {FORMATS[backend]} models only")
     for before, after in zip(manifest.stages, manifest.stages[1:]):
+        if len(before.outputs) != 1:
+            raise BundleError(f"{bundle.path}: stage '{before.name}' gives {len(before.outputs)} outputs ("
+                              f"{', '.join(t.name for t in before.outputs)}) but stage '{after.name}' follows it; "
+                              "only the last stage may give several")
         if before.outputs[0].shape != after.inputs[0].shape:
             raise BundleError(f"{bundle.path}: stage '{after.name}' takes {_shape_text(after.inputs[0].shape)} but "
                               f"stage '{before.name}' gives {_shape_text(before.outputs[0].shape)}")
@@ -347,5 +412,6 @@ def load(bundle_path: str | Path | Bundle, backend: str | None = None, expected_
         return Session(bundle, runners, window)
     head = [r for r in runners if r.stage.name in layout.device_stages]
     tail = [r for r in runners if r.stage.name in layout.server_stages]
-    split = SplitRunner(head, tail, transport, deadline_s, Resplit.of(layout.figures) if resplit else None)
-    return Session(bundle, head + tail, window, split, manifest.stages[-1].outputs[0])
+    outputs = manifest.stages[-1].outputs
+    split = SplitRunner(head, tail, transport, deadline_s, outputs, Resplit.of(layout.figures) if resplit else None)
+    return Session(bundle, head + tail, window, split, outputs)

@@ -62,16 +62,20 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[di
     return [{"index": int(i), "label": names[i] if names else None, "score": float(flat[i])} for i in order]
 
 
-def summarise_output(output: np.ndarray) -> dict[str, Any]:
-    """Shape, dtype and range of an output that is not a class-score vector."""
-    return {"shape": list(output.shape), "dtype": str(output.dtype), "min": float(output.min()),
-            "max": float(output.max()), "mean": float(output.mean())}
+def summarise_output(name: str, output: np.ndarray, k: int, labels: tuple[str, ...] | None) -> dict[str, Any]:
+    """One output of a frame: name, shape and dtype, then its top-k when it is a class-score vector (one
+    non-singleton axis), else its range and mean."""
+    summary: dict[str, Any] = {"name": name, "shape": list(output.shape), "dtype": str(output.dtype)}
+    if sum(d > 1 for d in output.shape) <= 1:
+        return {**summary, "top": top_k(output, k, labels)}
+    return {**summary, "min": float(output.min()), "max": float(output.max()), "mean": float(output.mean())}
 
 
 def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | None = None, top: int = 5,
             threads: int | None = None, expected_target: str | None = None, transport: Transport | None = None,
             deadline_s: float = 1.0) -> dict[str, Any]:
-    """Load `bundle`, run every frame of `input_path`, and give top-k classes (or an output summary) per frame.
+    """Load `bundle`, run every frame of `input_path`, and give per frame every output: its top-k classes, or
+    a summary (see `summarise_output`).
 
     Class-score outputs are those with one non-singleton axis; labels come from the manifest when it has one
     per score. With a `transport` (a split bundle), the tail runs behind it (the MQTT `OffloadClient`: on the edge
@@ -81,11 +85,12 @@ def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | 
     frames = read_frames(session, input_path)
     batched = frames.shape != session.input.shape
     results = []
+    names = [o.name for o in session.outputs]
     for i in range(len(frames) if batched else 1):
         output = session.run(frames[i:i + 1] if batched else frames)
-        is_vector = sum(d > 1 for d in output.shape) <= 1
-        results.append({"frame": i, "top": top_k(output, top, session.labels)} if is_vector
-                       else {"frame": i, "output": summarise_output(output)})
+        arrays = output.values() if isinstance(output, dict) else (output,)
+        results.append({"frame": i, "outputs": [summarise_output(name, array, top, session.labels)
+                                                for name, array in zip(names, arrays)]})
         if session.last_reply is not None:
             reply = session.last_reply
             results[-1]["answered_by"] = {"source": reply.source, "ms": reply.latency_s * 1e3,
@@ -110,7 +115,7 @@ def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: st
     frame = np.random.default_rng(seed).random(session.input.shape, dtype=np.float32)
     if session.input.dtype != "float32" and session.input.scale is None:
         frame = np.zeros(session.input.shape, session.input.dtype)  # unquantized integer input: zeros
-    out = np.empty_like(session.run(frame))
+    out = session.empty_output()
     for _ in range(warmup):
         session.run(frame, out)
     session.reset_stats()

@@ -1,36 +1,44 @@
 """How a split session reaches the tail: the Transport protocol and the answer it gives for every frame.
 
 A transport takes the head's boundary tensor and a deadline and must answer by the deadline: the tail's
-output from the server ("remote"), the local fallback's output when the server cannot answer in time
-("fallback"), or no output with the reason ("timeout"/"error") when there is no fallback. ("local" is the
-split executor's own answer when the plan says the measured link is too slow to offload at all.) It never raises
-for a network problem and never hangs; only bad arguments raise.
+outputs from the server ("remote"; every output the tail has, one tensor each in the response frame), the
+local fallback's when the server cannot answer in time ("fallback"), or none with the reason
+("timeout"/"error") when there is no fallback. ("local" is the split executor's own answer when the plan says
+the measured link is too slow to offload at all.) It never raises for a network problem and never hangs; only
+bad arguments raise.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, FrameError
 from edgekit.formats import frame, quant
 from edgekit.formats.frame import Tensor
 
 SOURCES = ("remote", "fallback", "local", "timeout", "error")  # local: the link is too slow, by the plan
 
-Fallback = Callable[[Tensor], np.ndarray]  # runs the tail locally on the boundary tensor
+Outputs = np.ndarray | dict[str, np.ndarray]  # a model's output: one array, or name -> array in its order
+Fallback = Callable[[Tensor], Outputs]  # runs the tail locally on the boundary tensor
+
+
+def as_outputs(arrays: Sequence[np.ndarray], names: Sequence[str]) -> Outputs:
+    """Arrays in output order as a session gives them: the array itself for one output, else name -> array."""
+    return arrays[0] if len(arrays) == 1 else dict(zip(names, arrays))
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One frame's answer: the tail output (float32, or None), where it came from, and how long it took."""
+    """One frame's answer: the tail output (float32; an array, or name -> array for several; None when there is
+    none), where it came from, and how long it took."""
 
-    output: np.ndarray | None
+    output: Outputs | None
     source: str  # one of SOURCES
     latency_s: float
     detail: str = ""  # why it is not "remote", in words
@@ -53,6 +61,16 @@ def dequantize(tensor: Tensor) -> np.ndarray:
     if tensor.scale:
         return quant.dequantize(tensor.array, tensor.scale, tensor.zero_point)
     return tensor.array.astype(np.float32)
+
+
+def response_outputs(answer: frame.Frame) -> Outputs:
+    """The tail's outputs a response frame carries, dequantized (one tensor: the array; several: name -> array);
+    FrameError for any other frame, an empty one, or tensors that share a name."""
+    names = [t.name for t in answer.tensors]
+    if answer.kind != "response" or not names or len(set(names)) != len(names):
+        raise FrameError(f"expected a response with one tensor per tail output, distinctly named; found a "
+                         f"{answer.kind} frame with {len(names)} ({', '.join(names) or 'none'})")
+    return as_outputs([dequantize(t) for t in answer.tensors], names)
 
 
 class InProcessTransport:
@@ -78,10 +96,7 @@ class InProcessTransport:
                     raise frame.FrameError("the answer is for another request")
                 if answer.kind == "error":
                     raise frame.FrameError(answer.error)
-                if answer.kind != "response" or len(answer.tensors) != 1:
-                    raise frame.FrameError(f"expected a response with one tensor, found a {answer.kind} frame "
-                                           f"with {len(answer.tensors)}")
-                return Reply(dequantize(answer.tensors[0]), "remote", time.monotonic() - start)
+                return Reply(response_outputs(answer), "remote", time.monotonic() - start)
             except EdgekitError as exc:
                 detail = f"server failed: {exc}"
         if fallback is None:
