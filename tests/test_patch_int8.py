@@ -223,7 +223,7 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     session = load(tmp_path / "pack", backend=backend)
     assert "patch schedule" in session.info()["stages"][0]["engine"]
     x = _frame(artifacts, 3)
-    out = artifacts.schedule.output
+    out = artifacts.schedule.outputs[0]
     expected = (_full(path, artifacts, backend, x).astype(np.int32) - out.zero_point) * np.float32(out.scale)
     np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
 
@@ -291,7 +291,7 @@ def test_executor_quantizes_float_frames_and_checks_the_shape(resnet: tuple[Path
     path, artifacts = resnet
     executor = PatchExecutor(artifacts.files, artifacts.schedule, "litert")
     x = np.random.default_rng(2).random(artifacts.schedule.input.shape, dtype=np.float32)
-    out = artifacts.schedule.output
+    out = artifacts.schedule.outputs[0]
     expected = _full(path, artifacts, "litert", executor.quantize(x))
     (patched,) = executor.run(x)
     assert np.array_equal(patched, ((expected.astype(np.int32) - out.zero_point) * out.scale).astype(np.float32))

@@ -27,9 +27,9 @@ def patch_plan() -> dict:
     tiles = [[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]]
     windows = [[-1, -1, 5, 5], [-1, 3, 5, 9], [3, -1, 9, 5], [3, 3, 9, 9]]
     valid = [[[1, 1, 5, 5]], [[1, 0, 5, 4]], [[0, 1, 4, 5]], [[0, 0, 4, 4]]]
-    return {"kind": "patch", "version": 2, "layout": "NHWC", "stage_model": "patch_stage.tflite",
+    return {"kind": "patch", "version": 3, "layout": "NHWC", "stage_model": "patch_stage.tflite",
             "rest_model": "patch_rest.tflite", "stage_end": "features.3", "grid": 2,
-            "input": tensor([1, 8, 8, 3]), "stage": tensor([1, 4, 4, 8]), "output": tensor([1, 10]),
+            "input": tensor([1, 8, 8, 3]), "stage": tensor([1, 4, 4, 8]), "outputs": [tensor([1, 10]), tensor([1, 4, 4, 2])],
             "window": {**tensor([1, 6, 6, 3]), "fill": -3}, "tile": tensor([1, 2, 2, 8]),
             "masks": [{"tensor": "conv1", "shape": [5, 5], "fill": -3, "inputs": [1, 2]}],
             "patches": [{"window": w, "tile": t, "valid": v} for w, t, v in zip(windows, tiles, valid)],
@@ -76,7 +76,8 @@ def test_typed_fields() -> None:
     patch = PatchSchedule.from_dict(patch_plan(), "x")
     assert patch.model_files == ("patch_stage.tflite", "patch_rest.tflite") and patch.window_fill == -3
     assert patch.window.shape == (1, 6, 6, 3) and patch.patches[1].tile == (0, 2, 2, 4)
-    assert patch.masks[0].inputs == (1, 2) and patch.rest_arena.head_bytes == 256 and patch.VERSION == 2
+    assert patch.masks[0].inputs == (1, 2) and patch.rest_arena.head_bytes == 256 and patch.VERSION == 3
+    assert [o.shape for o in patch.outputs] == [(1, 10), (1, 4, 4, 2)]
     split = SplitSchedule.from_dict(split_plan(), "x")
     assert split.figures is not None and split.boundary is not None
     assert split.figures.all_server.last_device_layer is None and split.figures.decision_map[1] == (2e5, 1e9, 2)
@@ -91,7 +92,8 @@ def test_typed_fields() -> None:
 
 PATCH_CASES = {
     "kind": (set_at("kind", value="patches"), r"'plan.kind' must be one of patch, found 'patches'"),
-    "version": (set_at("version", value=3), r"'plan.version' must be 2 .* found 3"),
+    "version": (set_at("version", value=2), r"'plan.version' must be 3 .* found 2"),
+    "no outputs": (set_at("outputs", value=[]), r"'plan.outputs' must not be empty"),
     "layout": (set_at("layout", value="NCHW"), r"'plan.layout' must be one of NHWC, found 'NCHW'"),
     "missing key": (drop_at("planner"), r"missing key 'plan.planner'"),
     "unknown key": (set_at("extra", value=1), r"unknown key 'plan.extra'"),
@@ -101,7 +103,8 @@ PATCH_CASES = {
     "tensor rank": (set_at("stage", "shape", value=[4, 4, 8]), r"'plan.stage.shape' must have 4 dimensions"),
     "tensor dtype": (set_at("input", "dtype", value="int4"), r"'plan.input.dtype' must be one of"),
     "tensor key": (set_at("tile", "name", value="t"), r"unknown key 'plan.tile.name'"),
-    "quantization": (set_at("output", "scale", value=None), r"'plan.output.scale' and 'plan.output.zero_point'"),
+    "quantization": (set_at("outputs", 1, "scale", value=None),
+                     r"'plan.outputs\[1\].scale' and 'plan.outputs\[1\].zero_point'"),
     "window fill": (set_at("window", "fill", value=200), r"'plan.window.fill' must be <= 127, found 200"),
     "window key": (drop_at("window", "fill"), r"missing key 'plan.window.fill'"),
     "window channels": (set_at("window", "shape", value=[1, 6, 6, 4]), r"'plan.window' must have the batch, "
@@ -193,7 +196,7 @@ def patch_bundle(tmp_path: Path) -> Path:
     for name in ("patch_stage.tflite", "patch_rest.tflite"):
         (source / name).write_bytes(b"TFL3" + name.encode())
     stage = Stage("patched", "litert", "patch_stage.tflite", (_tensor("input", (1, 8, 8, 3)),),
-                  (_tensor("output", (1, 10)),))
+                  (_tensor("output", (1, 10)), _tensor("features", (1, 4, 4, 2))))
     plan = PatchSchedule.from_dict(patch_plan(), "x")
     return write_bundle(source, Manifest("toy", "stm32f746", (stage,), plan=plan), tmp_path / "patched")
 
@@ -268,6 +271,9 @@ def _stages(*files: tuple[str, str]) -> tuple[Stage, ...]:
     (patch_plan(), _stages(("litert", "other.tflite")), r"the one stage whose file is 'plan.stage_model'"),
     ({**patch_plan(), "rest_model": "gone.tflite"}, _stages(("litert", "patch_stage.tflite")),
      r"'plan.rest_model' 'gone.tflite' is not listed in 'files'"),
+    (patch_plan(), _stages(("litert", "patch_stage.tflite")),
+     r"stage 's0' lists outputs \[\(\(1, 10\), 'int8'\)\], 'plan.outputs' \[\(\(1, 10\), 'int8'\), "
+     r"\(\(1, 4, 4, 2\), 'int8'\)\]: both must name every output"),
     (minimal_split_plan(), _stages(("litert", "head.tflite")), r"runs \['head'\] on the device and \['tail'\] on the "
                                                                 r"server, but the stages are \['s0'\]"),
 ])

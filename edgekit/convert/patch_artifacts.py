@@ -493,7 +493,8 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     assert plan.chosen is not None  # checked by _stage_split
     schedule = PatchSchedule(
         STAGE_MODEL, REST_MODEL, plan.chosen.stage_end, plan.chosen.grid, input_info,
-        _tensor_info(src.sub.tensors[stage_tensor]), _tensor_info(src.sub.tensors[src.sub.outputs[0]]),
+        _tensor_info(src.sub.tensors[stage_tensor]),
+        tuple(_tensor_info(src.sub.tensors[t]) for t in src.sub.outputs),
         _tensor_info(stage.tensors[stage.inputs[0]]), window_fill, _tensor_info(stage.tensors[stage_out]),
         tuple(PatchMask(tflite.tensor_name(src.sub.tensors[t]), _hw(region), fill, (1 + 2 * k, 2 + 2 * k))
               for k, (t, region, fill) in enumerate(stage.masks)),

@@ -35,7 +35,7 @@ SCHEDULE_TENSOR_KEYS = ("shape", "dtype", "scale", "zero_point")
 MASK_KEYS = ("tensor", "shape", "fill", "inputs")
 PATCH_KEYS = ("window", "tile", "valid")
 PATCH_SCHEDULE_KEYS = ("kind", "version", "layout", "stage_model", "rest_model", "stage_end", "grid", "input",
-                       "stage", "output", "window", "tile", "masks", "patches", "macs", "flash_bytes", "rest_arena",
+                       "stage", "outputs", "window", "tile", "masks", "patches", "macs", "flash_bytes", "rest_arena",
                        "planner")
 SPLIT_KEYS = ("kind", "device_stages", "server_stages", "boundary", "split", "model_id", "model_version")
 SPLIT_OPTIONAL_KEYS = ("boundary", "split")  # absent in a hand-made split plan: no boundary record, no re-split
@@ -209,7 +209,7 @@ class PatchSchedule:
     """
 
     KIND: ClassVar[str] = "patch"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3  # 3: every rest-model output (`outputs`), where 2 had only the first
     LAYOUT: ClassVar[str] = "NHWC"
 
     stage_model: str
@@ -218,7 +218,7 @@ class PatchSchedule:
     grid: int
     input: ScheduleTensor  # the whole image
     stage: ScheduleTensor  # the stage buffer: the rest model's input
-    output: ScheduleTensor
+    outputs: tuple[ScheduleTensor, ...]  # every output of the rest model, in its order
     window: ScheduleTensor  # the stage model's image input
     window_fill: int  # what the window holds where it lies beyond the image
     tile: ScheduleTensor  # the stage model's output
@@ -238,7 +238,8 @@ class PatchSchedule:
         """The JSON object of this schedule, as the manifest's `plan` and patch_schedule.json hold it."""
         return {"kind": self.KIND, "version": self.VERSION, "layout": self.LAYOUT, "stage_model": self.stage_model,
                 "rest_model": self.rest_model, "stage_end": self.stage_end, "grid": self.grid,
-                "input": self.input.to_dict(), "stage": self.stage.to_dict(), "output": self.output.to_dict(),
+                "input": self.input.to_dict(), "stage": self.stage.to_dict(),
+                "outputs": [o.to_dict() for o in self.outputs],
                 "window": {**self.window.to_dict(), "fill": self.window_fill}, "tile": self.tile.to_dict(),
                 "masks": [m.to_dict() for m in self.masks], "patches": [p.to_dict() for p in self.patches],
                 "macs": self.macs.to_dict(), "flash_bytes": self.flash_bytes.to_dict(),
@@ -255,8 +256,10 @@ class PatchSchedule:
                               f"edgekit runs), found {version}; rebuild the bundle with this edgekit")
         _string(data["layout"], where, f"{key}.layout", (cls.LAYOUT,))
         window = _object(data["window"], where, f"{key}.window", (*SCHEDULE_TENSOR_KEYS, "fill"))
-        tensors = {name: ScheduleTensor.from_dict(data[name], where, f"{key}.{name}", nhwc=name != "output")
-                   for name in ("input", "stage", "output", "tile")}
+        tensors = {name: ScheduleTensor.from_dict(data[name], where, f"{key}.{name}")
+                   for name in ("input", "stage", "tile")}
+        outputs = tuple(ScheduleTensor.from_dict(o, where, f"{key}.outputs[{i}]", nhwc=False)
+                        for i, o in enumerate(_array(data["outputs"], where, f"{key}.outputs")))
         tensors["window"] = ScheduleTensor.from_dict({k: window[k] for k in SCHEDULE_TENSOR_KEYS}, where,
                                                      f"{key}.window")
         low, high = INTEGER_RANGES.get(tensors["window"].dtype, (None, None))
@@ -268,7 +271,7 @@ class PatchSchedule:
             _check_name(data["stage_model"], where, f"'{key}.stage_model'"),
             _check_name(data["rest_model"], where, f"'{key}.rest_model'"),
             _string(data["stage_end"], where, f"{key}.stage_end"), _integer(data["grid"], where, f"{key}.grid", 1),
-            tensors["input"], tensors["stage"], tensors["output"], tensors["window"],
+            tensors["input"], tensors["stage"], outputs, tensors["window"],
             _integer(window["fill"], where, f"{key}.window.fill", low, high), tensors["tile"], masks, patches,
             StageMacs.from_dict(data["macs"], where, f"{key}.macs"),
             FlashBytes.from_dict(data["flash_bytes"], where, f"{key}.flash_bytes"),
@@ -286,6 +289,11 @@ class PatchSchedule:
                               f"{self.stage_model!r}, found stages {found}")
         if self.rest_model not in files:
             raise BundleError(f"{where}: '{key}.rest_model' {self.rest_model!r} is not listed in 'files'")
+        declared = [(o.shape, o.dtype) for o in self.outputs]
+        listed = [(o.shape, o.dtype) for o in stages[0].outputs]
+        if listed != declared:
+            raise BundleError(f"{where}: stage {stages[0].name!r} lists outputs {listed}, '{key}.outputs' {declared}: "
+                              "both must name every output of the rest model, in its order")
 
 
 def _check_geometry(schedule: PatchSchedule, where: str, key: str) -> None:

@@ -68,11 +68,11 @@ class PatchExecutor:
                 [t.shape for t in tiles] != [schedule.tile.shape]:
             raise BackendError(f"{schedule.stage_model}: its inputs and output do not match the schedule's window, "
                                "masks and tile")
-        self._outputs = self._rest.model_tensors()[1]  # every output of the model; the schedule names the first
-        first = self._outputs[0]
-        if (first.shape, first.dtype) != (schedule.output.shape, schedule.output.dtype):
-            raise BackendError(f"{schedule.rest_model}: its first output is {first.dtype} {first.shape}, the "
-                               f"schedule's output {schedule.output.dtype} {schedule.output.shape}")
+        self._outputs = self._rest.model_tensors()[1]  # every output of the model, as the schedule lists them
+        found = [(t.dtype, t.shape) for t in self._outputs]
+        declared = [(o.dtype, o.shape) for o in schedule.outputs]
+        if found != declared:
+            raise BackendError(f"{schedule.rest_model}: its outputs are {found}, the schedule's {declared}")
         height, width = self.input_buffer.shape[1:3]
         self._patches = [(*_copy_plan(p.window, height, width), _masks(schedule, p),
                           (slice(p.tile[0], p.tile[2]), slice(p.tile[1], p.tile[3])),
