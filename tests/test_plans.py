@@ -29,7 +29,8 @@ def patch_plan() -> dict:
     valid = [[[1, 1, 5, 5]], [[1, 0, 5, 4]], [[0, 1, 4, 5]], [[0, 0, 4, 4]]]
     return {"kind": "patch", "version": 3, "layout": "NHWC", "stage_model": "patch_stage.tflite",
             "rest_model": "patch_rest.tflite", "stage_end": "features.3", "grid": 2,
-            "input": tensor([1, 8, 8, 3]), "stage": tensor([1, 4, 4, 8]), "outputs": [tensor([1, 10]), tensor([1, 4, 4, 2])],
+            "input": tensor([1, 8, 8, 3]), "stage": tensor([1, 4, 4, 8]),
+            "outputs": [tensor([1, 10]), tensor([1, 4, 4, 2])],
             "window": {**tensor([1, 6, 6, 3]), "fill": -3}, "tile": tensor([1, 2, 2, 8]),
             "masks": [{"tensor": "conv1", "shape": [5, 5], "fill": -3, "inputs": [1, 2]}],
             "patches": [{"window": w, "tile": t, "valid": v} for w, t, v in zip(windows, tiles, valid)],
