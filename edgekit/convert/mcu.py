@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.analysis import Fit
 from edgekit.errors import ConversionError, ProfileError
 from edgekit.formats.tflite import op_name, read_model
+from edgekit.graph.ops import tflm_kernel_flash_bytes
 from edgekit.runtime.backends import TFLM_ARENA_TOTAL, CapturedStderr, generous_arena_bytes
 from edgekit.targets import Device, load_target
 
@@ -69,16 +70,9 @@ ARENA_ALIGNMENT = 16
 
 # Flash taken by TF Lite Micro's code besides the model bytes. Core: 16 KB, the figure TFLM's overview
 # documentation gives for the core runtime on an Arm Cortex-M3. Per-kernel figures are ESTIMATES (order of
-# magnitude for -Os Thumb-2 builds of the int8 kernels, larger for the convolutions), not measured.
+# magnitude for -Os Thumb-2 builds of the int8 kernels, larger for the convolutions), not measured; they live
+# in the op table (edgekit.graph.ops).
 TFLM_CORE_FLASH_BYTES = 16 * 1024
-KERNEL_FLASH_BYTES: dict[str, int] = {
-    "CONV_2D": 10 * 1024, "DEPTHWISE_CONV_2D": 10 * 1024, "TRANSPOSE_CONV": 8 * 1024,
-    "FULLY_CONNECTED": 6 * 1024, "UNIDIRECTIONAL_SEQUENCE_LSTM": 12 * 1024, "SVDF": 6 * 1024,
-    "SOFTMAX": 4 * 1024, "LOG_SOFTMAX": 4 * 1024, "MEAN": 4 * 1024, "SUM": 4 * 1024,
-    "ADD": 4 * 1024, "MUL": 4 * 1024, "SUB": 4 * 1024,
-}
-DEFAULT_KERNEL_FLASH_BYTES = 2 * 1024
-
 
 
 def model_ops(tflite_path: str | Path) -> list[str]:
@@ -157,7 +151,7 @@ def arena_with_margin(measured_bytes: int) -> int:
 
 def runtime_flash_bytes(ops: list[str]) -> int:
     """Estimated TFLM code size for a model: the core interpreter plus one kernel per distinct op."""
-    return TFLM_CORE_FLASH_BYTES + sum(KERNEL_FLASH_BYTES.get(op, DEFAULT_KERNEL_FLASH_BYTES) for op in set(ops))
+    return TFLM_CORE_FLASH_BYTES + sum(tflm_kernel_flash_bytes(op) for op in set(ops))
 
 
 @dataclass(frozen=True)

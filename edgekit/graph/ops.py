@@ -203,6 +203,15 @@ def op_info(op: str) -> OpInfo:
     return OPS.get(op, UNKNOWN)
 
 
+_KERNEL_FLASH = {row.tflm_kernel: row.kernel_flash_bytes for row in _ROWS if row.tflm_kernel}
+
+
+def tflm_kernel_flash_bytes(kernel: str) -> int:
+    """The estimated code bytes of one TFLM builtin kernel (by its name, e.g. "CONV_2D"): the table's figure, or
+    the simple-kernel figure for a builtin no row names (LSTM, SVDF, ...)."""
+    return _KERNEL_FLASH.get(kernel, _SIMPLE_KERNEL)
+
+
 def _ops_of(*kinds: Kind) -> frozenset[str]:
     return frozenset(row.name for row in _ROWS if row.kind in kinds)
 
