@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import export_tflite, tiny_net
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tests read tools/blazeface.py's model files
 
 
 @pytest.fixture(scope="session")

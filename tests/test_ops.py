@@ -260,3 +260,18 @@ def test_analyze_cli_on_the_mcunet_style_tflite(capsys: pytest.CaptureFixture, m
     assert code == 0 and "ops edgekit does not know" not in out, err
     code, _, err = run(capsys, "plan", "patch", str(mcunet_se), "--target", "stm32f746")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name, layers", [("face_detection_short_range", 73),
+                                          ("face_detection_full_range_sparse", 117)])
+def test_mediapipe_files_with_float16_and_sparse_weights_analyse(name: str, layers: int) -> None:
+    """BlazeFace stores weights as float16 behind DEQUANTIZE (and sparse behind DENSIFY): they are weights."""
+    import blazeface  # tools/, on the path through conftest
+
+    graph = load_graph(blazeface.model_path(name))
+    assert len(graph.layers) == layers and graph.unknown_ops == {}
+    assert {layer.op for layer in graph.layers}.isdisjoint({"dequantize", "unknown"})
+    convs = [layer for layer in graph.layers if layer.op in ("conv2d", "depthwise_conv2d")]
+    assert all(layer.params > 0 and layer.macs > 0 for layer in convs)
+    if name == "face_detection_short_range":  # float16 weights: 2 bytes per parameter
+        assert graph.total_param_bytes == 2 * graph.total_params

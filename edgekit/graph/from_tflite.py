@@ -67,6 +67,12 @@ def from_tflite(path: str | Path) -> Graph:
     model, data = read_model(path)
     sub = model.subgraphs[0]
     ops = [(op_name(model, op), op) for op in sub.operators or []]
+    # weights stored as float16 or sparse behind a DEQUANTIZE / DENSIFY (MediaPipe's files) are weights too
+    stored_as = {i: i for i in range(len(sub.tensors)) if is_constant(model, i)}
+    for opname, op in ops:
+        if opname in ("DEQUANTIZE", "DENSIFY") and len(op.inputs) and all(i in stored_as for i in op.inputs):
+            stored_as.update({out: stored_as[op.inputs[0]] for out in op.outputs})
+    ops = [(opname, op) for opname, op in ops if not all(out in stored_as for out in op.outputs)]
 
     def stored_shape(index: int) -> tuple[int, ...]:
         dims = sub.tensors[index].shape
@@ -94,17 +100,16 @@ def from_tflite(path: str | Path) -> Graph:
         return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), TENSOR_TYPES.get(sub.tensors[index].type, "uint8"))
 
     def const_bytes(indices: list[int]) -> int:
-        # a scalar constant (PADV2's pad value) has no shape vector: one element
-        return sum(int(np.prod(sub.tensors[i].shape if sub.tensors[i].shape is not None else ()))
-                   * DTYPE_BYTES.get(dtype(i), 1) for i in indices)
+        # as stored (a float16 weight: 2 bytes each); a scalar constant (PADV2's pad value) has no shape: one element
+        return sum(int(np.prod(stored_shape(stored_as[i]))) * DTYPE_BYTES.get(dtype(stored_as[i]), 1) for i in indices)
 
     nchw = _nchw_tensors(ops, lambda op: const_value(op.inputs[1]))
     source = _Source(order, const_value, stored_shape)
     inputs = [TensorSpec(tensor_id(i), shape(i), dtype(i)) for i in sub.inputs]
     nodes = []
     for index, (opname, op) in enumerate(ops):
-        acts = [i for i in op.inputs if i >= 0 and not is_constant(model, i)]
-        weights = [i for i in op.inputs if i >= 0 and is_constant(model, i)]
+        acts = [i for i in op.inputs if i >= 0 and i not in stored_as]
+        weights = [i for i in op.inputs if i >= 0 and i in stored_as]
         scope = _short_name(sub.tensors[op.outputs[0]].name)
         name = f"{scope}:{opname.lower()}" if scope else f"{opname.lower()}_{index}"
         raw = _translate(opname, op, name, acts, op.outputs[0], shape(op.outputs[0]),
@@ -147,6 +152,8 @@ def _translate(opname: str, op: Any, name: str, acts: list[int], out: int, out_s
 
     kind = TFLITE_OPS.get(opname, "unknown")
     if opname in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        if not weight_shapes or len(weight_shapes[0]) != 4:  # a weight computed at run time: shapes only
+            return raw("unknown")
         w = [int(d) for d in weight_shapes[0]]  # conv: O,H,W,I; depthwise: 1,H,W,C*m
         stride, dilation = (options.strideH, options.strideW), (options.dilationHFactor, options.dilationWFactor)
         in_c = src.stored_shape(first)[-1]
