@@ -275,3 +275,26 @@ def test_mediapipe_files_with_float16_and_sparse_weights_analyse(name: str, laye
     assert all(layer.params > 0 and layer.macs > 0 for layer in convs)
     if name == "face_detection_short_range":  # float16 weights: 2 bytes per parameter
         assert graph.total_param_bytes == 2 * graph.total_params
+
+
+def test_weights_stored_past_the_flatbuffer_are_read_in_and_bounded(tiny_tflite: Path, tmp_path: Path) -> None:
+    """Large files (ai-edge-quantizer's) keep buffers after the flatbuffer, by offset: read like inline ones."""
+    from edgekit.errors import ModelLoadError
+    from edgekit.formats.tflite import pack_model, parse_model
+
+    model = parse_model(tiny_tflite.read_bytes(), "tiny")
+    index = max(range(len(model.buffers)), key=lambda i: len(model.buffers[i].data if model.buffers[i].data
+                                                              is not None else ()))
+    payload = bytes(model.buffers[index].data)
+    model.buffers[index].data, model.buffers[index].offset, model.buffers[index].size = None, 2, len(payload)
+    head = pack_model(model)  # offset is a fixed-size field: packing again with the real offset keeps the length
+    model.buffers[index].offset = len(head)
+    (tmp_path / "outside.tflite").write_bytes(pack_model(model) + payload)
+    assert _layer_table(tmp_path / "outside.tflite") == _layer_table(tiny_tflite)
+    (tmp_path / "short.tflite").write_bytes(pack_model(model) + payload[:-1])
+    with pytest.raises(ModelLoadError, match=rf"buffer {index} lies past the end of the file"):
+        load_graph(tmp_path / "short.tflite")
+
+
+def _layer_table(path: Path) -> list[tuple]:
+    return [(layer.op, layer.output_shape, layer.macs, layer.params) for layer in load_graph(path).layers]

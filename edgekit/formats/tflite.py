@@ -63,6 +63,13 @@ def parse_model(data: bytes, where: str) -> Any:
         raise ModelLoadError(f"{where}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
     if not model.subgraphs:
         raise ModelLoadError(f"{where}: TFLite model has no subgraphs")
+    for index, buffer in enumerate(model.buffers or []):  # data stored past the flatbuffer: read it in, bounded
+        offset, size = int(buffer.offset or 0), int(buffer.size or 0)
+        if offset > 1:
+            if offset + size > len(data):
+                raise ModelLoadError(f"{where}: buffer {index} lies past the end of the file (offset {offset}, "
+                                     f"{size} bytes, file {len(data)} bytes)")
+            buffer.data, buffer.offset, buffer.size = np.frombuffer(data, np.uint8, size, offset), 0, 0
     return model
 
 
@@ -78,7 +85,7 @@ def read_model(path: Path) -> tuple[Any, bytes]:
 
 def is_constant(model: Any, tensor: int, subgraph: int = 0) -> bool:
     """Whether a tensor is a constant (weights, biases, shapes): its buffer holds data, inside the flatbuffer
-    or, for models over 2 GB, past its end (offset > 1; offset 1 is the schema's placeholder)."""
+    or past its end (offset > 1; offset 1 is the schema's placeholder; `parse_model` reads such data in)."""
     index = model.subgraphs[subgraph].tensors[tensor].buffer
     if not 0 <= index < len(model.buffers or []):
         return False
