@@ -298,3 +298,23 @@ def test_weights_stored_past_the_flatbuffer_are_read_in_and_bounded(tiny_tflite:
 
 def _layer_table(path: Path) -> list[tuple]:
     return [(layer.op, layer.output_shape, layer.macs, layer.params) for layer in load_graph(path).layers]
+
+
+@pytest.mark.slow
+def test_a_qdq_onnx_reads_its_int8_weights_as_weights(tmp_path: Path) -> None:
+    """edgekit's own ONNX QDQ output: conv weights behind DequantizeLinear are weights, stored one byte each."""
+    from helpers import TwoConvs
+
+    from edgekit.convert.config import Int8Config
+    from edgekit.convert.quantize import quantize
+
+    model = TwoConvs().eval()
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    qdq = load_graph(quantize(model, calibration, tmp_path / "two_int8.onnx", Int8Config(format="onnx")))
+    float_graph = load_graph(model)
+    assert qdq.unknown_ops == {} and qdq.total_macs == float_graph.total_macs
+    weighted = [layer for layer in qdq.layers if layer.op in ("conv2d", "linear")]
+    assert [layer.params for layer in weighted] == [layer.params for layer in float_graph.layers
+                                                   if layer.op in ("conv2d", "linear")]
+    weights = sum(layer.params - layer.output_shape[1] for layer in weighted)  # int8 weights, int32 biases
+    assert sum(layer.param_bytes for layer in weighted) == weights + 4 * sum(l.output_shape[1] for l in weighted)

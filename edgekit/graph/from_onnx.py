@@ -79,6 +79,7 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
     model = _load_model(path, input_shape)
     graph = model.graph
     consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    stored = {name: int(value.nbytes) for name, value in consts.items()}  # bytes of each constant as the file holds it
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -94,10 +95,15 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
             consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
             continue
         acts = [t for t in node.input if t in activations]
+        if not acts and node.op_type == "DequantizeLinear" and node.input[0] in consts:  # a QDQ model's weights
+            consts[node.output[0]] = _dequantized(node, consts)
+            stored[node.output[0]] = stored.get(node.input[0], 0)
         if not acts or node.op_type in _SHAPE_OPS:
             continue
         _require_shape(path, node, name, node.output[0], shapes)
         raw = _translate(node, name, acts, node.output[0], shapes, consts)
+        if raw.op in _WEIGHTED:  # parameters as stored: int8 behind a DequantizeLinear, float32 otherwise
+            raw.attrs["param_bytes"] = sum(stored.get(t, 0) for t in node.input if t not in activations)
         # split (and an unknown op, whose outputs edgekit cannot tell apart) lowers to one layer per output
         outs = [t for t in node.output if t] if raw.op in MULTI_OUTPUT_OPS | {"unknown"} else [node.output[0]]
         for out in outs:
@@ -106,6 +112,23 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> G
             nodes.append(RawNode(name, raw.op, acts, out, shapes[out], dtypes[out], dict(raw.attrs), raw.source_op))
     outputs = [v.name for v in graph.output]
     return build_graph(path.stem, "onnx", "NCHW", inputs, outputs, nodes)
+
+
+_WEIGHTED = frozenset({"conv2d", "transpose_conv2d", "linear"})
+
+
+def _dequantized(node: Any, consts: dict) -> np.ndarray:
+    """The float value of a DequantizeLinear of constants: (q - zero point) x scale, per tensor or along `axis`."""
+    q = consts[node.input[0]].astype(np.float32)
+    scale = np.asarray(consts.get(node.input[1], 1.0), np.float32) if len(node.input) > 1 else np.float32(1.0)
+    zero = np.asarray(consts.get(node.input[2], 0), np.float32) if len(node.input) > 2 and node.input[2] else 0.0
+    if np.ndim(scale) == 1 and q.ndim > 1:
+        axis = _attrs(node).get("axis", 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+    return (q - zero) * scale
 
 
 def _require_shape(path: Path, node: Any, name: str, tensor: str, shapes: dict) -> None:
