@@ -280,24 +280,30 @@ def test_mediapipe_files_with_float16_and_sparse_weights_analyse(name: str, laye
 def test_weights_stored_past_the_flatbuffer_are_read_in_and_bounded(tiny_tflite: Path, tmp_path: Path) -> None:
     """Large files (ai-edge-quantizer's) keep buffers after the flatbuffer, by offset: read like inline ones."""
     from edgekit.errors import ModelLoadError
-    from edgekit.formats.tflite import pack_model, parse_model
 
-    model = parse_model(tiny_tflite.read_bytes(), "tiny")
-    index = max(range(len(model.buffers)), key=lambda i: len(model.buffers[i].data if model.buffers[i].data
-                                                              is not None else ()))
-    payload = bytes(model.buffers[index].data)
-    model.buffers[index].data, model.buffers[index].offset, model.buffers[index].size = None, 2, len(payload)
-    head = pack_model(model)  # offset is a fixed-size field: packing again with the real offset keeps the length
-    model.buffers[index].offset = len(head)
-    (tmp_path / "outside.tflite").write_bytes(pack_model(model) + payload)
+    outside, index = _largest_buffer_outside(tiny_tflite)
+    (tmp_path / "outside.tflite").write_bytes(outside)
     assert _layer_table(tmp_path / "outside.tflite") == _layer_table(tiny_tflite)
-    (tmp_path / "short.tflite").write_bytes(pack_model(model) + payload[:-1])
+    (tmp_path / "short.tflite").write_bytes(outside[:-1])
     with pytest.raises(ModelLoadError, match=rf"buffer {index} lies past the end of the file"):
         load_graph(tmp_path / "short.tflite")
 
 
 def _layer_table(path: Path) -> list[tuple]:
     return [(layer.op, layer.output_shape, layer.macs, layer.params) for layer in load_graph(path).layers]
+
+
+def _largest_buffer_outside(path: Path) -> tuple[bytes, int]:
+    """The model with its largest buffer stored after the flatbuffer, by offset (as large files keep weights)."""
+    from edgekit.formats.tflite import pack_model, parse_model
+
+    model = parse_model(path.read_bytes(), path.name)
+    index = max(range(len(model.buffers)), key=lambda i: len(model.buffers[i].data if model.buffers[i].data
+                                                              is not None else ()))
+    payload = bytes(model.buffers[index].data)
+    model.buffers[index].data, model.buffers[index].offset, model.buffers[index].size = None, 2, len(payload)
+    model.buffers[index].offset = len(pack_model(model))  # a fixed-size field: packing again keeps the length
+    return pack_model(model) + payload, index
 
 
 @pytest.mark.slow
@@ -318,3 +324,25 @@ def test_a_qdq_onnx_reads_its_int8_weights_as_weights(tmp_path: Path) -> None:
                                                    if layer.op in ("conv2d", "linear")]
     weights = sum(layer.params - layer.output_shape[1] for layer in weighted)  # int8 weights, int32 biases
     assert sum(layer.param_bytes for layer in weighted) == weights + 4 * sum(l.output_shape[1] for l in weighted)
+
+
+def test_tflite_micro_refuses_buffers_past_the_flatbuffer_and_inlining_fixes_it(tiny_tflite: Path,
+                                                                                tmp_path: Path) -> None:
+    """TFLM reads weights stored by offset as garbage, silently: the adapter refuses them; inline_buffers repacks."""
+    from edgekit.errors import BackendError
+    from edgekit.formats.tflite import external_buffers, inline_buffers
+    from edgekit.runtime.backends import TflmAdapter
+
+    outside, _ = _largest_buffer_outside(tiny_tflite)
+    assert external_buffers(outside) == 1 and external_buffers(tiny_tflite.read_bytes()) == 0
+    with pytest.raises(BackendError, match="TF Lite Micro does not read the 1 buffers this model keeps past"):
+        TflmAdapter(outside)
+    inline = inline_buffers(outside, "outside")
+    assert external_buffers(inline) == 0
+    x = np.random.default_rng(0).random(TflmAdapter(inline).input_buffer.shape).astype(np.float32)
+    results = []
+    for data in (inline, tiny_tflite.read_bytes()):
+        adapter = TflmAdapter(data)
+        adapter.input_buffer[...] = x
+        results.append([o.copy() for o in adapter.invoke()])
+    assert all(np.array_equal(a, b) for a, b in zip(*results))

@@ -73,6 +73,23 @@ def parse_model(data: bytes, where: str) -> Any:
     return model
 
 
+def external_buffers(data: bytes) -> int:
+    """How many buffers the flatbuffer `data` keeps past its end (by offset), which TF Lite Micro does not read
+    (0 for bytes that are not a readable flatbuffer: loading them reports that)."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        return 0
+    try:
+        model = schema().Model.GetRootAs(data, 0)
+        return sum(1 for i in range(model.BuffersLength()) if (model.Buffers(i).Offset() or 0) > 1)
+    except Exception:  # noqa: BLE001 - the generated reader raises whatever struct/index error it hits
+        return 0
+
+
+def inline_buffers(data: bytes, where: str) -> bytes:
+    """`data` with every buffer inside the flatbuffer (as TF Lite Micro needs); unchanged when it has none outside."""
+    return pack_model(parse_model(data, where)) if external_buffers(data) else data
+
+
 def read_model(path: Path) -> tuple[Any, bytes]:
     """Parse a .tflite file: (model object, raw bytes); ModelLoadError if not one."""
     schema()  # a missing schema package is the error to report, before any about the file

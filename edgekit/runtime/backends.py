@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, InputError, ModelLoadError
 from edgekit.formats.quant import dequantize, quantization, quantize
-from edgekit.formats.tflite import is_constant, parse_model, tensor_name
+from edgekit.formats.tflite import external_buffers, is_constant, parse_model, tensor_name
 
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
@@ -251,6 +251,10 @@ class TflmAdapter:
         except ImportError:
             raise BackendError("backend 'tflite-micro' is not installed: pip install tflite-micro "
                                "(part of 'edgekit[convert]')") from None
+        if external_buffers(model):  # TFLM would read those weights as garbage, without an error
+            raise BackendError(f"TF Lite Micro does not read the {external_buffers(model)} buffers this model keeps "
+                               "past its flatbuffer (by offset); repack it with the data inline "
+                               "(edgekit.formats.tflite.inline_buffers, as edgekit's compile does)")
         self.arena_bytes = arena_bytes or generous_arena_bytes(len(model))
         try:
             self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=self.arena_bytes)
