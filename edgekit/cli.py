@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import EdgekitError
 from edgekit.progress import set_quiet
@@ -77,42 +77,55 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def cmd_compile(args: argparse.Namespace) -> None:
     from dataclasses import replace
+    from pathlib import Path
 
     from edgekit.convert.compile import compile_int8
+    from edgekit.convert.compile_file import MODEL_FILES, compile_file, quantized_tflite
     from edgekit.convert.config import Int8Config
+    from edgekit.convert.torch_model import as_torch_model
     from edgekit.graph import resolve_module
     from edgekit.targets import load_target
 
     if not args.int8:
         raise EdgekitError("only INT8 compilation exists so far: pass --int8")
-    if bool(args.calib) == args.data_free:
+    if bool(args.calib) == args.data_free and not quantized_tflite(args.model):
         raise EdgekitError("pass exactly one of --calib PATH (a .npy/.npz array or a folder of images) or --data-free")
     target = load_target(args.target)
-    overrides = {k: v for k, v in (("format", args.format), ("calibration", args.calibration_method),
-                                   ("max_samples", args.max_samples)) if v is not None}
+    file_format = MODEL_FILES.get(Path(args.model).suffix)
+    flags = (("format", args.format or file_format), ("calibration", args.calibration_method),
+             ("max_samples", args.max_samples))
+    overrides: dict[str, Any] = {k: v for k, v in flags if v is not None}
     if args.io_layout:
         overrides["channels_last_io"] = args.io_layout == "nhwc"
     config = Int8Config.for_target(target)
     if overrides.get("format") == "onnx":
         config = replace(config, channels_last_io=False)
     config = replace(config, **overrides)
-    model = resolve_module(args.model, **({"pretrained": True} if args.pretrained else {}))
-    name = args.model.rpartition(":")[2]
-    if args.split:
-        from edgekit.convert.compile_split import compile_split
-        from edgekit.targets import load_link
-
-        if not (args.server and args.link):
-            raise EdgekitError("--split needs --server SERVER (runs the tail) and --link LINK (between device and "
-                               "server), e.g. --server x86-server --link wifi")
-        report: CompileReport | SplitCompileReport = compile_split(
-            model, name, target, load_target(args.server), load_link(args.link), args.output, args.calib, args.eval,
-            args.split, args.bandwidth, config=config, max_drop_points=args.max_drop, mean=args.mean, std=args.std)
-    elif args.server or args.link or args.bandwidth:
+    if (args.split or args.pretrained) and file_format:
+        raise EdgekitError(f"{args.model}: --split and --pretrained take a torch model, not a model file")
+    if (args.server or args.link or args.bandwidth) and not args.split:
         raise EdgekitError("--server, --link and --bandwidth describe a split: pass them with --split auto|LAYER")
+    if args.split and not (args.server and args.link):
+        raise EdgekitError("--split needs --server SERVER (runs the tail) and --link LINK (between device and "
+                           "server), e.g. --server x86-server --link wifi")
+    report: CompileReport | SplitCompileReport
+    if file_format:
+        report = compile_file(args.model, target, args.output, args.calib, args.eval, config, args.max_drop,
+                              args.mean, args.std, args.input_shape, args.io_layout.upper() if args.io_layout else None)
     else:
-        report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
-                              mean=args.mean, std=args.std)
+        model = as_torch_model(resolve_module(args.model, **({"pretrained": True} if args.pretrained else {})),
+                               args.input_shape, args.calib)
+        name = args.model.rpartition(":")[2]
+        if args.split:
+            from edgekit.convert.compile_split import compile_split
+            from edgekit.targets import load_link
+
+            report = compile_split(model, name, target, load_target(args.server), load_link(args.link), args.output,
+                                   args.calib, args.eval, args.split, args.bandwidth, config=config,
+                                   max_drop_points=args.max_drop, mean=args.mean, std=args.std)
+        else:
+            report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
+                                  mean=args.mean, std=args.std)
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
@@ -218,7 +231,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    from edgekit.convert.torch_model import as_torch_model
     from edgekit.cost.calibrate import calibrate, evaluate
+    from edgekit.graph import resolve_module
     from edgekit.report.calibration import render_errors
 
     name = args.model.rpartition(":")[2]
@@ -226,10 +241,13 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
                f"--threads {args.threads} --repeats {args.repeats}")
     if args.artifact:
         command += f" --artifact {args.artifact}"
-    calibration = calibrate(args.model, name, args.target, args.backend, args.threads, args.repeats, args.out, command,
+    if args.input_shape:
+        command += f" --input-shape {','.join(map(str, args.input_shape))}"
+    model = as_torch_model(resolve_module(args.model), args.input_shape)
+    calibration = calibrate(model, name, args.target, args.backend, args.threads, args.repeats, args.out, command,
                             args.artifact)
     holdouts = [spec.partition("=") for spec in args.holdout]
-    rows = evaluate(calibration, [(args.model, name, args.artifact),
+    rows = evaluate(calibration, [(model, name, args.artifact),
                                   *((m, m.rpartition(":")[2], path or None) for m, _, path in holdouts)])
     data = {"profile": calibration.profile_path, "fit": dataclasses.asdict(calibration.fit),
             "timings": dataclasses.asdict(calibration.timings), "errors": [dataclasses.asdict(r) for r in rows]}
@@ -286,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "calibrate", cmd_calibrate, "measure per-layer latency on this machine with the device's "
                 "backend, fit the cost model, report its error and write a calibrated profile")
     p.add_argument("model", help="reference model name or package.module:factory")
+    p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--target", required=True, help="device profile name or .toml path to calibrate")
     p.add_argument("--backend", choices=("onnxruntime", "litert"), default="onnxruntime",
                    help="runtime that measures: onnxruntime (per-kernel profiler, fp32 ONNX export) or litert "
@@ -301,10 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PROFILE.toml", help="write the calibrated profile (plan split --device reads it)")
 
     p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
-    p.add_argument("model", help="reference model name or package.module:factory")
+    p.add_argument("model", help="reference model name, package.module:factory, or a float .tflite / .onnx file")
     p.add_argument("--target", required=True, help="device profile name or .toml path")
     p.add_argument("--int8", action="store_true", help="INT8 post-training quantization (the only mode so far)")
-    p.add_argument("--calib", help="calibration data: .npy/.npz (N,C,H,W) or a folder of images")
+    p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape, else one "
+                                                      "sample of the --calib array; .onnx: fills symbolic dims)")
+    p.add_argument("--calib", help="calibration data: .npy/.npz (N,C,H,W for torch models; a model file's own "
+                                   "input layout) or a folder of images")
     p.add_argument("--data-free", action="store_true",
                    help="no data: synthesise inputs whose batch-norm statistics match the model's (ZeroQ-style)")
     p.add_argument("--eval", help="held-out .npz with 'x' and optional integer labels 'y' for the fidelity check")
@@ -312,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("tflite", "onnx"), help="override the target's preset")
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), help="ONNX only")
     p.add_argument("--max-samples", type=int, help="cap on calibration samples (default 200)")
-    p.add_argument("--io-layout", choices=("nchw", "nhwc"), help="TFLite input layout (default: nhwc for MCUs)")
+    p.add_argument("--io-layout", choices=("nchw", "nhwc"), help="TFLite input layout (default: nhwc for MCUs); "
+                                                                 "a model file: its input's layout (default: "
+                                                                 "nhwc for a .tflite with channels last)")
     p.add_argument("--mean", type=_floats, help="image preprocessing: per-channel mean after scaling to [0, 1] "
                                                 "(default: the model's cfg, else 0)")
     p.add_argument("--std", type=_floats, help="image preprocessing: per-channel std after scaling to [0, 1] "

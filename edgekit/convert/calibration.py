@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.convert.preprocessing import image_input
+from edgekit.convert.preprocessing import image_input, to_nchw
 from edgekit.errors import CalibrationError
 from edgekit.formats.bundle import InputPreprocessing
 
@@ -14,35 +14,34 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def load_calibration(source: str | Path, input_shape: tuple[int, ...], max_samples: int,
-                     preprocessing: InputPreprocessing | None = None) -> np.ndarray:
-    """Up to `max_samples` float32 N,C,H,W samples matching `input_shape` (whose first dim is the batch).
+                     preprocessing: InputPreprocessing | None = None, layout: str = "NCHW") -> np.ndarray:
+    """Up to `max_samples` float32 samples matching `input_shape` (whose first dim is the batch).
 
     Arrays are taken as model inputs already; images go through `preprocessing` (its scale, mean and std, as
-    the device applies them; by default pixels scaled to [0, 1]).
+    the device applies them; by default pixels scaled to [0, 1]) into `layout`, the axis order of a 4-D
+    `input_shape` (a torch model's N,C,H,W; a model file's own, NHWC for most .tflite files).
     """
-    path = Path(source)
-    if not path.exists():
-        raise CalibrationError(f"{path}: no such file or folder")
+    path = _existing(source)
     if path.is_dir():
-        data = _read_images(path, input_shape, max_samples, preprocessing)
-    elif path.suffix in (".npy", ".npz"):
-        data = _read_array(path)
+        data = _read_images(path, input_shape, max_samples, preprocessing, layout)
     else:
-        raise CalibrationError(f"{path}: calibration data must be a .npy/.npz file or a folder of images")
+        data = _read_array(path)
     if not np.issubdtype(data.dtype, np.number):
         raise CalibrationError(f"{path}: calibration array has dtype {data.dtype}, expected numbers")
     if data.shape[1:] != tuple(input_shape[1:]):
+        order = f" (array shape {layout[0]},{','.join(layout[1:])})" if len(input_shape) == 4 else ""
         raise CalibrationError(f"{path}: calibration samples have shape {data.shape[1:]}, "
-                               f"the model expects {tuple(input_shape[1:])} (array shape N,C,H,W)")
+                               f"the model expects {tuple(input_shape[1:])}{order}")
     if len(data) == 0:
         raise CalibrationError(f"{path}: calibration data holds no samples")
     return data[:max_samples].astype(np.float32)
 
 
-def load_labelled(source: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Held-out data from an .npz with inputs 'x' (N,C,H,W) and, when present, integer labels 'y'."""
+def load_labelled(source: str | Path, input_shape: tuple[int, ...],
+                  layout: str = "NCHW") -> tuple[np.ndarray, np.ndarray | None]:
+    """Held-out data from an .npz with inputs 'x' (in `layout`) and, when present, integer labels 'y'."""
     path = Path(source)
-    x = load_calibration(path, input_shape, max_samples=2**31)
+    x = load_calibration(path, input_shape, max_samples=2**31, layout=layout)
     if path.suffix != ".npz":
         return x, None
     with np.load(path, allow_pickle=False) as archive:
@@ -52,6 +51,22 @@ def load_labelled(source: str | Path, input_shape: tuple[int, ...]) -> tuple[np.
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
         raise CalibrationError(f"{path}: labels 'y' must be {len(x)} integers, found shape {y.shape} {y.dtype}")
     return x, y
+
+
+def array_shape(source: str | Path) -> tuple[int, ...] | None:
+    """The shape of the calibration array in `source` (N, then one sample's), None for a folder of images."""
+    path = _existing(source)
+    return None if path.is_dir() else tuple(_read_array(path).shape)
+
+
+def _existing(source: str | Path) -> Path:
+    """`source` as a Path to a folder or a .npy/.npz file; CalibrationError otherwise."""
+    path = Path(source)
+    if not path.exists():
+        raise CalibrationError(f"{path}: no such file or folder")
+    if not path.is_dir() and path.suffix not in (".npy", ".npz"):
+        raise CalibrationError(f"{path}: calibration data must be a .npy/.npz file or a folder of images")
+    return path
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -69,19 +84,20 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int,
-                 preprocessing: InputPreprocessing | None) -> np.ndarray:
-    """Images resized to the input's H,W, grey or RGB by its channel count, then preprocessed N,C,H,W."""
+                 preprocessing: InputPreprocessing | None, layout: str) -> np.ndarray:
+    """Images resized to the input's H,W, grey or RGB by its channel count, then preprocessed into `layout`."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_samples]
     if not files:
         raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     if len(input_shape) != 4:
-        raise CalibrationError(f"{folder}: image calibration needs an N,C,H,W input, model has {input_shape}")
-    channels, height, width = input_shape[1:]
+        raise CalibrationError(f"{folder}: image calibration needs a 4-D ({layout}) input, model has {input_shape}")
+    nchw = to_nchw(input_shape, layout)
+    channels, height, width = nchw[1:]
     if channels not in (1, 3):
         raise CalibrationError(f"{folder}: image calibration needs a 1- or 3-channel input, model has {channels}")
-    prep = preprocessing or image_input(input_shape)
+    prep = preprocessing or image_input(nchw)
     scale, mean, std = np.float32(prep.scale), np.array(prep.mean, np.float32), np.array(prep.std, np.float32)
     samples = []
     for file in files:
@@ -91,5 +107,6 @@ def _read_images(folder: Path, input_shape: tuple[int, ...], max_samples: int,
                                     np.float32).reshape(height, width, channels)
         except (UnidentifiedImageError, OSError) as exc:
             raise CalibrationError(f"{file}: unreadable image ({exc})") from None
-        samples.append(((pixels * scale - mean) / std).transpose(2, 0, 1))
+        sample = (pixels * scale - mean) / std
+        samples.append(sample if layout == "NHWC" else sample.transpose(2, 0, 1))
     return np.stack(samples)

@@ -2,7 +2,8 @@
 
 The cut comes from the split planner (`auto`) or the user (a layer name, checked by the planner). The
 head is quantized as a plain compile for the device would be, so its int8 output *is* the message sent
-over the link; the tail takes that message dequantized to float32, in the head's layout. The tail stays
+over the link; the tail takes that message dequantized to float32, in the head's layout, and gives every
+output the model has (a detector's heads, say), which the manifest lists in the model's order. The tail stays
 fp32 by default: the planner costs the server in fp32, the server is not the constraint, and a second
 quantization would only add error. `tail_dtype="int8"` gives a QDQ tail calibrated on the head's own
 dequantized outputs, so both sides agree on what the boundary tensor looks like.
@@ -32,7 +33,6 @@ from edgekit.convert.int8_steps import (
     fit_mcu,
     full_integer_check,
     load_held_out,
-    nchw_runner,
 )
 from edgekit.convert.islands import FloatIsland
 from edgekit.convert.mcu import McuFit
@@ -40,6 +40,7 @@ from edgekit.convert.pipeline import Pipeline
 from edgekit.convert.preprocessing import input_preprocessing, model_labels
 from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
+from edgekit.convert.torch_model import as_torch_model
 from edgekit.errors import ConversionError, SplitError
 from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
 from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
@@ -187,10 +188,15 @@ def write_tail(build: _Split) -> None:
 
 
 def check_split_fidelity(build: _Split) -> None:
-    """With held-out data: head then tail, as deployed, against the float model, within the drop limit."""
+    """With held-out data: head then tail, as deployed, against the float model on every output, within the
+    drop limit. The head takes its own layout; the tail gives the torch model's."""
     if build.held_out is not None:
         run_head, run_tail = build.run_head, FloatRunner(open_model(build.tail_path))
-        runner = nchw_runner(lambda x: run_tail(run_head(x)), build.config.channels_last_io)
+        native = _to_native(build.config.channels_last_io)
+
+        def runner(x: np.ndarray) -> tuple[np.ndarray, ...]:
+            return run_tail.run_all(run_head(native(x)))
+
         build.fidelity = check_fidelity(build, build.held_out, runner,
                                         f"the split (INT8 head -> {build.tail_dtype} tail)")
 
@@ -234,6 +240,7 @@ def compile_split(model: Any, name: str, device: Device, server: Device, link: L
     """
     if tail_dtype not in TAIL_DTYPES:
         raise ConversionError(f"tail_dtype must be one of {', '.join(TAIL_DTYPES)}, found {tail_dtype!r}")
+    model = as_torch_model(model, calibration=calibration)  # input shape resolved, outputs flattened, once
     config = config or Int8Config.for_target(device)
     build = _Split(out_dir=Path(out_dir), model=model, name=name, device=device, config=config,
                    preprocessing=input_preprocessing(model, config.io_layout, mean, std), calibration=calibration,

@@ -40,16 +40,18 @@ class Int8Config:
         """Axis order of the model's 4-D input (and outputs): NHWC with channels_last_io, else NCHW."""
         return "NHWC" if self.channels_last_io else "NCHW"
 
-    def recipe(self, samples: int, data_free: bool, io_layout: str | None = None) -> QuantRecipe:
+    def recipe(self, samples: int, data_free: bool, io_layout: str | None = None,
+               tflite_calibration: str = "histogram") -> QuantRecipe:
         """What the manifest records of a model this config quantized from `samples` calibration inputs.
 
-        TFLite calibrates activations with PT2E's HistogramObserver (litert-torch's static int8 config), so
-        `calibration` applies to ONNX only; ONNX QDQ models keep float32 I/O. `io_layout` overrides the
-        config's for a model whose input layout comes from elsewhere (a split tail takes the head's).
+        TFLite calibrates activations with PT2E's HistogramObserver (litert-torch's static int8 config; a float
+        .tflite file goes through ai-edge-quantizer's min/max: `tflite_calibration`), so `calibration` applies
+        to ONNX only; ONNX QDQ models keep float32 I/O. `io_layout` overrides the config's for a model whose
+        input layout comes from elsewhere (a split tail takes the head's).
         """
         tflite = self.format == "tflite"
         return QuantRecipe(self.format, self.per_channel, "int8" if tflite and self.int8_io else "float32",
-                           io_layout or self.io_layout, "histogram" if tflite else self.calibration,
+                           io_layout or self.io_layout, tflite_calibration if tflite else self.calibration,
                            self.max_samples, samples, data_free)
 
     @classmethod

@@ -1,26 +1,43 @@
-"""How much INT8 cost: FP32 reference against the quantized model on the same held-out inputs."""
+"""How much INT8 cost: FP32 reference against the quantized model on the same held-out inputs, output by output."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import ConversionError
 from edgekit.progress import progress
+
+Outputs = np.ndarray | tuple[np.ndarray, ...] | list[np.ndarray] | Mapping[str, np.ndarray]
+Runner = Callable[[np.ndarray], Outputs]
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """How far one output of the quantized model is from the float model's: SQNR and absolute error."""
+
+    name: str
+    sqnr_db: float | None  # None when the outputs are identical (no noise to measure)
+    max_abs_error: float
+    mean_abs_error: float
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Top-1 agreement, accuracies when labels exist, and output error of INT8 against FP32."""
+    """Every output's error of INT8 against FP32; top-1 agreement (and accuracies when labels exist) of the
+    classifier-shaped output, when there is one."""
 
     samples: int
-    top1_agreement: float
+    top1_agreement: float | None  # None: no output is N x classes
     fp32_accuracy: float | None
     int8_accuracy: float | None
-    max_abs_error: float
-    mean_abs_error: float
+    max_abs_error: float  # over all outputs
+    mean_abs_error: float  # over all elements of all outputs
+    outputs: tuple[OutputError, ...] = ()
+    classifier: str | None = None  # the output top-1 is measured on
 
     @property
     def accuracy_drop_points(self) -> float | None:
@@ -30,19 +47,48 @@ class Fidelity:
         return 100.0 * (self.fp32_accuracy - self.int8_accuracy)
 
 
-def measure_fidelity(reference: Callable[[np.ndarray], np.ndarray], quantized: Callable[[np.ndarray], np.ndarray],
-                     inputs: np.ndarray, labels: np.ndarray | None = None) -> Fidelity:
-    """Run both models one sample at a time (batch 1, as deployed) and compare their outputs."""
-    ref = np.concatenate([reference(x[None]) for x in inputs])
-    q8 = np.concatenate([quantized(x[None]) for x in inputs])
-    ref_top, q8_top = ref.argmax(axis=1), q8.argmax(axis=1)
-    error = np.abs(ref - q8)
-    return Fidelity(
-        samples=len(inputs), top1_agreement=float(np.mean(ref_top == q8_top)),
-        fp32_accuracy=None if labels is None else float(np.mean(ref_top == labels)),
-        int8_accuracy=None if labels is None else float(np.mean(q8_top == labels)),
-        max_abs_error=float(error.max()), mean_abs_error=float(error.mean()),
-    )
+def output_arrays(outputs: Outputs) -> list[tuple[str, np.ndarray]]:
+    """A model's outputs as (name, array) in the model's order: a dict's keys, else output / output_<i>."""
+    if isinstance(outputs, np.ndarray):
+        return [("output", outputs)]
+    if isinstance(outputs, Mapping):
+        return [(str(k), np.asarray(v)) for k, v in outputs.items()]
+    return [(f"output_{i}", np.asarray(v)) for i, v in enumerate(outputs)]
+
+
+def measure_fidelity(reference: Runner, quantized: Runner, inputs: np.ndarray,
+                     labels: np.ndarray | None = None) -> Fidelity:
+    """Run both models one sample at a time (batch 1, as deployed) and compare their outputs, by position,
+    named as the reference names them.
+
+    Top-1 is measured on the first classifier-shaped output (2-D, more than one class); labels need one.
+    """
+    ref_runs = [output_arrays(reference(x[None])) for x in inputs]
+    q8_runs = [output_arrays(quantized(x[None])) for x in inputs]
+    if len(ref_runs[0]) != len(q8_runs[0]):
+        raise ConversionError(f"the float model has {len(ref_runs[0])} outputs, the quantized one "
+                              f"{len(q8_runs[0])}; expected the same outputs")
+    errors, abs_sum, elements = [], 0.0, 0
+    top1 = fp32_acc = int8_acc = classifier = None
+    for i, (name, _) in enumerate(ref_runs[0]):
+        ref = np.concatenate([run[i][1] for run in ref_runs]).astype(np.float64)
+        q8 = np.concatenate([run[i][1] for run in q8_runs]).astype(np.float64)
+        if ref.shape != q8.shape:
+            raise ConversionError(f"output '{name}': the float model gives shape {ref.shape}, the quantized one "
+                                  f"{q8.shape}; expected the same")
+        error = np.abs(ref - q8)
+        noise = float(np.sum(error ** 2))
+        sqnr = 10 * np.log10(max(float(np.sum(ref ** 2)), 1e-30) / noise) if noise else None
+        errors.append(OutputError(name, None if sqnr is None else float(sqnr), float(error.max()),
+                                  float(error.mean())))
+        abs_sum, elements = abs_sum + float(error.sum()), elements + error.size
+        if classifier is None and ref.ndim == 2 and ref.shape[1] > 1:
+            classifier, ref_top, q8_top = name, ref.argmax(axis=1), q8.argmax(axis=1)
+            top1 = float(np.mean(ref_top == q8_top))
+            if labels is not None:
+                fp32_acc, int8_acc = float(np.mean(ref_top == labels)), float(np.mean(q8_top == labels))
+    return Fidelity(len(inputs), top1, fp32_acc, int8_acc, max(e.max_abs_error for e in errors),
+                    abs_sum / max(elements, 1), tuple(errors), classifier)
 
 
 def onnx_layer_sqnr(float_model: str | Path, qdq_model: str | Path, inputs: np.ndarray) -> dict[str, float]:

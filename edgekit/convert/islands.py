@@ -6,6 +6,7 @@ in the int8 build, or no kernel at all), so the compile step refuses MCU models 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,23 +26,43 @@ class FloatIsland:
     reason: str
 
 
-def float_islands(path: str | Path) -> list[FloatIsland]:
-    """Float operators of an INT8 .tflite or QDQ .onnx model."""
+def float_islands(path: str | Path, modules: Mapping[str, str] | None = None) -> list[FloatIsland]:
+    """Float operators of an INT8 .tflite or QDQ .onnx model.
+
+    `modules` (torch module path -> type, e.g. "features.3.act" -> "torch.nn.GELU") says the .tflite was converted
+    from that torch model by edgekit's PT2E quantizer, and names the module of each float op; without it the
+    .tflite was a float file that ai-edge-quantizer quantized.
+    """
     path = Path(path)
-    return _onnx_islands(path) if path.suffix == ".onnx" else _tflite_islands(path)
+    return _onnx_islands(path) if path.suffix == ".onnx" else _tflite_islands(path, modules)
 
 
-def _tflite_islands(path: Path) -> list[FloatIsland]:
+def _tflite_islands(path: Path, modules: Mapping[str, str] | None) -> list[FloatIsland]:
     islands = []
     for layer in load_graph(path).layers:
         if layer.dtype in ("int8", "int32"):
             continue
         if layer.op in ("quantize", "dequantize"):
             reason = f"converts between float and int8 ({layer.op}): the model has float I/O or a float op next to it"
+        elif modules is None:
+            reason = f"{layer.op} produces {layer.dtype}: ai-edge-quantizer left it float"
         else:
-            reason = f"{layer.op} produces {layer.dtype}: the PT2E quantizer did not annotate this op for int8"
+            module = _torch_module(layer.name, modules)
+            reason = (f"{layer.op} produces {layer.dtype}: the PT2E quantizer did not annotate "
+                      f"{module or 'this op'} for int8")
         islands.append(FloatIsland(layer.name, layer.op, reason))
     return islands
+
+
+def _torch_module(layer: str, modules: Mapping[str, str]) -> str | None:
+    """The torch module a converted op came from, as "features.3.act (torch.nn.GELU)": litert-torch names ops
+    "<module path>:<op>", the path under "wrapped." when it added NHWC I/O; None when the name holds no module."""
+    if ":" not in layer:
+        return None
+    path = layer.split(":", 1)[0].removeprefix("wrapped").removeprefix(".")
+    while path not in modules and "." in path:
+        path = path.rsplit(".", 1)[0]
+    return f"{path} ({modules[path]})" if path in modules and path else None
 
 
 def _onnx_islands(path: Path) -> list[FloatIsland]:

@@ -28,6 +28,11 @@ def image_input(input_shape: tuple[int, ...], layout: str = "NCHW", mean: tuple[
     return InputPreprocessing(layout, channels, height, width, PIXEL_SCALE, tuple(mean), tuple(std))
 
 
+def to_nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """A 4-D shape laid out `layout` (NCHW or NHWC) in N,C,H,W order."""
+    return (shape[0], shape[3], shape[1], shape[2]) if layout == "NHWC" else tuple(shape)
+
+
 def model_cfg(model: Any) -> ModelCfg | None:
     """The cfg the registry attached to `model`, or None for a model built elsewhere."""
     cfg = getattr(model, "pretrained_cfg", None)
@@ -35,16 +40,17 @@ def model_cfg(model: Any) -> ModelCfg | None:
 
 
 def input_preprocessing(model: Any, layout: str, mean: tuple[float, ...] | None = None,
-                        std: tuple[float, ...] | None = None) -> InputPreprocessing | None:
+                        std: tuple[float, ...] | None = None,
+                        input_shape: tuple[int, ...] | None = None) -> InputPreprocessing | None:
     """`model`'s image preprocessing laid out `layout`: mean/std as given, else its cfg's, else 0 and 1.
 
-    None for a model whose input is not N,C,H,W.
+    The input is `input_shape` in N,C,H,W order, by default the torch model's own; None when it is not 4-D.
     """
-    if len(model.input_shape) != 4:
+    shape = tuple(input_shape or model.input_shape)
+    if len(shape) != 4:
         return None
     cfg = model_cfg(model)
-    return image_input(tuple(model.input_shape), layout, mean or (cfg.mean if cfg else (0.0,)),
-                       std or (cfg.std if cfg else (1.0,)))
+    return image_input(shape, layout, mean or (cfg.mean if cfg else (0.0,)), std or (cfg.std if cfg else (1.0,)))
 
 
 def model_labels(model: Any) -> tuple[str, ...] | None:

@@ -1,12 +1,15 @@
-"""INT8 post-training quantization with the real tools: litert-torch PT2E and onnxruntime.quantization."""
+"""INT8 post-training quantization of torch modules with the real tools: litert-torch PT2E and onnxruntime.quantization
+(which also quantizes a user's own float .onnx file)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ import numpy as np
 
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import ArrayReader
-from edgekit.errors import ConversionError
+from edgekit.convert.torch_model import TorchModel, model_label
+from edgekit.errors import ConversionError, EdgekitError
+from edgekit.graph.ops import ATEN_OPS
 from edgekit.progress import progress
 
 _TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
@@ -28,71 +33,181 @@ def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: 
     """
     out_path = Path(out_path)
     model = model.eval()
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            # converters print progress (kept, on stderr: stdout stays clean for --json) and torch's
-            # internal deprecation notices (hidden: nothing a user can act on)
-            warnings.simplefilter("ignore", FutureWarning)
-            if config.format == "tflite":
-                _tflite(model, calibration, out_path, config)
-            else:
-                _onnx_qdq(model, calibration, out_path, config, float_copy)
-    except ConversionError:
-        raise
-    except Exception as exc:  # exporters and converters raise many types; name the step and the cause
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"{type(model).__name__}: INT8 {config.format} conversion failed: {first}") from exc
+    with converter_errors(f"{model_label(model)}: INT8 {config.format} conversion"):
+        if config.format == "tflite":
+            _tflite(model, calibration, out_path, config)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = Path(tmp) / "fp32.onnx"
+                torch_onnx_export(model, calibration[:1], fp32)
+                quantize_onnx_file(fp32, calibration, out_path, config, float_copy)
     return out_path
 
 
-def _residual_aware_quantizer_class() -> type:
-    """litert-torch's PT2EQuantizer, plus int8 annotation of elementwise add/mul it misses.
+@contextlib.contextmanager
+def converter_errors(step: str) -> Iterator[None]:
+    """Run a converter quietly: its progress on stderr (stdout stays clean for --json), torch's deprecation
+    notices hidden, and any exception it raises as one ConversionError naming `step` and the cause."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    except EdgekitError:
+        raise
+    except Exception as exc:  # exporters and converters raise many types; name the step and the cause
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{step} failed: {first}") from exc
 
-    Its add annotator finds adds through `source_fn_stack` metadata, which torch.export (non-strict,
-    as used here) does not record for `x + y`; residual adds then stay float islands between
-    Dequantize and Quantize. Annotating the remaining aten add/mul nodes the same way fixes that.
+
+# How an op the litert-torch annotators leave alone is annotated for int8, keyed by edgekit op (graph/ops.py's
+# ATEN_OPS names the aten targets). The rules follow TFLite's integer kernels: "own" has int8 inputs and an
+# output with its own observed range (ADD, SUB, MUL, HARD_SWISH, LEAKY_RELU, SUM); "shared" keeps the producer's
+# scale and zero point on input and output, so no requantization appears (TRANSPOSE, RESHAPE, MEAN, pools,
+# clamps, slices, pads, resizes); "joint" gives every input of a CONCATENATION the first one's; "logistic",
+# "softmax" (scale 1/256, zero point -128) and "tanh" (1/128, 0) are the output parameters those kernels fix.
+INT8_RULES: dict[str, str] = {
+    "add": "own", "sub": "own", "mul": "own", "hardswish": "own", "leaky_relu": "own", "sum": "own",
+    "sigmoid": "logistic", "softmax": "softmax", "tanh": "tanh",
+    "mean": "shared", "global_avgpool": "shared", "reduce_max": "shared", "transpose": "shared",
+    "reshape": "shared", "identity": "shared", "relu": "shared", "relu6": "shared", "clip": "shared",
+    "maxpool2d": "shared", "avgpool2d": "shared", "slice": "shared", "pad": "shared",
+    "resize_nearest": "shared", "resize_bilinear": "shared", "concat": "joint",
+}
+_FIXED_QPARAMS = {"logistic": (1 / 256, -128), "softmax": (1 / 256, -128), "tanh": (1 / 128, 0)}
+
+
+def _decompositions() -> dict[str, Callable[[Callable[..., Any], Any, Any], Any]]:
+    """Ops litert-torch would lower to several TFLite ops with float intermediates, rewritten (edgekit op ->
+    `rewrite(emit, node, x)`, None to keep the node) into aten ops the table annotates, as TFLite's integer
+    kernels compute them: SiLU as LOGISTIC x MUL, hard-sigmoid as ADD 3, RELU6, MUL 1/6, tanh-GELU as
+    x * sigmoid(2 z), which equals 0.5 x (1 + tanh z). GELU with erf is kept: LiteRT's GELU kernel takes int8
+    between quantized neighbours, TF Lite Micro has none (the pre-flight refuses it for an MCU)."""
+    import torch
+
+    aten = torch.ops.aten
+
+    def silu(emit: Callable[..., Any], node: Any, x: Any) -> Any:
+        return emit(aten.mul.Tensor, x, emit(aten.sigmoid.default, x))
+
+    def hardsigmoid(emit: Callable[..., Any], node: Any, x: Any) -> Any:
+        return emit(aten.mul.Tensor, emit(aten.hardtanh.default, emit(aten.add.Tensor, x, 3.0), 0.0, 6.0), 1 / 6)
+
+    def gelu_tanh(emit: Callable[..., Any], node: Any, x: Any) -> Any:
+        if node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none") != "tanh":
+            return None
+        cube = emit(aten.mul.Tensor, emit(aten.mul.Tensor, x, x), x)
+        z = emit(aten.add.Tensor, x, emit(aten.mul.Tensor, cube, 0.044715))
+        return emit(aten.mul.Tensor, x, emit(aten.sigmoid.default, emit(aten.mul.Tensor, z, math.sqrt(8 / math.pi))))
+
+    return {"silu": silu, "hardsigmoid": hardsigmoid, "gelu": gelu_tanh}
+
+
+def _residual_aware_quantizer_class() -> type:
+    """litert-torch's PT2EQuantizer, plus int8 annotation of the ops its annotators miss (`INT8_RULES`).
+
+    Its add annotator finds adds through `source_fn_stack` metadata, which torch.export (non-strict, as used
+    here) does not record for `x + y`, and it has no rule at all for hard-swish, tanh, a mean written as
+    `x.mean(...)` after an unannotated op, or permutes; those would stay float islands between Dequantize and
+    Quantize. SiLU, hard-sigmoid and tanh-GELU are first rewritten into ops with int8 kernels (`_decompositions`).
     """
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer import (
+        FixedQParamsQuantizationSpec,
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
 
-    elementwise = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor}
+    decompositions = _decompositions()
+
+    def fixed(scale: float, zero_point: int) -> Any:
+        return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+                                            quant_max=127, qscheme=torch.per_tensor_affine)
+
+    def annotated_output(node: Any) -> bool:
+        annotation = node.meta.get("quantization_annotation")
+        return annotation is not None and annotation._annotated and annotation.output_qspec is not None
+
+    def float_tensor(node: Any) -> bool:
+        value = node.meta.get("val")
+        return isinstance(value, torch.Tensor) and value.is_floating_point()
 
     class ResidualAwareQuantizer(PT2EQuantizer):
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            graph = model.graph
+            for node in list(graph.nodes):
+                rewrite = decompositions.get(ATEN_OPS.get(str(node.target), ""))
+                if node.op != "call_function" or rewrite is None:
+                    continue
+
+                def emit(target: Any, *args: Any, node: Any = node) -> Any:
+                    new = graph.call_function(target, args)
+                    new.meta.update({k: node.meta[k] for k in ("val", "nn_module_stack", "stack_trace")
+                                     if k in node.meta})
+                    return new
+
+                with graph.inserting_before(node):
+                    replacement = rewrite(emit, node, node.args[0])
+                if replacement is not None:
+                    node.replace_all_uses_with(replacement)
+                    graph.erase_node(node)
+            graph.eliminate_dead_code()
+            model.recompile()
+            return super().transform_for_annotation(model)
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
-            config = self.global_config
+            act_in, act_out = get_input_act_qspec(self.global_config), get_output_act_qspec(self.global_config)
             for node in model.graph.nodes:
-                if node.target not in elementwise or "quantization_annotation" in node.meta:
+                rule = INT8_RULES.get(ATEN_OPS.get(str(node.target), ""))
+                if node.op != "call_function" or rule is None or "quantization_annotation" in node.meta \
+                        or not float_tensor(node):
                     continue
-                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-                if len(inputs) != 2:
+                if rule == "joint":  # like litert-torch's cat rule, which finds cats by source metadata too
+                    first, *rest = node.args[0]
+                    output = SharedQuantizationSpec((first, node))
+                    inputs = {first: act_in, **{a: output for a in rest if a is not first}}
+                elif not isinstance(node.args[0], torch.fx.Node):
                     continue
+                elif rule == "shared":  # like litert-torch's adaptive_avg_pool2d rule
+                    source = node.args[0]
+                    qspec_in = SharedQuantizationSpec(source) if annotated_output(source) else act_in
+                    inputs, output = {source: qspec_in}, SharedQuantizationSpec((source, node))
+                else:
+                    operands = node.args[:2] if rule == "own" else node.args[:1]
+                    inputs = {a: act_in for a in operands if isinstance(a, torch.fx.Node)}
+                    output = act_out if rule == "own" else fixed(*_FIXED_QPARAMS[rule])
                 node.meta["quantization_annotation"] = QuantizationAnnotation(
-                    input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
-                    output_qspec=get_output_act_qspec(config), _annotated=True)
+                    input_qspec_map=inputs, output_qspec=output, _annotated=True)
             return model
 
     return ResidualAwareQuantizer
+
+
+def int8_quantizer(config: Int8Config) -> Any:
+    """The PT2E quantizer a TFLite INT8 conversion with `config` uses (symmetric, per-channel weights by default)."""
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+
+    return _residual_aware_quantizer_class()().set_global(
+        get_symmetric_quantization_config(is_per_channel=config.per_channel))
 
 
 def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config) -> None:
     """PT2E static quantization (per-channel symmetric weights, per-tensor activations), then litert-torch."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if config.channels_last_io:
         with torch.no_grad():
-            four_d_output = model(torch.from_numpy(calibration[:1])).dim() == 4
-        model = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if four_d_output else None)
+            out = model(torch.from_numpy(calibration[:1]))
+        four_d = [i for i, t in enumerate(out if isinstance(out, tuple) else (out,)) if t.dim() == 4]
+        model = litert_torch.to_channel_last_io(model, args=[0], outputs=four_d or None)
         calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1))
     sample = (torch.from_numpy(calibration[:1]),)
-    quantizer = _residual_aware_quantizer_class()().set_global(
-        get_symmetric_quantization_config(is_per_channel=config.per_channel))
+    quantizer = int8_quantizer(config)
     prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
     with torch.no_grad():
         for x in progress(calibration, "calibrating", len(calibration)):
@@ -114,19 +229,27 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         raise ConversionError(f"{out_path}: LiteRT could not switch the model interface to int8 (status {status})")
 
 
-def _onnx_qdq(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config,
-              float_copy: str | Path | None) -> None:
-    """torch.onnx export, quant_pre_process, then quantize_static to S8S8 QDQ."""
-    import onnx
+def torch_onnx_export(model: Any, sample: np.ndarray, path: Path) -> None:
+    """torch.onnx export (dynamo) of `model` on one sample, its outputs named as the model names them."""
     import torch
+
+    names = model.output_names if isinstance(model, TorchModel) else None  # others keep the exporter's names
+    torch.onnx.export(model, (torch.from_numpy(sample),), str(path), dynamo=True, verbose=False,
+                      output_names=list(names) if names else None)
+
+
+def quantize_onnx_file(fp32: Path, calibration: np.ndarray, out_path: Path, config: Int8Config,
+                       float_copy: str | Path | None = None) -> None:
+    """A float .onnx file to S8S8 QDQ: quant_pre_process, then quantize_static calibrated on `calibration`
+    (samples as the model's input takes them); `float_copy` keeps the pre-processed FP32 model."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        torch.onnx.export(model, (torch.from_numpy(calibration[:1]),), str(fp32), dynamo=True, verbose=False)
+        prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
         name = onnx.load(str(prepared)).graph.input[0].name
         reader = ArrayReader(name, calibration, progress_label="calibrating")

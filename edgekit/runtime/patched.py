@@ -70,9 +70,9 @@ class PatchExecutor:
                                "masks and tile")
         self._outputs = self._rest.model_tensors()[1]  # every output of the model, as the schedule lists them
         found = [(t.dtype, t.shape) for t in self._outputs]
-        declared = [(o.dtype, o.shape) for o in schedule.outputs]
-        if found != declared:
-            raise BackendError(f"{schedule.rest_model}: its outputs are {found}, the schedule's {declared}")
+        listed = [(o.dtype, o.shape) for o in schedule.outputs]
+        if found != listed:
+            raise BackendError(f"{schedule.rest_model}: its outputs are {found}, the schedule's {listed}")
         height, width = self.input_buffer.shape[1:3]
         self._patches = [(*_copy_plan(p.window, height, width), _masks(schedule, p),
                           (slice(p.tile[0], p.tile[2]), slice(p.tile[1], p.tile[3])),
