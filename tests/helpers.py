@@ -377,3 +377,11 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def sample_files(folder: Path, sample_shape: tuple[int, ...], calibration: int, held_out: int) -> tuple[Path, Path]:
+    """calib.npy and eval.npz (unlabelled) of seeded uniform [0, 1) samples of `sample_shape`, in `folder`."""
+    rng = np.random.default_rng(0)
+    np.save(folder / "calib.npy", rng.random((calibration, *sample_shape), dtype=np.float32))
+    np.savez(folder / "eval.npz", x=rng.random((held_out, *sample_shape), dtype=np.float32))
+    return folder / "calib.npy", folder / "eval.npz"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import export_onnx, run, tiny_net
+from helpers import export_onnx, run, sample_files, tiny_net
 
 from edgekit.convert.detection_fidelity import box_agreement, box_iou
 from edgekit.formats.bundle import load_bundle
@@ -19,11 +19,7 @@ from edgekit.runtime.backends import FloatRunner, open_model
 @pytest.fixture(scope="module")
 def nchw_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """TinyNet's inputs: 32 calibration and 16 held-out samples, 3x32x32."""
-    folder = tmp_path_factory.mktemp("files")
-    rng = np.random.default_rng(0)
-    np.save(folder / "calib.npy", rng.random((32, 3, 32, 32), dtype=np.float32))
-    np.savez(folder / "eval.npz", x=rng.random((16, 3, 32, 32), dtype=np.float32))
-    return folder / "calib.npy", folder / "eval.npz"
+    return sample_files(tmp_path_factory.mktemp("files"), (3, 32, 32), 32, 16)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run
+from helpers import run, sample_files
 from torch import nn
 
 from edgekit.convert.torch_model import TorchModel, as_torch_model, named_outputs
@@ -88,11 +88,7 @@ def tuple_output() -> Net:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """32 calibration and 8 held-out samples, 3x16x16."""
-    folder = tmp_path_factory.mktemp("plain")
-    rng = np.random.default_rng(0)
-    np.save(folder / "calib.npy", rng.random((32, 3, 16, 16), dtype=np.float32))
-    np.savez(folder / "eval.npz", x=rng.random((8, 3, 16, 16), dtype=np.float32))
-    return folder / "calib.npy", folder / "eval.npz"
+    return sample_files(tmp_path_factory.mktemp("plain"), (3, 16, 16), 32, 8)
 
 
 def test_the_adapter_keeps_the_users_names_and_leaves_the_module_alone() -> None:
