@@ -442,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgekit: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        set_quiet(False)  # in-process callers (tests, notebooks) get their progress bars back
     return 0
 
 
