@@ -72,13 +72,14 @@ def gelu_net() -> MobileNet:
 
 
 class EveryInt8Op(nn.Module):
-    """SiLU, hard-swish, hard-sigmoid, sigmoid, tanh, tanh-GELU, permute, concat, mean, in one small net."""
+    """SiLU, hard-swish, hard-sigmoid, sigmoid, tanh, tanh-GELU, permute, concat, mean, in one small net; its
+    conv is padded "same" as transformers' EfficientNet writes convs (aten.conv2d.padding)."""
 
     input_shape = (1, 3, 8, 8)
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(3, 8, 3, padding="same")
         self.acts = nn.ModuleList([nn.SiLU(), nn.Hardswish(), nn.Hardsigmoid(), nn.Sigmoid(), nn.Tanh(),
                                    nn.GELU(approximate="tanh")])
 

@@ -80,7 +80,7 @@ def _decompositions() -> dict[str, Callable[[Callable[..., Any], Any, Any], Any]
     """Ops litert-torch would lower to several TFLite ops with float intermediates, rewritten (edgekit op ->
     `rewrite(emit, node, x)`, None to keep the node) into aten ops the table annotates, as TFLite's integer
     kernels compute them: SiLU as LOGISTIC x MUL, hard-sigmoid as ADD 3, RELU6, MUL 1/6, tanh-GELU as
-    x * sigmoid(2 z), which equals 0.5 x (1 + tanh z). GELU with erf is kept: LiteRT's GELU kernel takes int8
+    x * sigmoid(2 z), which equals 0.5 x (1 + tanh z); string-padded convs get numeric pads. GELU with erf is kept: LiteRT's GELU kernel takes int8
     between quantized neighbours, TF Lite Micro has none (the pre-flight refuses it for an MCU)."""
     import torch
 
@@ -99,7 +99,24 @@ def _decompositions() -> dict[str, Callable[[Callable[..., Any], Any, Any], Any]
         z = emit(aten.add.Tensor, x, emit(aten.mul.Tensor, cube, 0.044715))
         return emit(aten.mul.Tensor, x, emit(aten.sigmoid.default, emit(aten.mul.Tensor, z, math.sqrt(8 / math.pi))))
 
-    return {"silu": silu, "hardsigmoid": hardsigmoid, "gelu": gelu_tanh}
+    def conv_string_padding(emit: Callable[..., Any], node: Any, x: Any) -> Any:
+        """conv2d(padding="same"/"valid") as conv2d with numeric pads, which litert-torch's annotator matches
+        (transformers' EfficientNet writes its convs so); an odd total "same" pad (asymmetric) is kept."""
+        if node.target != aten.conv2d.padding:
+            return None
+        args = list(node.args) + [None] * (7 - len(node.args))
+        weight, bias, stride, padding, dilation, groups = args[1:7]
+        dilation = list(dilation or (1, 1))
+        if padding == "valid":
+            pads = [0, 0]
+        else:
+            totals = [d * (k - 1) for d, k in zip(dilation, weight.meta["val"].shape[2:])]
+            if any(t % 2 for t in totals):
+                return None
+            pads = [t // 2 for t in totals]
+        return emit(aten.conv2d.default, x, weight, bias, list(stride or (1, 1)), pads, dilation, groups or 1)
+
+    return {"silu": silu, "hardsigmoid": hardsigmoid, "gelu": gelu_tanh, "conv2d": conv_string_padding}
 
 
 def _residual_aware_quantizer_class() -> type:
