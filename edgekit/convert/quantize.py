@@ -80,8 +80,9 @@ def _decompositions() -> dict[str, Callable[[Callable[..., Any], Any, Any], Any]
     """Ops litert-torch would lower to several TFLite ops with float intermediates, rewritten (edgekit op ->
     `rewrite(emit, node, x)`, None to keep the node) into aten ops the table annotates, as TFLite's integer
     kernels compute them: SiLU as LOGISTIC x MUL, hard-sigmoid as ADD 3, RELU6, MUL 1/6, tanh-GELU as
-    x * sigmoid(2 z), which equals 0.5 x (1 + tanh z); string-padded convs get numeric pads. GELU with erf is kept: LiteRT's GELU kernel takes int8
-    between quantized neighbours, TF Lite Micro has none (the pre-flight refuses it for an MCU)."""
+    x * sigmoid(2 z), which equals 0.5 x (1 + tanh z); string-padded convs get numeric pads. GELU with erf is
+    kept: LiteRT's GELU kernel takes int8 between quantized neighbours, TF Lite Micro has none (the pre-flight
+    refuses it for an MCU)."""
     import torch
 
     aten = torch.ops.aten
