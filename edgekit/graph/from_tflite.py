@@ -64,7 +64,7 @@ def from_tflite(path: str | Path) -> Graph:
     A multi-output op (SPLIT, SPLIT_V, UNPACK, an unknown op) becomes one layer per output, each reading the
     op's whole input: the same buffers are live as when one op writes them all."""
     path = Path(path)
-    model, data = read_model(path)
+    model, _ = read_model(path)
     sub = model.subgraphs[0]
     ops = [(op_name(model, op), op) for op in sub.operators or []]
     # weights stored as float16 or sparse behind a DEQUANTIZE / DENSIFY (MediaPipe's files) are weights too
@@ -94,9 +94,7 @@ def from_tflite(path: str | Path) -> Graph:
         return _TFLITE_DTYPES.get(sub.tensors[index].type, str(sub.tensors[index].type))
 
     def const_value(index: int) -> np.ndarray:
-        buffer = model.buffers[sub.tensors[index].buffer]
-        raw = buffer.data if buffer.data is not None and len(buffer.data) else \
-            np.frombuffer(data, np.uint8, count=buffer.size, offset=buffer.offset)
+        raw = model.buffers[sub.tensors[index].buffer].data  # parse_model read any data stored past the flatbuffer
         return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), TENSOR_TYPES.get(sub.tensors[index].type, "uint8"))
 
     def const_bytes(indices: list[int]) -> int:

@@ -251,8 +251,9 @@ class TflmAdapter:
         except ImportError:
             raise BackendError("backend 'tflite-micro' is not installed: pip install tflite-micro "
                                "(part of 'edgekit[convert]')") from None
-        if external_buffers(model):  # TFLM would read those weights as garbage, without an error
-            raise BackendError(f"TF Lite Micro does not read the {external_buffers(model)} buffers this model keeps "
+        outside = external_buffers(model)
+        if outside:  # TFLM would read those weights as garbage, without an error
+            raise BackendError(f"TF Lite Micro does not read the {outside} buffers this model keeps "
                                "past its flatbuffer (by offset); repack it with the data inline "
                                "(edgekit.formats.tflite.inline_buffers, as edgekit's compile does)")
         self.arena_bytes = arena_bytes or generous_arena_bytes(len(model))
