@@ -27,6 +27,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DEVICE_CLASSES = ("mcu", "sbc", "gpu-sbc", "server")
 DTYPES = ("int8", "fp16", "fp32")  # the per-dtype throughput keys
 RUNTIMES = ("tflite-micro", "litert", "tflite-runtime", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+# `cpu.arch`: the instruction set the device runs, as Linux's `uname -m` names it for application processors and
+# as the Arm / RISC-V / Xtensa architecture names go for MCUs. Calibration compares it with the measuring machine's.
+ARCHES = ("x86_64", "i686", "aarch64", "armv7l", "armv6l", "riscv64", "ppc64le", "s390x",
+          "armv6-m", "armv7-m", "armv7e-m", "armv8-m", "riscv32", "xtensa")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class DeviceCalibration:
     command: str
     repeats: int
     throughput: Quantity  # fitted effective MAC/s
+    machine_arch: str | None = None  # the measuring machine's CPU architecture (None: written before edgekit kept it)
     overhead: Quantity | None = None  # per inference, outside any layer; None when not above zero
     bandwidth: Quantity | None = None  # fitted effective B/s; None when the fit gives memory no weight
     layer_overhead: Quantity | None = None  # fitted fixed seconds per executed layer; None when zero
@@ -92,6 +97,7 @@ class Device:
     accelerator: str | None
     runtimes: tuple[str, ...]
     throughput: dict[str, Quantity]  # dtype -> effective MAC/s used by the cost model
+    arch: str | None = None  # instruction set (one of ARCHES); None when the profile does not say
     sram: Quantity | None = None
     flash: Quantity | None = None
     ram: Quantity | None = None
@@ -135,7 +141,7 @@ _DEVICE_SPEC: dict[str, tuple[Any, bool]] = {
     "runtimes": ("list[str]", True),
     "links": ("list[str]", False),
     "cpu": ({"model": ("str", True), "cores": ("int", True), "clock": (_Q + "frequency", True),
-             "accelerator": ("str", False)}, True),
+             "arch": ("str", False), "accelerator": ("str", False)}, True),
     "memory": ({"sram": (_Q + "bytes", False), "flash": (_Q + "bytes", False), "ram": (_Q + "bytes", False),
                 "bandwidth": (_Q + "byte_rate", False)}, True),
     "throughput": ({"int8": (_Q + "mac_rate", True), "fp32": (_Q + "mac_rate", True),
@@ -151,6 +157,7 @@ _CALIBRATION_SPEC: dict[str, tuple[Any, bool]] = {
     "machine": ("str", True),
     "command": ("str", True),
     "repeats": ("int", True),
+    "machine_arch": ("str", False),
     "throughput": (_Q + "mac_rate", True),
     "overhead": (_Q + "time", False),
     "bandwidth": (_Q + "byte_rate", False),
@@ -320,10 +327,12 @@ def load_target(name_or_path: str | Path) -> Device:
         if key not in memory:
             raise ProfileError(f"{where}: missing required key 'memory.{key}' for class {data['class']!r}")
     cpu, power = data["cpu"], data.get("power", {})
+    if "arch" in cpu and cpu["arch"] not in ARCHES:
+        raise ProfileError(f"{where}: 'cpu.arch' must be one of {', '.join(ARCHES)}, found {cpu['arch']!r}")
     return Device(
         name=data["name"], description=data["description"], device_class=data["class"],
         cpu=cpu["model"], cores=cpu["cores"], clock=cpu["clock"], accelerator=cpu.get("accelerator"),
-        runtimes=data["runtimes"], throughput=data["throughput"],
+        runtimes=data["runtimes"], throughput=data["throughput"], arch=cpu.get("arch"),
         sram=memory.get("sram"), flash=memory.get("flash"), ram=memory.get("ram"),
         memory_bandwidth=memory.get("bandwidth"), power_active=power.get("active"), power_idle=power.get("idle"),
         links=data.get("links", ()), path=where, calibration=data.get("calibration"),

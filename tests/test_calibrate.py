@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,15 @@ from helpers import run
 from onnx import helper
 
 from edgekit.cli import main
-from edgekit.cost.calibrate import measure, render_profile
+from edgekit.cost import calibrate as calibrate_module
+from edgekit.cost.calibrate import arch_mismatch, calibrate, machine_arch, measure, measured_name, render_profile
 from edgekit.cost.fit import fit_roofline, nonnegative_lstsq, prediction_error
 from edgekit.cost.measure_litert import compute_cuts, isotonic
-from edgekit.cost.measure_ort import attribute, kernel_layers, kernel_medians
+from edgekit.cost.measure_ort import LayerTimings, attribute, kernel_layers, kernel_medians
 from edgekit.cost.model import layer_cost, layer_seconds
 from edgekit.errors import CalibrationError, ProfileError
 from edgekit.graph import load_graph
-from edgekit.graph.ir import Layer
+from edgekit.graph.ir import Graph, Layer
 from edgekit.targets import DeviceCalibration, MeasuredModel, Quantity, load_target
 from edgekit.units import parse_quantity
 
@@ -171,6 +173,75 @@ def test_calibrated_profile_round_trips_through_load_target(tmp_path):
     assert load_target(again).calibration == calibration(threads=2)
 
 
+def test_a_profile_measured_elsewhere_is_written_under_a_name_that_says_where(tmp_path):
+    written = tmp_path / "rpi4-on-host.toml"
+    written.write_text(render_profile(load_target("rpi4"), calibration(machine_arch="x86_64"), "rpi4@x86_64"))
+    loaded = load_target(written)
+    assert (loaded.name, loaded.arch, loaded.calibration.machine_arch) == ("rpi4@x86_64", "aarch64", "x86_64")
+    assert 'name = "rpi4@x86_64"\n' in written.read_text() and 'name = "rpi4"' not in written.read_text()
+
+
+# --- which machine measured ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reported, arch", [("x86_64", "x86_64"), ("AMD64", "x86_64"), ("arm64", "aarch64"),
+                                            ("aarch64", "aarch64"), ("armv7l", "armv7l")])
+def test_machine_arch_uses_the_linux_names(monkeypatch, reported, arch):
+    monkeypatch.setattr("platform.machine", lambda: reported)
+    assert machine_arch() == arch
+
+
+def test_a_machine_that_is_not_the_device_is_named_in_a_warning_and_the_profile_name():
+    rpi4 = load_target("rpi4")
+    assert arch_mismatch(rpi4, "x86_64") == (
+        "measured on this machine (x86_64), not on rpi4 (aarch64): these are x86_64 timings, so the profile is named "
+        "rpi4@x86_64; calibrate on the device for its own figures")
+    assert measured_name(rpi4, "x86_64") == "rpi4@x86_64"
+    assert arch_mismatch(rpi4, "aarch64") is None and measured_name(rpi4, "aarch64") == "rpi4"
+    # a profile measured on the host and calibrated again on the board gets its own name back
+    assert measured_name(dataclasses.replace(rpi4, name="rpi4@x86_64"), "aarch64") == "rpi4"
+    unknown = dataclasses.replace(rpi4, name="myboard", arch=None)
+    assert arch_mismatch(unknown, "aarch64") == ("myboard's profile names no cpu.arch, so this machine (aarch64) may "
+                                                 "not be the device: the profile is named myboard@aarch64")
+
+
+def synthetic_measure(graph_name: str) -> Callable[..., tuple[Graph, LayerTimings]]:
+    """A stand-in for `measure`: the graph's layers timed as 1 GMAC/s + 1 us each, 10 us overhead."""
+    graph = load_graph(graph_name)
+    layers = {layer.name: layer.macs / 1e9 + 1e-6 for layer in graph.layers}
+
+    def fake(model, name, device, backend="onnxruntime", threads=1, repeats=20, artifact=None):
+        return graph, LayerTimings(graph.name, "onnxruntime (synthetic)", "fp32", threads, repeats, layers,
+                                   sum(layers.values()) + 1e-5, 1e-5, 1.0, {}, {}, "synthetic", "synthetic")
+    return fake
+
+
+def test_calibrating_rpi4_on_x86_warns_and_renames_the_profile(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(calibrate_module, "measure", synthetic_measure("digits_cnn"))
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    out = tmp_path / "rpi4-digits.toml"
+    code, text, err = run(capsys, "calibrate", "digits_cnn", "--target", "rpi4", "--repeats", "3", "--out", str(out))
+    assert code == 0, err
+    lines = text.splitlines()
+    assert lines[0] == ("warning: measured on this machine (x86_64), not on rpi4 (aarch64): these are x86_64 "
+                        "timings, so the profile is named rpi4@x86_64; calibrate on the device for its own figures")
+    assert lines[2].startswith("  measured on ") and ", x86_64, " in lines[2]
+    assert lines[-1] == f"calibrated profile rpi4@x86_64 written to {out}"
+    assert load_target(out).name == "rpi4@x86_64"
+    code, text, err = run(capsys, "calibrate", "digits_cnn", "--target", str(out), "--repeats", "3", "--json")
+    data = json.loads(text)
+    assert (data["name"], data["device_arch"], data["machine_arch"]) == ("rpi4@x86_64", "aarch64", "x86_64")
+    assert data["warning"].startswith("measured on this machine (x86_64), not on rpi4 (aarch64)")
+
+
+def test_calibrating_on_the_device_itself_keeps_its_name_and_says_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibrate_module, "measure", synthetic_measure("digits_cnn"))
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    result = calibrate("digits_cnn", "digits_cnn", "rpi4", repeats=3, out=tmp_path / "rpi4.toml")
+    assert result.warning is None and result.device.name == "rpi4"
+    assert result.device.calibration.machine_arch == "aarch64"
+
+
 def _with_calibration(tmp_path: Path, edit: tuple[str, str]) -> Path:
     text = render_profile(load_target("rpi4"), calibration())
     old, new = edit
@@ -232,6 +303,7 @@ def test_cli_calibrates_writes_a_profile_that_plan_split_uses(tmp_path, capsys):
     assert code == 0, err
     assert "estimate" in text and "fitted" in text and "measured table" in text
     device = load_target(out)
+    assert device.name == measured_name(load_target("rpi4"), machine_arch())  # rpi4@x86_64 unless run on a Pi
     assert device.calibration is not None and set(device.calibration.models) == {"digits_cnn"}
     assert device.calibration.command.startswith("edgekit calibrate digits_cnn --target rpi4")
     assert main(["plan", "split", "digits_cnn", "--device", str(out), "--server", "x86-server", "--link", "wifi",

@@ -119,6 +119,13 @@ def test_rpi4_int8_matches_the_mobilenetv2_anchor():
     assert anchor / 2 <= load_target("rpi4").throughput["int8"].value <= anchor * 2
 
 
+def test_every_shipped_device_names_its_instruction_set():
+    arch = {name: load_target(name).arch for name in DEVICES}
+    assert arch == {"esp32s3": "xtensa", "gpu-server": "x86_64", "jetson-nano": "aarch64",
+                    "jetson-orin-nano": "aarch64", "nrf52840": "armv7e-m", "rpi4": "aarch64", "rpi5": "aarch64",
+                    "stm32f412": "armv7e-m", "stm32f746": "armv7e-m", "stm32h743": "armv7e-m", "x86-server": "x86_64"}
+
+
 def test_int8_throughput_grows_from_small_mcu_to_gpu_server():
     ladder = ["nrf52840", "stm32f412", "stm32f746", "stm32h743", "rpi4", "rpi5", "jetson-orin-nano", "gpu-server"]
     rates = [load_target(name).throughput["int8"].value for name in ladder]
@@ -196,13 +203,18 @@ def test_custom_profiles_load_by_path(tmp_path, as_str):
     assert dev.throughput["int8"].value == pytest.approx(108e6) and "fp16" not in dev.throughput
     assert dev.sram.text == "320 KiB" and dev.sram.provenance == "datasheet"  # as written, and where from
     assert dev.throughput["int8"].provenance == "estimate: 216 MHz / 2 cycles per MAC"
-    assert (dev.power_active, dev.ram, dev.links, dev.calibration) == (None, None, (), None)  # optional: absent
+    assert (dev.power_active, dev.ram, dev.links, dev.calibration, dev.arch) == (None, None, (), None, None)
     (tmp_path / "link").mkdir()
     link_path = write_profile(tmp_path / "link", VALID_LINK)
     link = load_link(str(link_path) if as_str else link_path)
     assert (link.uplink.value, link.downlink.value, link.max_payload.value) == (10e6, 20e6, 1e6)  # bit/s, B
     assert link.rtt.value == pytest.approx(0.02) and link.tx_energy is None
     assert load_profile(link_path) == link and load_profile(dev_path) == dev  # the file's kind decides
+
+
+def test_a_custom_profile_may_name_its_instruction_set(tmp_path):
+    path = write_profile(tmp_path, VALID_DEVICE, "cores = 1", 'cores = 1\narch = "armv7e-m"')
+    assert load_target(path).arch == "armv7e-m"
 
 
 @pytest.mark.parametrize(
@@ -229,6 +241,10 @@ def test_custom_profiles_load_by_path(tmp_path, as_str):
                      ["'cpu.clock' needs exactly one of"], id="both-source-and-estimate"),
         pytest.param(CLOCK, 'clock = { value = "216 MHz", source = " " }', ["'cpu.clock' source/estimate"],
                      id="blank-source"),
+        pytest.param("cores = 1", "cores = 1\narch = \"cortex-m7\"", ["'cpu.arch' must be one of x86_64, i686, "
+                     "aarch64", "found 'cortex-m7'"], id="unknown-arch"),
+        pytest.param("cores = 1", "cores = 1\narch = 64", ["'cpu.arch' must be str, found int 64"],
+                     id="arch-not-a-string"),
         pytest.param("cores = 1", 'cores = "1"', ["'cpu.cores' must be int"], id="wrong-type"),
         pytest.param("cores = 1", "cores = true", ["'cpu.cores' must be int", "bool True"], id="bool-as-int"),
         pytest.param('["tflite-micro"]', '["tflite-micro", 3]', ["'runtimes' must be a list[str]"],

@@ -3,7 +3,9 @@ write a calibrated device profile, and score how well each predictor matches a f
 
 The calibrated profile is the base profile's TOML with a `[calibration]` table appended (see
 `edgekit.targets.DeviceCalibration`); `load_target(path)` reads it and `edgekit.cost.layer_seconds`
-prefers measured > fitted > estimated figures.
+prefers measured > fitted > estimated figures. It records the measuring machine and its CPU architecture; when
+that is not the device's (`cpu.arch`), the profile is named after where it was measured (`rpi4@x86_64`) and the
+calibration carries a warning saying so.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ class Calibration:
     profile_path: str | None
     backend: str
     artifact: str | None  # the .tflite measured with LiteRT (None: converted from the model, or ONNX Runtime)
+    warning: str | None = None  # set when this machine is not the device's architecture
 
 
 def _model_module(model: Any) -> Any:
@@ -94,6 +98,35 @@ def _litert_fp32(module: Any, shape: tuple[int, ...], folder: Path) -> Path:
     return path
 
 
+def machine_arch() -> str:
+    """This machine's CPU architecture as Linux's `uname -m` names it (Windows' AMD64 and macOS' arm64 mapped)."""
+    machine = platform.machine().lower() or "unknown"
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def arch_mismatch(device: Device, arch: str) -> str | None:
+    """None when `arch` (the measuring machine's) is the device's; else one line naming both and the profile
+    name the measurement is written under."""
+    if device.arch == arch:
+        return None
+    name, written = _base_name(device), measured_name(device, arch)
+    if device.arch is None:
+        return (f"{name}'s profile names no cpu.arch, so this machine ({arch}) may not be the device: the "
+                f"profile is named {written}")
+    return (f"measured on this machine ({arch}), not on {name} ({device.arch}): these are {arch} timings, so "
+            f"the profile is named {written}; calibrate on the device for its own figures")
+
+
+def _base_name(device: Device) -> str:
+    """The device's name without the '@arch' an earlier calibration on another machine gave it."""
+    return device.name.partition("@")[0]
+
+
+def measured_name(device: Device, arch: str) -> str:
+    """The calibrated profile's name: the device's, with '@arch' unless measured on the device's architecture."""
+    return _base_name(device) if device.arch == arch else f"{_base_name(device)}@{arch}"
+
+
 def machine_description() -> str:
     """CPU model, architecture, OS and the CPU share this process may use (affinity, cgroup quota)."""
     cpu = platform.processor() or "unknown CPU"
@@ -102,7 +135,7 @@ def machine_description() -> str:
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                     if line.startswith(("model name", "Model"))), cpu)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu}, {platform.machine()}, {platform.system()} {platform.release()}, {usable} usable CPUs"
+    text = f"{cpu}, {machine_arch()}, {platform.system()} {platform.release()}, {usable} usable CPUs"
     quota = Path("/sys/fs/cgroup/cpu.max")
     if quota.is_file() and not quota.read_text().startswith("max"):
         text += f", cgroup cpu.max {quota.read_text().strip()}"
@@ -121,16 +154,18 @@ def calibrate(model: Any, name: str, target: str | Path | Device, backend: str =
     fit = fit_roofline(graph.layers, timings.layers, timings.dtype)
     command = command or (f"edgekit.cost.calibrate.calibrate({name!r}, {base.name!r}, backend={backend!r}, "
                           f"threads={threads}, repeats={repeats}, artifact={str(artifact) if artifact else None!r})")
-    calibration = _device_calibration(graph, timings, fit, command)
-    device = dataclasses.replace(base, calibration=calibration)
+    arch = machine_arch()
+    calibration = _device_calibration(graph, timings, fit, command, arch)
+    device = dataclasses.replace(base, name=measured_name(base, arch), calibration=calibration)
     if out is not None:
-        Path(out).write_text(render_profile(base, calibration))
+        Path(out).write_text(render_profile(base, calibration, device.name))
         device = load_target(out)
     return Calibration(name, base, device, graph, timings, fit, str(out) if out is not None else None, backend,
-                       str(artifact) if artifact is not None else None)
+                       str(artifact) if artifact is not None else None, arch_mismatch(base, arch))
 
 
-def _device_calibration(graph: Graph, timings: LayerTimings, fit: RooflineFit, command: str) -> DeviceCalibration:
+def _device_calibration(graph: Graph, timings: LayerTimings, fit: RooflineFit, command: str,
+                        arch: str) -> DeviceCalibration:
     how = f"{timings.backend}, {timings.threads} thread(s), median of {timings.repeats} runs"
     fitted = f"measured: {command}; non-negative least squares over {fit.layers} measured layers of " \
              f"{graph.name} ({how})"
@@ -148,7 +183,7 @@ def _device_calibration(graph: Graph, timings: LayerTimings, fit: RooflineFit, c
     return DeviceCalibration(
         backend=timings.backend, threads=timings.threads, dtype=timings.dtype,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        machine=machine_description(), command=command, repeats=timings.repeats,
+        machine=machine_description(), machine_arch=arch, command=command, repeats=timings.repeats,
         throughput=quantity(f"{fit.mac_rate / 1e9:.4g} GMAC/s", "mac_rate", fitted),
         overhead=quantity(_time_text(timings.overhead), "time",
                           f"measured: {command}; {timings.overhead_method} ({how})")
@@ -163,17 +198,23 @@ def _time_text(seconds: float) -> str:
     return f"{seconds * 1e6:.4g} us"
 
 
-def render_profile(base: Device, calibration: DeviceCalibration) -> str:
-    """The base profile's own TOML text (minus any earlier calibration) with this calibration appended."""
+def render_profile(base: Device, calibration: DeviceCalibration, name: str | None = None) -> str:
+    """The base profile's own TOML text (minus any earlier calibration) with this calibration appended, under
+    `name` if given (the top-level `name` key rewritten)."""
     lines = Path(base.path).read_text().splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip().startswith("[calibration")), len(lines))
     out = [*lines[:start]]
+    if name is not None:
+        top = next((i for i, line in enumerate(out) if line.startswith("[")), len(out))
+        out = [f"name = {json.dumps(name)}" if i < top and re.match(r"name\s*=", line) else line
+               for i, line in enumerate(out)]
     while out and not out[-1].strip():
         out.pop()
     out += ["", "# Written by edgekit calibrate: the cost model prefers measured > fitted > estimated figures.",
             "[calibration]"]
-    for key in ("backend", "threads", "dtype", "date", "machine", "command", "repeats"):
-        out.append(f"{key} = {json.dumps(getattr(calibration, key))}")
+    for key in ("backend", "threads", "dtype", "date", "machine", "machine_arch", "command", "repeats"):
+        if getattr(calibration, key) is not None:
+            out.append(f"{key} = {json.dumps(getattr(calibration, key))}")
     for key in ("throughput", "overhead", "bandwidth", "layer_overhead"):
         if getattr(calibration, key) is not None:
             out.append(_quantity_line(key, getattr(calibration, key)))

@@ -60,10 +60,27 @@ def render_analysis(analysis: Analysis) -> str:
     unknown = unknown_ops_text(graph.layers)
     if unknown:
         lines.append(f"ops edgekit does not know: {unknown}; MACs exclude them (memory counts them from their shapes)")
+    if analysis.tflm is not None:
+        lines.append(_tflm_line(analysis))
     if analysis.target is not None:
         lines.append(f"target {analysis.target.name} ({analysis.target.device_class}):")
         lines += [f"  {fit.describe()}" for fit in analysis.fits]
+    if analysis.tflm is not None:
+        lines.append("  SRAM verdict: activations only; compile measures TFLM's whole arena (it adds a persistent "
+                     "tail for tensor metadata) and reserves a margin of max(1 KiB, 10%) on top")
     return "\n".join(lines)
+
+
+def _tflm_line(analysis: Analysis) -> str:
+    """The int8 peak under TF Lite Micro's accounting, beside the default one, with the pads it materialises."""
+    tflm, pads = analysis.tflm, len(analysis.explicit_pads)
+    assert tflm is not None
+    where = ("where litert-torch emits a PAD op: padding that is not TFLite's SAME"
+             if analysis.graph.source == "torch" else f"the PAD ops of the {analysis.graph.source} file")
+    return (f"peak activations under TF Lite Micro's accounting (every op out of place; {pads} explicit "
+            f"pad{'' if pads == 1 else 's'} materialised, {where}): int8 {tflm.peak_bytes:,} B "
+            f"({format_bytes(tflm.peak_bytes)}) at {tflm.peak_layer}, "
+            f"{tflm.peak_bytes / max(analysis.memory['int8'].peak_bytes, 1):.2f}x the layer-by-layer int8 figure")
 
 
 def render_targets(devices: Sequence[Device], links: Sequence[Link]) -> str:
