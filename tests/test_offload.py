@@ -192,12 +192,31 @@ def test_no_server_means_fallback_by_the_deadline(broker: Broker, session: Sessi
     with OffloadClient(broker.url, "tiny_tail", "cam-1", fallback_reserve_s=0.5) as client:
         reply = client.request(activation(0), 1.0, local_tail(session))
         assert reply.source == "fallback" and (reply.output == -1).all()
-        assert "no answer within 500 ms" in reply.detail  # it waited for the tail until deadline - reserve...
+        # it waited for the tail until deadline - reserve...
+        assert reply.detail == "no answer within 500 ms (the 1000 ms deadline less 500 ms kept for the local fallback)"
         assert 0.49 < reply.latency_s <= 1.0  # ...and the fallback's answer still came by the deadline
         reply = client.request(activation(0), 0.5)  # no fallback: the tail gets the whole deadline
-        assert (reply.source, reply.output) == ("timeout", None) and "no answer within 500 ms" in reply.detail
+        assert (reply.source, reply.output, reply.detail) == ("timeout", None, "no answer within 500 ms (the deadline)")
         assert 0.49 < reply.latency_s < 1.5  # told at the deadline, not left waiting
         assert (client.counts["sent"], client.counts["fallback"], client.counts["timeout"]) == (2, 1, 1)
+
+
+def test_a_deadline_within_the_fallback_reserve_is_refused_not_reported_negative(broker: Broker,
+                                                                               session: Session) -> None:
+    with OffloadClient(broker.url, "tiny_tail", "cam-1") as client:  # 20 ms kept for the fallback by default
+        with pytest.raises(OffloadError) as caught:
+            client.request(activation(0), 0.001, local_tail(session))  # what `--deadline-ms 1` asks
+        assert str(caught.value) == (
+            "a deadline of 1 ms is not longer than the 20 ms kept for the local fallback (fallback_reserve_s), so no "
+            "time is left to wait for the tail; give a deadline above 20 ms (--deadline-ms) or a smaller reserve")
+        with pytest.raises(OffloadError, match="a deadline of 20 ms is not longer than the 20 ms kept"):
+            client.request(activation(0), 0.02, local_tail(session))
+        assert client.counts["sent"] == 0  # refused before anything was published
+        reply = client.request(activation(0), 0.025, local_tail(session))  # 5 ms left for the tail, which is absent
+        assert reply.source == "fallback"
+        assert reply.detail == "no answer within 5 ms (the 25 ms deadline less 20 ms kept for the local fallback)"
+        reply = client.request(activation(0), 0.001)  # no fallback, no reserve: the tail gets the whole 1 ms
+        assert (reply.source, reply.detail) == ("timeout", "no answer within 1 ms (the deadline)")
 
 
 def test_broker_killed_then_restarted(broker: Broker, bundle: Path, session: Session) -> None:

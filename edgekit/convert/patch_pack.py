@@ -123,17 +123,50 @@ def write_patch_pack(artifacts: PatchArtifacts, out_dir: str | Path) -> dict[str
     return arenas
 
 
-def source_recipe(tflite_path: Path) -> QuantRecipe | None:
-    """The recipe that made `tflite_path` when it is a stage file of the verified bundle folder it lies in."""
+def bundle_model_file(model: str | Path) -> str | Path:
+    """A bundle folder's one .tflite stage file (its manifest lies beside it, so its metadata travels on);
+    any other model as given."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    stages = load_bundle(path).manifest.stages
+    if len(stages) != 1 or not stages[0].file.endswith(".tflite"):
+        found = ", ".join(f"{s.name} ({s.file})" for s in stages)
+        raise ConversionError(f"{path}: patch artifacts are cut from a bundle of one INT8 .tflite stage, found "
+                              f"stages {found}; pass the .tflite file itself")
+    return path / stages[0].file
+
+
+def source_stage(tflite_path: Path) -> tuple[Manifest, Stage] | None:
+    """The verified bundle `tflite_path` is a stage file of (the folder it lies in) and that stage; None for a
+    loose file or a folder that does not verify (its metadata cannot be trusted to belong to these bytes)."""
     folder = tflite_path.parent
     if not (folder / MANIFEST).is_file():
         return None
     try:
-        manifest = load_bundle(folder).manifest  # verified: the recipe belongs to these very bytes
+        manifest = load_bundle(folder).manifest
     except BundleError:
-        return None  # not a bundle we can trust: the recipe is unknown
+        return None
     stage = next((s for s in manifest.stages if s.file == tflite_path.name), None)
-    return manifest.recipe.get(stage.name) if stage is not None and manifest.recipe else None
+    return None if stage is None else (manifest, stage)
+
+
+def source_recipe(tflite_path: Path) -> QuantRecipe | None:
+    """The recipe that made `tflite_path` when it is a stage file of the verified bundle folder it lies in."""
+    source = source_stage(tflite_path)
+    return source[0].recipe.get(source[1].name) if source is not None and source[0].recipe else None
+
+
+def _carried(tflite_path: Path) -> dict:
+    """What a patch bundle takes over from the bundle its .tflite comes from: the model's name, the image
+    preprocessing (the stage reads the model's input) and the labels (it gives every output of the model)."""
+    source = source_stage(tflite_path)
+    if source is None:
+        return {"model": tflite_path.stem}
+    manifest, stage = source
+    whole = manifest.stages == (stage,)
+    return {"model": manifest.model, "preprocessing": manifest.preprocessing if stage == manifest.stages[0] else None,
+            "labels": manifest.labels if whole else None}
 
 
 @dataclass(kw_only=True)
@@ -167,14 +200,14 @@ def write_patch_files(build: _Patch) -> None:
 
 def describe_patches(build: _Patch) -> None:
     """The manifest: one stage (the shared stage model) whose plan is the schedule, giving every output of the
-    model, and the recipe of the model it was cut from when known."""
+    model, and, when it was cut from a bundle's .tflite, that model's recipe, preprocessing and labels."""
     schedule, image = build.artifacts.schedule, build.artifacts.schedule.input
     source = TensorInfo("input", image.shape, image.dtype, "NHWC", image.scale, image.zero_point)
     stage = Stage("patched", "tflite-micro" if build.mcu else "litert", schedule.stage_model, (source,),
                   build.artifacts.outputs)
     recipe = source_recipe(build.tflite_path)
-    build.manifest = Manifest(build.tflite_path.stem, build.target.name if build.target else "any", (stage,),
-                              plan=schedule, recipe=None if recipe is None else {stage.name: recipe})
+    build.manifest = Manifest(target=build.target.name if build.target else "any", stages=(stage,), plan=schedule,
+                              recipe=None if recipe is None else {stage.name: recipe}, **_carried(build.tflite_path))
 
 
 PATCH: Pipeline[_Patch] = Pipeline(prepare=(cut_patches,), stage=(write_patch_files, describe_patches))
@@ -182,7 +215,9 @@ PATCH: Pipeline[_Patch] = Pipeline(prepare=(cut_patches,), stage=(write_patch_fi
 
 def emit_patch_artifacts(tflite_path: str | Path, plan: PatchPlan, out_dir: str | Path, target: Device | None) -> dict:
     """Build the artifacts and write them as a verified bundle (with the MCU pack for an MCU target), which
-    `edgekit run`/`bench` and `edgekit.runtime.load` run patch by patch; what was written, for a report."""
+    `edgekit run`/`bench` and `edgekit.runtime.load` run patch by patch; what was written, for a report.
+    `tflite_path` may be a bundle folder of one .tflite stage (see `bundle_model_file`)."""
+    tflite_path = bundle_model_file(tflite_path)
     if Path(tflite_path).suffix != ".tflite":
         raise ConversionError(f"patch artifacts are cut from an INT8 .tflite model, found {tflite_path}; "
                               "compile it first (edgekit compile MODEL --int8 --target ...)")

@@ -10,11 +10,20 @@ import numpy as np
 from edgekit.errors import ModelLoadError
 from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import Graph, TensorSpec
-from edgekit.graph.ops import MULTI_OUTPUT_OPS, ONNX_OPS
+from edgekit.graph.ops import MULTI_OUTPUT_OPS, NORM_FIRST_AXIS, ONNX_OPS
 
 _ONNX_DTYPES = {1: "fp32", 10: "fp16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64", 9: "bool", 11: "fp64"}
 # Operators that only compute shapes or constants; they never touch activations.
 _SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape"}
+
+
+def _require_onnx(path: Path) -> None:
+    """The `onnx` package is an optional extra: a one-line ModelLoadError saying what to install when it is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"{path}: reading ONNX models needs the 'onnx' package, which is not installed: "
+                             "pip install 'edgekit[onnx]'") from None
 
 
 def _load_model(path: Path, input_shape: tuple[int, ...] | None) -> Any:
@@ -73,9 +82,10 @@ def _spatial(attrs: dict, kernel: tuple[int, int], in_hw: tuple[int, int], out_h
 
 def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Graph:
     """Read an ONNX model file into a Graph; `input_shape` fixes symbolic input dimensions."""
+    path = Path(path)
+    _require_onnx(path)
     from onnx import numpy_helper
 
-    path = Path(path)
     model = _load_model(path, input_shape)
     graph = model.graph
     consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -197,10 +207,10 @@ def _translate(node: Any, name: str, acts: list[str], out: str, shapes: dict, co
         return raw(op, **_reduce_axes(node, attrs, rank, const))
     if op in ("softmax", "log_softmax"):
         return raw(op, axes=(int(attrs.get("axis", -1)) % rank,))
-    if op == "layer_norm":
-        first = int(attrs.get("axis", -1)) % rank
+    if op in ("layer_norm", *NORM_FIRST_AXIS):  # inputs: x, scale, bias
+        first = int(attrs.get("axis", -1)) % rank if op == "layer_norm" else NORM_FIRST_AXIS[op]
         params = sum(int(np.size(c)) for c in (const(1), const(2)) if c is not None)
-        return raw("layer_norm", axes=tuple(range(first, rank)), params=params)
+        return raw(op, axes=tuple(range(first, rank)), params=params)
     if op == "concat":
         return raw("concat", axis=attrs["axis"] % len(shape))
     if op == "transpose":

@@ -7,7 +7,7 @@ from typing import Any
 from edgekit.errors import ModelLoadError
 from edgekit.graph.build import RawNode, build_graph, same_padding
 from edgekit.graph.ir import Graph, TensorSpec, numel
-from edgekit.graph.ops import ATEN_OPS
+from edgekit.graph.ops import ATEN_OPS, NORM_FIRST_AXIS
 
 _TORCH_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.int8": "int8", "torch.uint8": "uint8",
                  "torch.int32": "int32", "torch.int64": "int64", "torch.bool": "bool", "torch.float64": "fp64"}
@@ -121,6 +121,11 @@ def _translate(node: Any, name: str, inputs: list[str], output: str, shape: tupl
         rank = _rank(node)
         weights = sum(1 for index in (2, 3) if _arg(node, index) is not None)
         return raw("layer_norm", axes=tuple(range(rank - len(normalized), rank)), params=weights * numel(normalized))
+    if op in NORM_FIRST_AXIS:  # group_norm(x, groups, w, b), native_group_norm(x, w, b, ...), instance_norm(x, w, b)
+        first = 2 if target == "aten.group_norm.default" else 1
+        affine = [arg for arg in node.args[first:first + 2] if arg is not None]
+        return raw(op, axes=tuple(range(NORM_FIRST_AXIS[op], _rank(node))),
+                   params=sum(numel(tuple(arg.meta["val"].shape)) for arg in affine))
     if op == "transpose":
         rank = _rank(node)
         if target == "aten.permute.default":

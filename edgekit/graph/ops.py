@@ -171,6 +171,8 @@ _ROWS = (
     _op("softmax", _N, "SOFTMAX", 4 * KIB),
     _op("log_softmax", _N, "LOG_SOFTMAX", 4 * KIB),
     _op("layer_norm", _N, None),  # converters write it as MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, ADD
+    _op("group_norm", _N, None),  # converters write it as RESHAPE, MEAN, SUB, MUL, RSQRT, ADD (TFLite has no builtin)
+    _op("instance_norm", _N, None),  # the same ops, one group per channel
     _op("l2_norm", _N, "L2_NORMALIZATION"),
     # no data moved
     _op("reshape", _A, "RESHAPE"),
@@ -222,6 +224,9 @@ GLOBAL_OPS = _ops_of(Kind.GLOBAL)
 ELEMENTWISE_OPS = frozenset(row.name for row in _ROWS if row.patchable and row.kind is not Kind.SPATIAL)
 FUSABLE_ACTIVATIONS = frozenset(row.name for row in _ROWS if row.fuses_into_producer)
 MULTI_OUTPUT_OPS = frozenset({"split", "unpack"})
+# Normalisations over a fixed trailing block of N,C,H,W axes: a group norm over each group's channels and H,W
+# (axes from 1), an instance norm over H,W (axes from 2); importers give the layer `axes` from here.
+NORM_FIRST_AXIS = {"group_norm": 1, "instance_norm": 2}
 
 # --- source ops -> edgekit ops ---------------------------------------------------------------------------------
 # An importer may refine the op from attributes (CONV_2D with groups = channels -> depthwise_conv2d, a MEAN over
@@ -255,7 +260,8 @@ ONNX_OPS: dict[str, str] = {
     "Gelu": "gelu", "Erf": "erf", "Elu": "elu", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
     "Abs": "abs", "Neg": "neg", "BatchNormalization": "batchnorm", "Add": "add", "Sub": "sub", "Mul": "mul",
     "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum", "Where": "where", "Softmax": "softmax",
-    "LogSoftmax": "log_softmax", "LayerNormalization": "layer_norm", "Flatten": "reshape", "Reshape": "reshape",
+    "LogSoftmax": "log_softmax", "LayerNormalization": "layer_norm", "GroupNormalization": "group_norm",
+    "InstanceNormalization": "instance_norm", "Flatten": "reshape", "Reshape": "reshape",
     "Squeeze": "reshape", "Unsqueeze": "reshape", "Identity": "identity", "Dropout": "identity",
     "Transpose": "transpose", "Concat": "concat", "Pad": "pad", "Slice": "slice", "Split": "split",
     "Gather": "gather", "Tile": "tile", "Expand": "broadcast_to", "SpaceToDepth": "space_to_depth",
@@ -287,7 +293,9 @@ ATEN_OPS: dict[str, str] = {
     "aten.rsub.Scalar": "sub", "aten.pow.Tensor_Scalar": "pow", "aten.pow.Tensor_Tensor": "pow",
     "aten.maximum.default": "maximum", "aten.minimum.default": "minimum", "aten.where.self": "where",
     "aten.softmax.int": "softmax", "aten._softmax.default": "softmax", "aten.log_softmax.int": "log_softmax",
-    "aten.layer_norm.default": "layer_norm", "aten.flatten.using_ints": "reshape", "aten.view.default": "reshape",
+    "aten.layer_norm.default": "layer_norm", "aten.group_norm.default": "group_norm",
+    "aten.native_group_norm.default": "group_norm", "aten.instance_norm.default": "instance_norm",
+    "aten.flatten.using_ints": "reshape", "aten.view.default": "reshape",
     "aten.reshape.default": "reshape", "aten._unsafe_view.default": "reshape", "aten.squeeze.dim": "reshape",
     "aten.squeeze.dims": "reshape", "aten.squeeze.default": "reshape", "aten.unsqueeze.default": "reshape",
     "aten.unflatten.int": "reshape", "aten.dropout.default": "identity", "aten.clone.default": "identity",

@@ -178,13 +178,19 @@ class OffloadClient:
     def request(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
         """The tail's outputs for `tensor` within `deadline_s`, or the fallback's, or a Reply saying why not.
 
-        Raises only for bad arguments: a non-positive deadline, or a frame larger than the broker accepts
+        Raises only for bad arguments: a non-positive deadline, one no longer than `fallback_reserve_s` with a
+        fallback (no time would be left to wait for the tail), or a frame larger than the broker accepts
         (PayloadTooLargeError), which no retry can fix.
         """
         start = time.monotonic()
         if not deadline_s > 0:
             raise OffloadError(f"deadline_s must be a positive number of seconds, found {deadline_s}")
-        give_up = start + deadline_s - (self.fallback_reserve_s if fallback is not None else 0.0)
+        reserve = self.fallback_reserve_s if fallback is not None else 0.0
+        if deadline_s <= reserve:
+            raise OffloadError(f"a deadline of {_ms(deadline_s)} ms is not longer than the {_ms(reserve)} ms kept "
+                               "for the local fallback (fallback_reserve_s), so no time is left to wait for the tail; "
+                               f"give a deadline above {_ms(reserve)} ms (--deadline-ms) or a smaller reserve")
+        give_up = start + deadline_s - reserve
         if self._closed:
             return self._fall_back(tensor, fallback, start, "error", "client closed")
         if not self._ready.is_set():
@@ -225,8 +231,7 @@ class OffloadClient:
                 return self._fall_back(tensor, fallback, start, "error", f"publish failed (paho error {info.rc})")
             if waiter.link_down:
                 return self._fall_back(tensor, fallback, start, "error", "link to the broker went down")
-            return self._fall_back(tensor, fallback, start, "timeout",
-                                   f"no answer within {(give_up - start) * 1000:.0f} ms")
+            return self._fall_back(tensor, fallback, start, "timeout", _no_answer(give_up - start, deadline_s))
         if answer.kind == "error":
             return self._fall_back(tensor, fallback, start, "error", f"server: {answer.error}")
         try:
@@ -267,3 +272,16 @@ class OffloadClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ms(seconds: float) -> str:
+    """Seconds as milliseconds for a message: '20', '0.5', '1000'."""
+    return f"{round(seconds * 1000, 1):g}"
+
+
+def _no_answer(waited_s: float, deadline_s: float) -> str:
+    """What a timeout waited: the whole deadline, or the deadline less the time kept for the fallback."""
+    if waited_s >= deadline_s:
+        return f"no answer within {_ms(waited_s)} ms (the deadline)"
+    return (f"no answer within {_ms(waited_s)} ms (the {_ms(deadline_s)} ms deadline less "
+            f"{_ms(deadline_s - waited_s)} ms kept for the local fallback)")

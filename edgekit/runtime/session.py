@@ -279,8 +279,9 @@ class Session:
         """
         p = self.manifest.preprocessing
         if p is None:
-            raise InputError(f"{self.bundle.path}: the manifest has no 'preprocessing', so an image cannot be "
-                             "turned into input; pass an array to run() instead")
+            raise InputError(f"{self.bundle.path}: the bundle has no image preprocessing in its manifest, so an "
+                             "image cannot become its input; pass the frames as an array instead "
+                             "(edgekit run --input frames.npy or .npz; Session.run(array))")
         if p.channels not in (1, 3):
             raise InputError(f"{self.bundle.path}: preprocessing has {p.channels} channels; images give 1 (grey) "
                              "or 3 (RGB)")
