@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.convert.calibration import load_calibration, load_labelled
+from edgekit.convert.calibration import load_described, load_labelled
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity, Outputs, Runner, measure_fidelity
 from edgekit.convert.islands import FloatIsland, float_islands
@@ -69,7 +69,8 @@ class Int8Build(Build):
 def load_held_out(build: Int8Build) -> None:
     """The evaluation data, when given: inputs and, when the file has them, labels."""
     if build.evaluation:
-        build.held_out = load_labelled(build.evaluation, build.sample_shape(), build.sample_layout)
+        build.held_out = load_labelled(build.evaluation, build.sample_shape(), build.sample_layout,
+                                       build.preprocessing)
 
 
 def calibrate(build: Int8Build) -> None:
@@ -92,7 +93,7 @@ def calibration_samples(model: Any, source: str | Path | None, config: Int8Confi
     """Samples shaped `shape` in `layout` and a description of where they came from; no source means data-free
     synthesis, which needs a torch model (its batch-norm statistics)."""
     if source is not None:
-        return load_calibration(source, shape, config.max_samples, preprocessing, layout), f"from {source}"
+        return load_described(source, shape, config.max_samples, preprocessing, layout)
     if isinstance(model, Path):
         raise CalibrationError(f"{model}: data-free calibration needs a torch model (its batch-norm statistics); "
                                "pass --calib with data in the model's input layout")
