@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from edgekit.capture import Captured, user_stderr, user_stdout
 from edgekit.errors import EdgekitError
 from edgekit.progress import set_quiet
 
@@ -29,7 +30,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _emit(args: argparse.Namespace, data: object, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(json.dumps(data, indent=2, default=str) if args.json else text, file=user_stdout())
 
 
 def cmd_targets_list(args: argparse.Namespace) -> None:
@@ -130,6 +131,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_plan_patch(args: argparse.Namespace) -> None:
+    from edgekit.convert.patch_pack import bundle_model_file
+    from edgekit.errors import PlanError
     from edgekit.graph import load_graph
     from edgekit.memory import MemoryPolicy
     from edgekit.plan.patch import fixed_plan, patched_live_bytes, plan_patches
@@ -139,12 +142,16 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
     if (args.stage_end is None) != (args.grid is None):
         raise EdgekitError("--stage-end and --grid go together (a hand-picked schedule), or neither (search)")
     budget = load_target(args.target).activation_budget_bytes if args.target else None
-    graph = load_graph(args.model, args.input_shape)
+    graph = load_graph(bundle_model_file(args.model), args.input_shape)  # a bundle folder: its .tflite
     policy = MemoryPolicy("int8", not args.no_inplace_depthwise, args.inplace_residual, args.materialize_pads)
     if args.stage_end is not None:
         plan = fixed_plan(graph, args.stage_end, args.grid, args.input_resident, policy)
     else:
-        plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy)
+        plan = plan_patches(graph, budget, args.max_extra_macs, args.input_resident, policy,
+                            force_patch=args.force_patch)
+    if args.emit and plan.already_fits and plan.chosen is None:
+        raise PlanError(f"{plan.model}: {plan.reason}, so --emit has no patch schedule to write; add --force-patch "
+                        "to patch it anyway")
     data, text = plan.to_dict(), render_patch_plan(plan)
     if args.plot:
         from edgekit.report.plot import plot_patch_plan
@@ -176,7 +183,7 @@ def _bit_rate(text: str) -> float:
 
 def cmd_plan_split(args: argparse.Namespace) -> None:
     from edgekit.graph import load_graph
-    from edgekit.plan.split import check_cut, plan_split
+    from edgekit.plan.split import plan_split, request_cut
     from edgekit.report.plans import render_split_plan
     from edgekit.targets import load_link, load_target
 
@@ -185,7 +192,7 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
     plan = plan_split(graph, device, server, link, args.bandwidth, args.objective, args.dtype,
                       jpeg_bytes=args.jpeg_bytes)
     if args.split:
-        check_cut(plan, args.split)
+        plan = request_cut(plan, args.split)
     data, text = plan.to_dict(), render_split_plan(plan)
     if args.plot:
         from edgekit.report.plot import plot_split
@@ -249,8 +256,12 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     holdouts = [spec.partition("=") for spec in args.holdout]
     rows = evaluate(calibration, [(model, name, args.artifact),
                                   *((m, m.rpartition(":")[2], path or None) for m, _, path in holdouts)])
-    data = {"profile": calibration.profile_path, "fit": dataclasses.asdict(calibration.fit),
-            "timings": dataclasses.asdict(calibration.timings), "errors": [dataclasses.asdict(r) for r in rows]}
+    measured = calibration.device.calibration
+    assert measured is not None
+    data = {"profile": calibration.profile_path, "name": calibration.device.name, "device_arch": calibration.base.arch,
+            "machine": measured.machine, "machine_arch": measured.machine_arch, "warning": calibration.warning,
+            "fit": dataclasses.asdict(calibration.fit), "timings": dataclasses.asdict(calibration.timings),
+            "errors": [dataclasses.asdict(r) for r in rows]}
     _emit(args, data, render_errors(calibration, rows))
 
 
@@ -258,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Take a PyTorch model to edge hardware.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (always so with --json)")
+    parser.add_argument("--verbose", action="store_true", help="show the output of the libraries edgekit runs "
+                                                               "(converter steps, logs; on stderr); without it, "
+                                                               "shown only when the command fails")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(sub: argparse._SubParsersAction, name: str, func: object, help_text: str) -> argparse.ArgumentParser:
@@ -362,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, help="hand-pick an n x n grid (with --stage-end)")
     p.add_argument("--emit", metavar="DIR", help="INT8 .tflite model (NHWC): write the patch models and schedule "
                                                  "(plus C arrays and headers for an MCU --target) to DIR")
+    p.add_argument("--force-patch", action="store_true", help="patch even when the layer-by-layer peak already "
+                                                             "fits the --target (default: no schedule, none emitted)")
     p.add_argument("--plot", metavar="PNG", help="write memory per layer, before and after")
     _accounting_flags(p)
 
@@ -374,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
     p.add_argument("--dtype", choices=("int8", "fp32"), default="int8",
                    help="the head's dtype on the device (a calibrated profile applies to its calibrated dtype)")
-    p.add_argument("--split", metavar="LAYER", help="check that cutting after LAYER is valid (error says why not)")
+    p.add_argument("--split", metavar="LAYER", help="report your cut after LAYER against the planner's best (an "
+                                                    "invalid cut is an error saying why)")
     p.add_argument("--jpeg-bytes", type=_positive, metavar="N", help="also report sending a JPEG of the input "
                                                                     "(N bytes per frame) instead of the raw input")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
@@ -407,7 +424,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         password=os.environ.get("EDGEKIT_MQTT_PASSWORD"))
     metrics = serve(args.bundle, broker, workers=args.workers, model_id=args.model_id, prefix=args.prefix,
                     group=args.group, backend=args.backend, threads=args.threads, listen=args.listen,
-                    announce=lambda line: print(line, flush=True))
+                    announce=lambda line: print(line, file=user_stderr() if args.json else user_stdout(), flush=True))
     _emit(args, metrics, render_metrics(metrics))
 
 
@@ -423,11 +440,13 @@ def _accounting_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: one-line errors with a non-zero exit; tracebacks only with --debug."""
+    """Entry point: one-line errors with a non-zero exit; tracebacks only with --debug; other libraries' output
+    only with --verbose or before the error line (serve shows it as it comes: its workers run for hours)."""
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet or getattr(args, "json", False))
     try:
-        args.func(args)
+        with Captured(show=args.verbose or args.func is cmd_serve):
+            args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
         return 0

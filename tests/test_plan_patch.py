@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TwoConvs, export_onnx
+from helpers import TwoConvs, export_onnx, run
 from torch import nn
 
 from edgekit.errors import PlanError
@@ -142,3 +142,42 @@ def test_no_stage_is_a_clear_error() -> None:
 
     with pytest.raises(PlanError, match="no layer can end a patch stage"):
         plan_patches(load_graph(Flat()))
+
+
+def test_a_model_that_fits_layer_by_layer_is_not_patched_unless_forced() -> None:
+    graph = load_graph("mobilenet_v2_035_96")  # 129,024 B layer by layer
+    plan = plan_patches(graph, budget_bytes=262_144)
+    assert plan.chosen is None and plan.already_fits and not plan.force_patch and not plan.feasible
+    assert (plan.stage_layers, plan.tiles, plan.input_windows) == ((), (), ())
+    assert plan.reason == "already fits layer by layer (peak 129,024 B of a 262,144-byte budget); no patching needed"
+    assert plan.pareto == plan_patches(graph).pareto  # what patching would cost, for reference
+    forced = plan_patches(graph, budget_bytes=262_144, force_patch=True)
+    assert forced.already_fits and forced.force_patch and forced.chosen == plan_patches(graph).chosen is not None
+    assert forced.reason.endswith(" (patching was forced: layer by layer, 129,024 B, already fits the budget)")
+    for p in (plan, forced):
+        data = json.loads(json.dumps(p.to_dict()))
+        assert (data["already_fits"], data["force_patch"]) == (True, p is forced)
+        assert PatchPlan.from_dict(data) == p
+    over = plan_patches(graph, budget_bytes=129_023)  # one byte short: patching is the answer
+    assert not over.already_fits and over.feasible and over.chosen == forced.chosen
+
+
+def test_plan_patch_cli_says_no_patching_is_needed(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    argv = ("plan", "patch", "mobilenet_v2_035_96", "--target", "nrf52840")  # 256 KiB of SRAM
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[2:4] == ["already fits layer by layer (peak 129,024 B of a 262,144-byte budget); no patching needed",
+                          "the frontier below is what patching would cost; --force-patch picks from it"]
+    assert "chosen" not in out
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["chosen"] is None and (data["already_fits"], data["force_patch"]) == (True, False)
+    code, out, err = run(capsys, *argv, "--emit", str(tmp_path / "pack"))
+    assert code == 2 and out == "" and not (tmp_path / "pack").exists()
+    assert err == ("edgekit: error: mobilenet_v2_035_96: already fits layer by layer (peak 129,024 B of a "
+                   "262,144-byte budget); no patching needed, so --emit has no patch schedule to write; add "
+                   "--force-patch to patch it anyway\n")
+    code, out, _ = run(capsys, *argv, "--force-patch", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["chosen"]["grid"] == 3 and data["force_patch"] is True

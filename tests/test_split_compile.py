@@ -93,6 +93,8 @@ def test_sbc_split_bundle_runs_int8_head_then_tail_end_to_end(tmp_path: Path, di
     report = compile_split(model, "digits_cnn", load_target("rpi4"), load_target("x86-server"), load_link("wifi"),
                            tmp_path / "split", calib, held_out, split="features.1.0", tail_dtype="int8")
     assert report.fidelity is not None and report.fidelity.top1_agreement >= 0.98
+    assert report.plan.requested and report.to_dict()["plan"]["verdict"]["label"] == "your cut"
+    assert report.plan.best == report.plan.all_device and report.plan.verdict.ratio_to_best > 100  # 0.02 ms a frame
 
     session = load(tmp_path / "split")
     head, tail = session.manifest.stages
@@ -125,6 +127,10 @@ def test_mcu_split_from_the_cli_sends_nhwc_and_the_tail_takes_it(capsys: pytest.
     assert code == 0, err
     assert "cut after 'features.1.0'" in out and "payload per frame: 512 B as sent (2,048 B in float32)" in out
     assert "all device" in out and "all server" in out  # the baselines
+    # the cut was named, so it is "your cut", against the planner's best: all on the board, 2.14 ms a frame
+    assert "\nyour cut    features.1.0 " in out and "\nchosen " not in out
+    assert ("\nyour cut after 'features.1.0': 3.82 ms per frame, 1.79x the best plan (all device, 2.14 ms) at "
+            "100 Mbit/s\n") in out
 
     session = load(tmp_path / "mcu_split")
     head, tail = session.manifest.stages

@@ -103,7 +103,7 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
     calibration = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
     path = quantize(model, calibration, workdir / f"{name}_int8.tflite", Int8Config.for_target(device))
     graph = from_tflite(path)
-    plan = plan_patches(graph, device.activation_budget_bytes, max_extra_macs)
+    plan = plan_patches(graph, device.activation_budget_bytes, max_extra_macs, force_patch=True)  # measure patching
     if plan.chosen is None:
         return {"model": name, "reason": plan.reason}
     tflm_plan = fixed_plan(graph, plan.chosen.stage_end, plan.chosen.grid, policy=MemoryPolicy.tflm())

@@ -59,7 +59,7 @@ class SplitCompileReport:
 
     model: str
     requested: str  # "auto" or the layer the user named
-    plan: SplitPlan  # `chosen` is the deployed cut
+    plan: SplitPlan  # `chosen` is the deployed cut; `requested` when the user named it
     boundary: TensorInfo  # the head's output: what crosses the link each frame
     boundary_tensor: str  # its name in the graph IR
     payload_bytes: int  # boundary bytes as sent (int8 for a full-integer head)
@@ -79,6 +79,7 @@ class SplitCompileReport:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["plan"] = self.plan.to_dict()  # with its verdict: the cut against the best plan and both baselines
         data["fidelity_drop_points"] = drop_points(self.fidelity) if self.fidelity else None
         return data
 
@@ -206,8 +207,9 @@ def describe_split(build: _Split) -> None:
     boundary = build.head_out[0]
     elements = int(np.prod(boundary.shape))
     head, tail = build.artifact, build.tail_path
+    plan = replace(build.plan, chosen=build.cut, requested=build.split != "auto")
     build.report = SplitCompileReport(
-        build.name, build.split, replace(build.plan, chosen=build.cut), boundary, build.boundary,
+        build.name, build.split, plan, boundary, build.boundary,
         elements * np.dtype(boundary.dtype).itemsize, elements * 4, head.name, head.stat().st_size, build.config,
         tail.name, tail.stat().st_size, build.tail_dtype, build.described, len(build.samples), build.islands,
         build.fidelity, build.max_drop_points, build.mcu)

@@ -64,6 +64,8 @@ class PatchPlan:
     input_windows: tuple[Region, ...]  # each patch's window on the model input (may reach past the border)
     pareto: tuple[PatchCandidate, ...]
     reason: str
+    already_fits: bool = False  # the layer-by-layer peak is within the budget
+    force_patch: bool = False  # patch anyway when it already fits (without it such a plan chooses no schedule)
 
     @property
     def feasible(self) -> bool:
@@ -261,15 +263,25 @@ def pareto_front(candidates: list[PatchCandidate]) -> tuple[PatchCandidate, ...]
 
 def plan_patches(graph: Graph, budget_bytes: int | None = None, max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS,
                  input_resident: bool = False, policy: MemoryPolicy = MemoryPolicy(),
-                 grids: tuple[int, ...] = GRIDS) -> PatchPlan:
-    """Search (stage end, grid) for the smallest peak within the recompute budget; say why it was chosen."""
+                 grids: tuple[int, ...] = GRIDS, force_patch: bool = False) -> PatchPlan:
+    """Search (stage end, grid) for the smallest peak within the recompute budget; say why it was chosen.
+
+    A model whose layer-by-layer peak fits `budget_bytes` gets no schedule (patching only adds MACs), with the
+    frontier for reference, unless `force_patch`.
+    """
     baseline = activation_memory(graph, policy).peak_bytes
+    fits = budget_bytes is not None and baseline <= budget_bytes
     results = {}
     for end in stage_ends(graph):
         shape = graph.layers[end].output_shape
         for grid in grids:
             if grid <= min(shape[-2], shape[-1]):
                 results[(end, grid)] = evaluate(graph, end, grid, input_resident, policy)
+    if fits and not force_patch:
+        return PatchPlan(graph.name, policy, budget_bytes, max_extra_macs, input_resident, baseline, graph.total_macs,
+                         None, (), (), (), pareto_front([c for c, _, _ in results.values()]),
+                         f"already fits layer by layer (peak {baseline:,} B of a {budget_bytes:,}-byte budget); "
+                         "no patching needed", already_fits=True)
     if not results:
         why = next((why for why in map(stage_blocker, graph.layers) if why), "")
         raise PlanError(f"{graph.name}: no layer can end a patch stage (only patchable layers from the input with "
@@ -289,10 +301,10 @@ def plan_patches(graph: Graph, budget_bytes: int | None = None, max_extra_macs: 
         bound = "patch stage" if chosen.patch_stage_bytes >= chosen.rest_bytes else "layers after the stage"
         reason = (f"smallest peak within {max_extra_macs:.0%} extra MACs "
                   f"({chosen.extra_macs_ratio(total):.1%} used); the peak is set by the {bound}")
-    if budget_bytes is not None and baseline <= budget_bytes:
-        reason += f" (layer by layer, {baseline:,} B, already fits the budget)"
+    if fits:
+        reason += f" (patching was forced: layer by layer, {baseline:,} B, already fits the budget)"
     key = next((k for k, v in results.items() if v[0] == chosen), None)
     stage_layers = tuple(l.name for l in graph.layers[: key[0] + 1]) if key else ()
     tiles, windows = (results[key][1], results[key][2]) if key else ((), ())
     return PatchPlan(graph.name, policy, budget_bytes, max_extra_macs, input_resident, baseline, total, chosen,
-                     stage_layers, tiles, windows, pareto_front(candidates), reason)
+                     stage_layers, tiles, windows, pareto_front(candidates), reason, fits, force_patch)

@@ -45,8 +45,23 @@ class SplitCandidate:
 
 
 @dataclass(frozen=True)
+class SplitVerdict:
+    """How the reported cut compares on the objective's figure per frame (seconds, or device joules): to the
+    planner's best valid cut and to both baselines. A ratio is the cut's figure over the other's; None where
+    the other is invalid or its figure is zero."""
+
+    label: str  # "your cut" (the user named it) or "chosen" (the planner's pick)
+    value: float
+    best_device_layers: int
+    best_value: float
+    ratio_to_best: float | None
+    ratio_to_all_device: float | None
+    ratio_to_all_server: float | None
+
+
+@dataclass(frozen=True)
 class SplitPlan:
-    """All cuts at one uplink bandwidth, the best one, and which cut wins over a bandwidth range."""
+    """All cuts at one uplink bandwidth, the reported one, and which cut wins over a bandwidth range."""
 
     model: str
     device: str
@@ -55,10 +70,12 @@ class SplitPlan:
     uplink_bps: float
     objective: str
     candidates: tuple[SplitCandidate, ...]
-    chosen: SplitCandidate
+    chosen: SplitCandidate  # the planner's pick, or with `requested` the cut the user named
     decision_map: tuple[tuple[float, float, int], ...]  # (from bit/s, to bit/s, device_layers)
     figures: tuple[str, str] = ("estimate", "estimate")  # device's and server's layer times: cost.LATENCY_SOURCES
     jpeg: SplitCandidate | None = None  # all on the server, sending a JPEG of the input (encode time not modelled)
+    requested: bool = False  # `chosen` is the user's cut (`--split LAYER`), not the planner's
+    warnings: tuple[str, ...] = ()  # what the plan could not use, e.g. a calibration for another dtype
 
     @property
     def all_device(self) -> SplitCandidate:
@@ -68,22 +85,48 @@ class SplitPlan:
     def all_server(self) -> SplitCandidate:
         return self.candidates[0]
 
+    @property
+    def best(self) -> SplitCandidate:
+        """The planner's best valid cut at this bandwidth, whatever `chosen` is."""
+        return min((c for c in self.candidates if c.valid), key=lambda c: _rank(c, self.objective))
+
+    @property
+    def verdict(self) -> SplitVerdict:
+        """The chosen cut against the best cut and both baselines, on the objective's figure."""
+        value, best = objective_value(self.chosen, self.objective), self.best
+
+        def ratio(other: SplitCandidate) -> float | None:
+            figure = objective_value(other, self.objective)
+            return value / figure if other.valid and figure > 0 else None
+
+        return SplitVerdict("your cut" if self.requested else "chosen", value, best.device_layers,
+                            objective_value(best, self.objective), ratio(best), ratio(self.all_device),
+                            ratio(self.all_server))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The plan's fields, and its `verdict` (derived: `from_dict` ignores it)."""
+        return {**asdict(self), "verdict": asdict(self.verdict)}
 
     @classmethod
     def from_dict(cls, data: dict) -> SplitPlan:
+        data = {k: v for k, v in data.items() if k != "verdict"}
         candidates = tuple(SplitCandidate(**{**c, "tensors": tuple(c["tensors"])}) for c in data["candidates"])
         chosen = SplitCandidate(**{**data["chosen"], "tensors": tuple(data["chosen"]["tensors"])})
         return cls(**{**data, "candidates": candidates, "chosen": chosen,
                       "decision_map": tuple(tuple(r) for r in data["decision_map"]),
                       "figures": tuple(data.get("figures", ("estimate", "estimate"))),
                       "jpeg": SplitCandidate(**{**data["jpeg"], "tensors": tuple(data["jpeg"]["tensors"])})
-                      if data.get("jpeg") else None})
+                      if data.get("jpeg") else None, "warnings": tuple(data.get("warnings", ()))})
 
 
-def _score(candidate: SplitCandidate, objective: str) -> float:
+def objective_value(candidate: SplitCandidate, objective: str) -> float:
+    """What the objective minimises for one frame: seconds end to end (latency) or the device's joules (energy)."""
     return candidate.total_seconds if objective == "latency" else candidate.device_joules
+
+
+def _rank(candidate: SplitCandidate, objective: str) -> tuple[float, int]:
+    """Lower is better: the objective's figure, then more layers on the device (less to send and serve)."""
+    return objective_value(candidate, objective), -candidate.device_layers
 
 
 def crossing_tensors(graph: Graph, k: int) -> tuple[str, ...]:
@@ -160,8 +203,20 @@ def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_
             ranges.append((bps, bps, winner))
     figures = (_figures(graph, device, dtype), _figures(graph, server, server_dtype))
     jpeg = _jpeg_baseline(candidates[0], jpeg_bytes, link, device) if jpeg_bytes is not None else None
+    unused = (_unused_calibration(device, "device", dtype), _unused_calibration(server, "server", server_dtype))
     return SplitPlan(graph.name, device.name, server.name, link.name, link.uplink.value, objective, candidates,
-                     chosen, tuple(ranges), figures, jpeg)
+                     chosen, tuple(ranges), figures, jpeg, warnings=tuple(w for w in unused if w))
+
+
+def _unused_calibration(profile: Device, side: str, dtype: str) -> str:
+    """Why `profile`'s calibration was not used ('' when it was, or there is none): it is for another dtype."""
+    calibration = profile.calibration
+    if calibration is None or calibration.dtype == dtype:
+        return ""
+    stage, use = ("head", f"`edgekit plan split --dtype {calibration.dtype}`") if side == "device" else \
+        ("tail", f"plan_split(server_dtype={calibration.dtype!r})")
+    return (f"{side} profile '{profile.name}' ({profile.path}) is calibrated for {calibration.dtype}, but the {stage} "
+            f"runs {dtype}: the plan used the profile's {dtype} estimates instead; {use} plans with the calibration")
 
 
 def _jpeg_baseline(all_server: SplitCandidate, jpeg_bytes: int, link: Link, device: Device) -> SplitCandidate:
@@ -193,7 +248,7 @@ def _best(candidates: tuple[SplitCandidate, ...], objective: str, graph: Graph, 
                          f"{candidates[-1].why_invalid}. What would work: a link that carries "
                          f"{sent.payload_bytes + PROTOCOL_OVERHEAD_BYTES:,} B messages, or a head that fits the device "
                          "(see `edgekit plan patch`)")
-    return min(valid, key=lambda c: (_score(c, objective), -c.device_layers))
+    return min(valid, key=lambda c: _rank(c, objective))
 
 
 def deployable_cut(plan: SplitPlan) -> SplitCandidate:
@@ -202,7 +257,7 @@ def deployable_cut(plan: SplitPlan) -> SplitCandidate:
     if not usable:
         raise SplitError(f"{plan.model}: every valid cut for {plan.device} over {plan.link} is crossed by several "
                          "tensors; a split bundle needs a cut crossed by one (between blocks)")
-    return min(usable, key=lambda c: (_score(c, plan.objective), -c.device_layers))
+    return min(usable, key=lambda c: _rank(c, plan.objective))
 
 
 def _with_uplink(link: Link, bps: float) -> Link:
@@ -221,6 +276,11 @@ def check_cut(plan: SplitPlan, last_device_layer: str) -> SplitCandidate:
         if candidate.last_device_layer == last_device_layer:
             if not candidate.valid:
                 raise SplitError(f"cutting after '{last_device_layer}' is not possible: {candidate.why_invalid}; "
-                                 f"the planner's choice is after '{plan.chosen.last_device_layer}'")
+                                 f"the planner's choice is after '{plan.best.last_device_layer}'")
             return candidate
     raise SplitError(f"{plan.model} has no layer '{last_device_layer}'")
+
+
+def request_cut(plan: SplitPlan, last_device_layer: str) -> SplitPlan:
+    """The plan reporting the user's cut after `last_device_layer` (checked by `check_cut`) as `chosen`."""
+    return replace(plan, chosen=check_cut(plan, last_device_layer), requested=True)

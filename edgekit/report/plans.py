@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgekit.plan.split import objective_value
 from edgekit.report.analysis import policy_text
 from edgekit.report.table import table
 from edgekit.units import format_bytes
@@ -31,6 +32,8 @@ def render_patch_plan(plan: PatchPlan) -> str:
         lines.append(f"  patch stage {c.patch_stage_bytes:,} B (worst patch + {c.stage_output_bytes:,} B stage "
                      f"buffer), rest {c.rest_bytes:,} B")
     lines.append(("why: " if plan.feasible else "") + plan.reason)
+    if plan.already_fits and not plan.force_patch and plan.pareto:
+        lines.append("the frontier below is what patching would cost; --force-patch picks from it")
     rows = [(x.stage_end, f"{x.grid}x{x.grid}", f"{x.peak_bytes:,}", f"{x.patch_stage_bytes:,}", f"{x.rest_bytes:,}",
              f"{x.extra_macs_ratio(plan.total_macs):.1%}", "<- chosen" if x == c else "") for x in plan.pareto]
     lines += ["", "Pareto frontier (peak bytes vs extra MACs):",
@@ -52,12 +55,50 @@ def _split_row(label: str, c: SplitCandidate) -> tuple:
             "" if c.valid else c.why_invalid)
 
 
+def _cut_name(plan: SplitPlan, c: SplitCandidate) -> str:
+    if c.device_layers == len(plan.candidates) - 1:
+        return "all device"
+    return f"cut after '{c.last_device_layer}'" if c.device_layers else "all server"
+
+
+def _per_frame(plan: SplitPlan, c: SplitCandidate) -> str:
+    """The cut's figure for the plan's objective: ms end to end, or the device's mJ."""
+    milli = 1000 * objective_value(c, plan.objective)
+    number = f"{milli:.2f}" if milli >= 1 else f"{milli:.3g}"  # two decimals as in the table; under 1, 3 digits
+    return f"{number} {'ms' if plan.objective == 'latency' else 'mJ'}"
+
+
+def _versus(plan: SplitPlan, name: str, other: SplitCandidate, ratio: float | None, which: str = "") -> str:
+    """'0.638x all device (56.34 ms)': the chosen cut's figure over another's; an invalid one is not possible."""
+    if not other.valid:
+        return f"{name} not possible"
+    return f"{'' if ratio is None else f'{ratio:.3g}x '}{name} ({which}{_per_frame(plan, other)})"
+
+
+def split_verdict(plan: SplitPlan) -> str:
+    """One line: the user's cut against the planner's best, or the planner's pick against both baselines."""
+    v, c, best = plan.verdict, plan.chosen, plan.best
+    best_text = _versus(plan, "the best plan", best, v.ratio_to_best, f"{_cut_name(plan, best)}, ")
+    if plan.requested:
+        head = f"your cut after '{c.last_device_layer}'" + (" (all device)" if c == plan.all_device else "")
+        parts = ["the planner's best too" if best == c else best_text]
+    else:
+        head = f"chosen: {_cut_name(plan, c)}"
+        parts = [_versus(plan, name, other, ratio) for name, other, ratio in
+                 (("all device", plan.all_device, v.ratio_to_all_device),
+                  ("all server", plan.all_server, v.ratio_to_all_server)) if other != c]
+        parts += [] if best == c else [best_text]
+    return f"{head}: {_per_frame(plan, c)} per frame, {', '.join(parts)} at {_bps(plan.uplink_bps)}"
+
+
 def render_split_plan(plan: SplitPlan) -> str:
     """The chosen cut beside the all-device and all-server baselines, and the bandwidth decision map."""
     headers = ("", "head ends at", "device layers", "payload B", "device ms", "link ms", "server ms", "total ms",
                "device mJ", "invalid because")
-    rows = [_split_row("chosen", plan.chosen), _split_row("all device", plan.all_device),
+    rows = [_split_row(plan.verdict.label, plan.chosen), _split_row("all device", plan.all_device),
             _split_row("all server", plan.all_server)]
+    if plan.best not in (plan.chosen, plan.all_device, plan.all_server):
+        rows.insert(1, _split_row("best plan", plan.best))
     if plan.jpeg is not None:  # SC2's baseline: not chosen, since its codec time and accuracy loss are unmodelled
         rows.append(_split_row("all server, JPEG*", plan.jpeg)[:1] + ("(JPEG of the input)",)
                     + _split_row("", plan.jpeg)[2:])
@@ -67,8 +108,10 @@ def render_split_plan(plan: SplitPlan) -> str:
         f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
         f"objective {plan.objective}; layer times: device {plan.figures[0]}, server {plan.figures[1]} "
         "(measured/fitted: edgekit calibrate; estimate: the profile's throughput figures)",
+        *(f"warning: {w}" for w in plan.warnings),
         "", table(headers, rows), *([] if plan.jpeg is None else [
-            "* JPEG: encoding and decoding time and the lossy codec's accuracy cost are not modelled"]), "",
+            "* JPEG: encoding and decoding time and the lossy codec's accuracy cost are not modelled"]),
+        split_verdict(plan), "",
         "decision map (which cut wins as the uplink changes):",
         table(("uplink", "head ends at", "device layers"), ranges),
     ])
