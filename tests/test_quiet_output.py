@@ -146,7 +146,8 @@ def test_a_tflite_compile_prints_at_most_10_lines(compiled: tuple[subprocess.Com
     ["compile", "{bundle}/digits_cnn_int8.tflite", "--target", "stm32f746", "--int8", "-o", "{tmp}/packaged"],
     ["run", "{bundle}", "--input", "{tmp}/digit.png", "--top", "3"],
     ["bench", "{bundle}", "--runs", "5", "--warmup", "1"],
-    ["plan", "patch", "{bundle}/digits_cnn_int8.tflite", "--target", "stm32f746", "--emit", "{tmp}/patches"],
+    ["plan", "patch", "{bundle}/digits_cnn_int8.tflite", "--target", "stm32f746", "--force-patch", "--emit",
+     "{tmp}/patches"],
     ["calibrate", "digits_cnn", "--target", "rpi4", "--repeats", "2"],
 ], ids=lambda argv: " ".join(a for a in argv[:2] if "{" not in a))
 def test_json_is_alone_on_stdout(compiled: tuple[subprocess.CompletedProcess[str], Path], digits_data,  # type: ignore[no-untyped-def]
