@@ -96,12 +96,12 @@ def test_data_free_synthesis_closes_the_batch_norm_gap() -> None:
     from edgekit.convert.synthetic import statistics_gap, synthesize_calibration
 
     model = create_model("digits_cnn", pretrained=True)
-    synthetic = synthesize_calibration(model, model.input_shape, samples=16, steps=100)
+    synthetic = synthesize_calibration(model, model.input_shape, samples=16, max_steps=100)
     assert synthetic.inputs.shape == (16, 1, 8, 8) and synthetic.inputs.dtype == np.float32
     with torch.no_grad():
         measured = float(statistics_gap(model, torch.from_numpy(synthetic.inputs)))
-    assert measured == pytest.approx(synthetic.final_gap, rel=1e-4)
-    assert synthetic.final_gap < 0.1 * synthetic.initial_gap
+    assert measured == pytest.approx(synthetic.synthesis.final_gap, rel=1e-4)
+    assert synthetic.synthesis.final_gap < 0.1 * synthetic.synthesis.initial_gap
 
 
 def test_data_free_needs_batch_norm() -> None:
@@ -109,7 +109,7 @@ def test_data_free_needs_batch_norm() -> None:
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
     with pytest.raises(CalibrationError, match="needs batch-norm layers"):
-        synthesize_calibration(model, (1, 1, 8, 8), samples=2, steps=1)
+        synthesize_calibration(model, (1, 1, 8, 8), samples=2, max_steps=1)
 
 
 def test_image_calibration_applies_mean_and_std(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_a_tflite_compile_prints_at_most_10_lines(compiled: tuple[subprocess.Com
     assert len(lines) <= 10, lines
     assert done.stdout.startswith("digits_cnn -> digits_cnn_int8.tflite (tflite, NHWC input, ")
     assert done.stdout.endswith(f"written to {bundle}/\n")
-    progress = re.compile(r"[a-z ]+ \[[# ]{30}\] \d+/\d+ \d+\.\ds( ETA \d+\.\ds)?")
+    progress = re.compile(r"[a-z ]+( \(\d+ samples\))? \[[# ]{30}\] \d+/\d+ \d+\.\ds( ETA \d+\.\ds)?")
     assert all(progress.fullmatch(line) for line in done.stderr.splitlines()), done.stderr  # nothing but bars
     assert "\r" not in done.stderr
 

@@ -9,11 +9,13 @@ from typing import Any
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity, onnx_layer_sqnr
 from edgekit.convert.int8_steps import (
+    HELD_OUT,
     Int8Build,
     calibrate,
     check_fidelity,
     fit_mcu,
     full_integer_check,
+    int8_warnings,
     load_held_out,
     nchw_runner,
     preflight,
@@ -24,9 +26,10 @@ from edgekit.convert.pipeline import Pipeline
 from edgekit.convert.preflight import module_types
 from edgekit.convert.preprocessing import input_preprocessing, model_labels
 from edgekit.convert.quantize import quantize
+from edgekit.convert.synthetic import Synthesis
 from edgekit.convert.torch_model import as_torch_model
 from edgekit.formats.bundle import Manifest, Stage, TensorInfo
-from edgekit.report.fidelity import render_fidelity
+from edgekit.report.fidelity import render_fidelity, render_warnings
 from edgekit.runtime.backends import ORT_TYPES, FloatRunner, open_model
 from edgekit.targets import Device
 
@@ -35,7 +38,7 @@ SQNR_SAMPLES = 16  # held-out samples run through the augmented ONNX models for 
 
 @dataclass(frozen=True)
 class CompileReport:
-    """What compile did and what it cost: artifact, calibration, float islands, fidelity."""
+    """What compile did and what it cost: artifact, calibration, float islands, fidelity, and what to beware of."""
 
     model: str
     target: str
@@ -49,6 +52,9 @@ class CompileReport:
     max_drop_points: float
     layer_sqnr_db: dict[str, float] = field(default_factory=dict)  # ONNX only, worst first
     mcu: McuFit | None = None  # MCU targets: TFLM-measured arena and the fit verdict
+    synthesis: Synthesis | None = None  # data-free: how the calibration samples were synthesised
+    fidelity_inputs: str = HELD_OUT  # what fidelity was measured on (synthetic inputs for data-free without --eval)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -65,7 +71,7 @@ class CompileReport:
                  f"calibration: {self.calibration_samples} samples, {self.calibration}"]
         lines.append("float islands: " + ("none (full integer)" if not self.float_islands else ""))
         lines += [f"  {island.layer} ({island.op}): {island.reason}" for island in self.float_islands]
-        lines.append(render_fidelity(self.fidelity, "fidelity", "int8"))
+        lines.append(render_fidelity(self.fidelity, "fidelity", "int8", self.fidelity_inputs))
         if self.layer_sqnr_db:
             worst = ", ".join(f"{name} {db:.1f}" for name, db in list(self.layer_sqnr_db.items())[:5])
             lines.append(f"per-layer SQNR (dB, worst first, {len(self.layer_sqnr_db)} tensors): {worst}")
@@ -73,7 +79,7 @@ class CompileReport:
             lines.append(f"tflite-micro: arena {self.mcu.arena_bytes:,} B measured; {self.mcu.verdict} "
                          f"({self.target}); deployment pack in mcu/")
             lines += [f"  {fit.describe()}" for fit in (self.mcu.sram, self.mcu.flash)]
-        return "\n".join(lines)
+        return "\n".join(lines + render_warnings(self.warnings))
 
 
 def tensor_infos(artifact: Path, channels_last: bool = False) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
@@ -148,7 +154,8 @@ def describe(build: CompileBuild) -> None:
     """The report, and the manifest: one stage on the target's backend, its preprocessing, labels and recipe."""
     build.report = CompileReport(build.name, build.device.name, build.config, build.artifact.name,
                                  build.artifact.stat().st_size, build.described, len(build.samples), build.islands,
-                                 build.fidelity, build.max_drop_points, build.layer_sqnr_db, build.mcu)
+                                 build.fidelity, build.max_drop_points, build.layer_sqnr_db, build.mcu,
+                                 build.synthesis, build.held_out_kind, int8_warnings(build))
     inputs, outputs = tensor_infos(build.artifact, build.config.channels_last_io)
     stage = Stage("main", stage_backend(build.device, build.config), build.artifact.name, inputs, outputs)
     recipe = build.recipe()  # None: a file packaged as it is, made by someone else's recipe

@@ -26,12 +26,14 @@ from edgekit.convert.compile import stage_backend, tensor_infos
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity
 from edgekit.convert.int8_steps import (
+    HELD_OUT,
     Int8Build,
     calibrate,
     check_fidelity,
     drop_points,
     fit_mcu,
     full_integer_check,
+    int8_warnings,
     load_held_out,
 )
 from edgekit.convert.islands import FloatIsland
@@ -40,13 +42,14 @@ from edgekit.convert.pipeline import Pipeline
 from edgekit.convert.preprocessing import input_preprocessing, model_labels
 from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
+from edgekit.convert.synthetic import Synthesis
 from edgekit.convert.torch_model import as_torch_model
 from edgekit.errors import ConversionError, SplitError
 from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
 from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
 from edgekit.graph.from_torch import from_torch
 from edgekit.plan.split import SplitCandidate, SplitPlan, check_cut, deployable_cut, plan_split
-from edgekit.report.fidelity import render_fidelity
+from edgekit.report.fidelity import render_fidelity, render_warnings
 from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.targets import Device, Link
 
@@ -76,6 +79,9 @@ class SplitCompileReport:
     fidelity: Fidelity | None  # head (INT8) -> tail against the float model
     max_drop_points: float
     mcu: McuFit | None = None  # MCU devices: the head's measured arena and fit verdict
+    synthesis: Synthesis | None = None  # data-free: how the calibration samples were synthesised
+    fidelity_inputs: str = HELD_OUT  # what fidelity was measured on (synthetic inputs for data-free without --eval)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -98,10 +104,11 @@ class SplitCompileReport:
                  f"calibration: {self.calibration_samples} samples, {self.calibration}"]
         if self.float_islands:
             lines.append("head float islands: " + ", ".join(f"{i.layer} ({i.op})" for i in self.float_islands))
-        lines.append(render_fidelity(self.fidelity, "fidelity of head -> tail against the float model", "split"))
+        lines.append(render_fidelity(self.fidelity, "fidelity of head -> tail against the float model", "split",
+                                     self.fidelity_inputs))
         if self.mcu is not None:
             lines.append(f"head on tflite-micro: arena {self.mcu.arena_bytes:,} B measured; {self.mcu.verdict}")
-        return "\n".join(lines)
+        return "\n".join(lines + render_warnings(self.warnings))
 
 
 def choose_cut(plan: SplitPlan, split: str) -> SplitCandidate:
@@ -212,7 +219,7 @@ def describe_split(build: _Split) -> None:
         build.name, build.split, plan, boundary, build.boundary,
         elements * np.dtype(boundary.dtype).itemsize, elements * 4, head.name, head.stat().st_size, build.config,
         tail.name, tail.stat().st_size, build.tail_dtype, build.described, len(build.samples), build.islands,
-        build.fidelity, build.max_drop_points, build.mcu)
+        build.fidelity, build.max_drop_points, build.mcu, build.synthesis, build.held_out_kind, int8_warnings(build))
     stages = (Stage("head", stage_backend(build.device, build.config), head.name, build.head_in, build.head_out),
               Stage("tail", "onnxruntime", tail.name, build.tail_in, build.tail_out))
     recipe = split_recipe(build.config, build.tail_dtype, len(build.samples), build.calibration is None,

@@ -11,18 +11,21 @@ from edgekit.targets import Device
 
 FORMATS = ("tflite", "onnx")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DATA_SAMPLES = 200  # the default cap on calibration samples read from data
+DATA_FREE_SAMPLES = 32  # the default count of synthesised samples: each one is optimised, so each costs time
 
 
 @dataclass(frozen=True)
 class Int8Config:
-    """How to quantize: output format, weight granularity, I/O types, calibration method and sample cap."""
+    """How to quantize: output format, weight granularity, I/O types, calibration method and sample cap (None:
+    DATA_SAMPLES from data, DATA_FREE_SAMPLES synthesised; a number given is honoured by both)."""
 
     format: str = "tflite"
     per_channel: bool = True
     int8_io: bool = True  # tflite: int8 input and output tensors (what TFLM and Pi deployments want)
     channels_last_io: bool = False  # tflite: NHWC input (and 4-D outputs), as cameras deliver frames
     calibration: str = "minmax"  # onnx only; entropy/percentile are memory hungry, hence the cap below
-    max_samples: int = 200
+    max_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -32,8 +35,14 @@ class Int8Config:
                                f"found {self.calibration!r}")
         if self.channels_last_io and self.format != "tflite":
             raise EdgekitError("Int8Config.channels_last_io applies to tflite only (ONNX models keep NCHW)")
-        if self.max_samples < 1:
+        if self.max_samples is not None and self.max_samples < 1:
             raise EdgekitError(f"Int8Config.max_samples must be >= 1, found {self.max_samples}")
+
+    def sample_cap(self, data_free: bool) -> int:
+        """How many calibration samples to use at most: `max_samples`, else the default for the source."""
+        if self.max_samples is not None:
+            return self.max_samples
+        return DATA_FREE_SAMPLES if data_free else DATA_SAMPLES
 
     @property
     def io_layout(self) -> str:
@@ -52,7 +61,7 @@ class Int8Config:
         tflite = self.format == "tflite"
         return QuantRecipe(self.format, self.per_channel, "int8" if tflite and self.int8_io else "float32",
                            io_layout or self.io_layout, tflite_calibration if tflite else self.calibration,
-                           self.max_samples, samples, data_free)
+                           self.sample_cap(data_free), samples, data_free)
 
     @classmethod
     def for_target(cls, device: Device, **overrides: Any) -> Int8Config:

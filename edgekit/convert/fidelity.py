@@ -23,6 +23,7 @@ class OutputError:
     sqnr_db: float | None  # None when the outputs are identical (no noise to measure)
     max_abs_error: float
     mean_abs_error: float
+    quantized_constant: bool = False  # the quantized model gave every input the same output, the float one did not
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def measure_fidelity(reference: Runner, quantized: Runner, inputs: np.ndarray,
     """Run both models one sample at a time (batch 1, as deployed) and compare their outputs, by position,
     named as the reference names them.
 
-    Top-1 is measured on the first classifier-shaped output (2-D, more than one class); labels need one.
+    Top-1 is measured on the first classifier-shaped output (2-D, more than one class); labels need one. An output
+    the quantized model gives every input alike while the float model's varies is marked `quantized_constant`.
     """
     ref_runs = [output_arrays(reference(x[None])) for x in inputs]
     q8_runs = [output_arrays(quantized(x[None])) for x in inputs]
@@ -79,8 +81,9 @@ def measure_fidelity(reference: Runner, quantized: Runner, inputs: np.ndarray,
         error = np.abs(ref - q8)
         noise = float(np.sum(error ** 2))
         sqnr = 10 * np.log10(max(float(np.sum(ref ** 2)), 1e-30) / noise) if noise else None
+        constant = len(inputs) > 1 and bool(np.all(q8 == q8[:1])) and not bool(np.all(ref == ref[:1]))
         errors.append(OutputError(name, None if sqnr is None else float(sqnr), float(error.max()),
-                                  float(error.mean())))
+                                  float(error.mean()), constant))
         abs_sum, elements = abs_sum + float(error.sum()), elements + error.size
         if classifier is None and ref.ndim == 2 and ref.shape[1] > 1:
             classifier, ref_top, q8_top = name, ref.argmax(axis=1), q8.argmax(axis=1)

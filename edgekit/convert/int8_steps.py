@@ -2,6 +2,8 @@
 
 Held-out data, calibration samples (from a file, or synthesised data-free), the full-integer check an MCU
 needs, the fidelity check against the float model, and the MCU fit and deployment pack of the device's model.
+A data-free compile without held-out data is checked on fresh synthetic inputs (another seed than calibration's),
+which the report names as such and on which the drop limit only warns; `int8_warnings` is what both reports warn.
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ from edgekit.convert.islands import FloatIsland, float_islands
 from edgekit.convert.mcu import McuFit, check_mcu_fit, write_mcu_pack
 from edgekit.convert.pipeline import Build
 from edgekit.convert.preflight import check_int8_preflight
-from edgekit.convert.synthetic import synthesize_calibration
+from edgekit.convert.synthetic import Synthesis, synthesize_calibration
+from edgekit.convert.threads import bounded_threads
 from edgekit.errors import CalibrationError, ConversionError
 from edgekit.formats.bundle import InputPreprocessing, QuantRecipe
 from edgekit.targets import Device
+
+HELD_OUT = "held-out samples"  # what the fidelity check ran on, as the report names it
+SYNTHETIC_INPUTS = "synthetic inputs, not real data"
+CHECK_SAMPLES = 16  # data-free without held-out data: how many fresh synthetic inputs the check runs on
+CHECK_SEED = 1  # their seed; calibration's inputs come from seed 0
 
 
 @dataclass(kw_only=True)
@@ -43,8 +51,10 @@ class Int8Build(Build):
     evaluation: str | Path | None
     max_drop_points: float
     held_out: tuple[np.ndarray, np.ndarray | None] | None = None
+    held_out_kind: str = HELD_OUT  # or SYNTHETIC_INPUTS
     samples: np.ndarray = field(init=False)
     described: str = field(init=False)  # where the samples came from, for the report
+    synthesis: Synthesis | None = None  # data-free: how the samples were synthesised
     artifact: Path = field(init=False)  # the device's INT8 model file, in the staging folder
     islands: tuple[FloatIsland, ...] = ()  # its operators left in float
     fidelity: Fidelity | None = None
@@ -74,10 +84,14 @@ def load_held_out(build: Int8Build) -> None:
 
 
 def calibrate(build: Int8Build) -> None:
-    """Calibration samples from the given data, or synthesised (data-free) when there is none."""
-    build.samples, build.described = calibration_samples(build.model, build.calibration, build.config,
-                                                         build.preprocessing, build.sample_shape(),
-                                                         build.sample_layout)
+    """Calibration samples from the given data, or synthesised (data-free) when there is none; data-free without
+    held-out data, also the fresh synthetic inputs the INT8 model is checked on."""
+    build.samples, build.described, build.synthesis = calibration_samples(
+        build.model, build.calibration, build.config, build.preprocessing, build.sample_shape(), build.sample_layout)
+    if build.synthesis is not None and build.held_out is None:
+        check = synthesize_calibration(build.model, build.sample_shape(), CHECK_SAMPLES, seed=CHECK_SEED,
+                                       label="synthesising check inputs")
+        build.held_out, build.held_out_kind = (check.inputs, None), SYNTHETIC_INPUTS
 
 
 def fit_mcu(build: Int8Build) -> None:
@@ -89,17 +103,19 @@ def fit_mcu(build: Int8Build) -> None:
 
 def calibration_samples(model: Any, source: str | Path | None, config: Int8Config,
                         preprocessing: InputPreprocessing | None, shape: tuple[int, ...],
-                        layout: str = "NCHW") -> tuple[np.ndarray, str]:
-    """Samples shaped `shape` in `layout` and a description of where they came from; no source means data-free
-    synthesis, which needs a torch model (its batch-norm statistics)."""
+                        layout: str = "NCHW") -> tuple[np.ndarray, str, Synthesis | None]:
+    """Samples shaped `shape` in `layout`, a description of where they came from, and how they were synthesised;
+    no source means data-free synthesis of `config.sample_cap(True)` samples, which needs a torch model (its
+    batch-norm statistics)."""
     if source is not None:
-        return load_described(source, shape, config.max_samples, preprocessing, layout)
+        return (*load_described(source, shape, config.sample_cap(data_free=False), preprocessing, layout), None)
     if isinstance(model, Path):
         raise CalibrationError(f"{model}: data-free calibration needs a torch model (its batch-norm statistics); "
                                "pass --calib with data in the model's input layout")
-    synthetic = synthesize_calibration(model, shape, samples=min(config.max_samples, 32))
-    return synthetic.inputs, (f"data-free: synthetic ZeroQ-style inputs (batch-norm statistics gap "
-                              f"{synthetic.initial_gap:.2f} -> {synthetic.final_gap:.2f}); not real data")
+    synthetic = synthesize_calibration(model, shape, samples=config.sample_cap(data_free=True))
+    default = " (the data-free default count; --max-samples sets another)" if config.max_samples is None else ""
+    return synthetic.inputs, (f"data-free: synthetic ZeroQ-style inputs{default}, {synthetic.synthesis.describe()}; "
+                              "not real data"), synthetic.synthesis
 
 
 def full_integer_check(artifact: Path, name: str, target: Device,
@@ -151,12 +167,35 @@ def nchw_runner(runner: Runner, channels_last: bool) -> Runner:
 def check_fidelity(build: Int8Build, held_out: tuple[np.ndarray, np.ndarray | None], runner: Runner,
                    deployed: str) -> Fidelity:
     """`runner` (the deployed model, samples in `build.sample_layout`) against the float model on `held_out`,
-    output by output; a ConversionError naming `deployed` ("INT8", "the split (...)") when the classifier
-    output's top-1 drops more than the limit."""
-    fidelity = measure_fidelity(build.reference(), runner, *held_out)
+    output by output, torch on bounded threads; a ConversionError naming `deployed` ("INT8", "the split (...)")
+    when the classifier output's top-1 drops more than the limit on the held-out data (on synthetic inputs that
+    is a warning: see `int8_warnings`)."""
+    with bounded_threads():
+        fidelity = measure_fidelity(build.reference(), runner, *held_out)
     drop = drop_points(fidelity)
-    if drop is not None and drop > build.max_drop_points:
+    if build.evaluation and drop is not None and drop > build.max_drop_points:
         raise ConversionError(f"{build.name}: {deployed} loses {drop:.2f} top-1 points on "
                               f"{build.evaluation} (limit {build.max_drop_points}); nothing written to "
                               f"{build.out_dir}")
     return fidelity
+
+
+def int8_warnings(build: Int8Build) -> tuple[str, ...]:
+    """What both reports warn about: a data-free synthesis that did not converge, an output of the deployed model
+    that does not follow its input (the same for every input while the float model's varies), and a top-1
+    disagreement beyond the drop limit on synthetic inputs, where the limit is not enforced."""
+    warning = build.synthesis.warning() if build.synthesis is not None else None
+    found = [warning] if warning else []
+    fidelity = build.fidelity
+    if fidelity is None:
+        return tuple(found)
+    remedy = "calibrate with real samples (--calib)" if build.synthesis is not None else "check the calibration data"
+    found += [f"the quantized model's output '{output.name}' is the same for every one of the {fidelity.samples} "
+              f"inputs checked while the float model's varies: it does not respond to its input; {remedy}"
+              for output in fidelity.outputs if output.quantized_constant]
+    drop = drop_points(fidelity)
+    if not build.evaluation and drop is not None and drop > build.max_drop_points:
+        found.append(f"the quantized model's top-1 differs from the float model's on {drop:.2f}% of "
+                     f"{fidelity.samples} synthetic inputs (the limit on held-out data is {build.max_drop_points} "
+                     "points); check it on real data with --eval")
+    return tuple(found)

@@ -17,12 +17,14 @@ import numpy as np
 
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import ArrayReader
+from edgekit.convert.threads import bounded_threads
 from edgekit.convert.torch_model import TorchModel, model_label
 from edgekit.errors import ConversionError, EdgekitError
 from edgekit.graph.ops import ATEN_OPS
 from edgekit.progress import progress
 
 _TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
+CALIBRATION_BATCH = 32  # PT2E calibration samples per forward pass, for a model that exports with a free batch
 
 
 def quantize(model: Any, calibration: np.ndarray, out_path: str | Path, config: Int8Config,
@@ -216,7 +218,7 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
     import litert_torch
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     if config.channels_last_io:
         with torch.no_grad():
@@ -226,10 +228,11 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1))
     sample = (torch.from_numpy(calibration[:1]),)
     quantizer = int8_quantizer(config)
-    prepared = prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
-    with torch.no_grad():
-        for x in progress(calibration, "calibrating", len(calibration)):
-            prepared(torch.from_numpy(x[None]))
+    prepared, batch = _prepared(model, calibration, quantizer)
+    batches = np.array_split(calibration, -(-len(calibration) // batch))  # sizes differ by at most one
+    with torch.no_grad(), bounded_threads():
+        for x in progress(batches, f"calibrating ({len(calibration)} samples)", len(batches)):
+            prepared(torch.from_numpy(x))
     quantized = convert_pt2e(prepared, fold_quantize=False)
     for module in quantized.modules():  # the ops were traced in eval mode; only the flag says otherwise
         module.training = False
@@ -245,6 +248,40 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         status = modify_model_interface(str(float_io), str(out_path), _TFLITE_INT8, _TFLITE_INT8)
     if status != 0:
         raise ConversionError(f"{out_path}: LiteRT could not switch the model interface to int8 (status {status})")
+
+
+def _prepared(model: Any, calibration: np.ndarray, quantizer: Any) -> tuple[Any, int]:
+    """The model exported and prepared with PT2E observers, and how many samples it calibrates on per pass:
+    CALIBRATION_BATCH when it keeps samples apart (`_batch_independent`) and exports with a free batch dimension
+    (traced on two samples, since torch fixes a dimension of size 1, so every batch passed holds two or more),
+    else one at a time."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    pair = torch.from_numpy(calibration[:2])
+    if len(pair) == 2 and _batch_independent(model, pair):
+        shapes = torch.export.ShapesCollection()  # by tensor: also a forward(*args), as the NHWC wrapper's
+        shapes[pair] = {0: torch.export.Dim("batch")}
+        try:
+            exported = torch.export.export(model, (pair,), dynamic_shapes=shapes.dynamic_shapes(model, (pair,)))
+            return prepare_pt2e(exported.module(), quantizer), CALIBRATION_BATCH
+        except Exception:  # a model that fixes its batch (a view to (1, -1), say) exports at batch 1 only
+            pass
+    return prepare_pt2e(torch.export.export(model, (torch.from_numpy(calibration[:1]),)).module(), quantizer), 1
+
+
+def _batch_independent(model: Any, pair: Any) -> bool:
+    """Whether `model` computes each sample of a batch on its own: its outputs for the two samples of `pair`
+    together are its outputs for each alone, stacked (a model that writes its batch into a view does not)."""
+    import torch
+
+    def outputs(x: Any) -> list[Any]:
+        return torch.utils._pytree.tree_leaves(model(x))  # a tensor, tuple, list or dict of them
+
+    with torch.no_grad():
+        together, first, second = outputs(pair), outputs(pair[:1]), outputs(pair[1:])
+    return all(t.shape[:1] == (2,) and torch.allclose(t, torch.cat([a, b]), rtol=1e-4, atol=1e-5)
+               for t, a, b in zip(together, first, second))
 
 
 def torch_onnx_export(model: Any, sample: np.ndarray, path: Path) -> None:
