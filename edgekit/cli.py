@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "input layout) or a folder of images")
     p.add_argument("--data-free", action="store_true",
                    help="no data: synthesise inputs whose batch-norm statistics match the model's (ZeroQ-style; "
-                        "stops when the match stops improving, at 200 steps or after 120 s; without --eval, checked "
+                        "stops when the match stops improving, at 500 steps or after 120 s; without --eval, checked "
                         "on 16 fresh synthetic inputs)")
     p.add_argument("--eval", help="held-out .npz with 'x' and optional integer labels 'y' for the fidelity check")
     p.add_argument("--max-drop", type=float, default=1.0, help="fail when top-1 drops more points (default 1)")

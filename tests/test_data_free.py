@@ -70,14 +70,14 @@ def test_synthesis_stops_early_and_says_it_did_not_converge() -> None:
     model = Collapsing()
     synthesis = synthesize_calibration(model, model.input_shape, samples=8).synthesis
     assert (synthesis.samples, synthesis.max_steps, synthesis.stopped, synthesis.converged) == \
-        (8, 200, "plateau", False)
-    assert 20 < synthesis.steps < 200 and synthesis.final_gap > 0.25 * synthesis.initial_gap
+        (8, 500, "plateau", False)
+    assert 20 < synthesis.steps < 500 and synthesis.final_gap > 0.25 * synthesis.initial_gap
     initial, final, share = synthesis.initial_gap, synthesis.final_gap, synthesis.final_gap / synthesis.initial_gap
     assert synthesis.warning() == (
         f"data-free calibration did not converge: the batch-norm statistics gap went {initial:.2f} -> {final:.2f}, "
         f"{100 * share:.0f}% of the start (converged means at most 25%); the synthetic inputs do not look like data "
         "to this model, so its INT8 ranges are guesses: calibrate with real samples (--calib)")
-    assert synthesis.describe().endswith(f"in {synthesis.steps} of 200 steps, {synthesis.seconds:.1f} s; "
+    assert synthesis.describe().endswith(f"in {synthesis.steps} of 500 steps, {synthesis.seconds:.1f} s; "
                                          "stopped: the gap stopped improving")
 
 
@@ -151,6 +151,8 @@ def test_data_free_compile_checks_on_synthetic_inputs_and_warns(capsys: pytest.C
     assert warnings[1] == ("warning: the quantized model's output 'output' is the same for every one of the 16 "
                            "inputs checked while the float model's varies: it does not respond to its input; "
                            "calibrate with real samples (--calib)")
+    sqnr = report["fidelity"]["outputs"][0]["sqnr_db"]
     assert warnings[2] == ("warning: the quantized model's top-1 differs from the float model's on 0.00% of 16 "
-                           "synthetic inputs (the limit on held-out data is -1.0 points); check it on real data "
-                           "with --eval")
+                           f"synthetic inputs (the limit on held-out data is -1.0 points); its output SQNR is "
+                           f"{sqnr:.1f} dB, so a high SQNR with many flips means the float model's top classes are "
+                           "near-ties on these inputs; check it on real data with --eval")

@@ -195,7 +195,10 @@ def int8_warnings(build: Int8Build) -> tuple[str, ...]:
               for output in fidelity.outputs if output.quantized_constant]
     drop = drop_points(fidelity)
     if not build.evaluation and drop is not None and drop > build.max_drop_points:
+        sqnr = next((o.sqnr_db for o in fidelity.outputs if o.name == fidelity.classifier), None)
+        noise = "" if sqnr is None else (f"; its output SQNR is {sqnr:.1f} dB, so a high SQNR with many flips "
+                                         "means the float model's top classes are near-ties on these inputs")
         found.append(f"the quantized model's top-1 differs from the float model's on {drop:.2f}% of "
                      f"{fidelity.samples} synthetic inputs (the limit on held-out data is {build.max_drop_points} "
-                     "points); check it on real data with --eval")
+                     f"points){noise}; check it on real data with --eval")
     return tuple(found)

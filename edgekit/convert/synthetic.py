@@ -26,7 +26,7 @@ from edgekit.convert.threads import bounded_threads
 from edgekit.errors import CalibrationError
 from edgekit.progress import progress
 
-MAX_STEPS = 200  # the step cap
+MAX_STEPS = 500  # the step cap (the plateau rule and the time limit usually stop it first)
 TIME_LIMIT_S = 120.0  # the time limit of one synthesis
 PLATEAU_WINDOW = 20  # steps over which the gap must improve ...
 PLATEAU_GAIN = 0.01  # ... by this fraction of its best value, or the optimisation stops
@@ -51,7 +51,7 @@ class Synthesis:
     converged: bool
 
     def describe(self) -> str:
-        """'batch-norm statistics gap 39.34 -> 0.22 (0.6% of the start) in 57 of 200 steps, 3.1 s; stopped: ...'."""
+        """'batch-norm statistics gap 39.34 -> 0.22 (0.6% of the start) in 57 of 500 steps, 3.1 s; stopped: ...'."""
         return (f"batch-norm statistics gap {self.initial_gap:.2f} -> {self.final_gap:.2f} "
                 f"({100 * self.remaining():.1f}% of the start) in {self.steps} of {self.max_steps} steps, "
                 f"{self.seconds:.1f} s; stopped: {STOPS[self.stopped]}")
