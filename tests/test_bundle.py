@@ -1,5 +1,6 @@
 """Bundles round-trip as a folder and as an .ekb archive, and every way a bundle can be wrong is refused with a
-message naming the problem. The loader does not parse models, so the model files here are a few fake bytes."""
+message naming the problem. The loader only verifies models (tests/test_bundle_tamper.py), so the model file here is
+the smallest one it accepts."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import drop_at, set_at
+from mutations import minimal_tflite
 
 from edgekit.errors import BundleError
 from edgekit.formats.bundle import (
@@ -29,7 +31,7 @@ from edgekit.formats.bundle import (
 )
 
 MODEL = "digits_cnn_int8.tflite"
-MODEL_BYTES = b"TFL3" + bytes(range(60))  # 64 bytes; the loader never looks inside
+MODEL_BYTES = minimal_tflite(64)  # 64 bytes: a model the loader's verifier accepts, never run
 
 
 def manifest() -> Manifest:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from mutations import minimal_tflite
 
 from edgekit.convert.compile_split import split_recipe
 from edgekit.convert.config import Int8Config
@@ -60,7 +61,7 @@ def test_the_recipe_records_what_the_config_did() -> None:
 def _bundle(tmp_path: Path, recipe: dict[str, QuantRecipe] | None, name: str = "b") -> Path:
     source = tmp_path / f"{name}_src"
     source.mkdir()
-    (source / "m.tflite").write_bytes(b"TFL3" + bytes(12))  # the loader never looks inside
+    (source / "m.tflite").write_bytes(minimal_tflite())  # the loader verifies it; nothing runs it
     tensor = TensorInfo("x", (1, 8, 8, 1), "int8", "NHWC", 0.1, 0)
     stage = Stage("main", "litert", "m.tflite", (tensor,), (TensorInfo("y", (1, 10), "int8", None, 0.1, 0),))
     return write_bundle(source, Manifest("m", "rpi4", (stage,), recipe=recipe), tmp_path / name)
@@ -115,7 +116,7 @@ class _Toy:
 
 
 def _model_file(build: Build) -> None:
-    (build.tmp / "m.tflite").write_bytes(b"TFL3")
+    (build.tmp / "m.tflite").write_bytes(minimal_tflite())
 
 
 def _describe(build: Build) -> None:

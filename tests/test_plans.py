@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import drop_at, set_at
+from mutations import minimal_tflite
 
 from edgekit.errors import BundleError
 from edgekit.formats.bundle import FileEntry, Manifest, Stage, TensorInfo, load_bundle, write_bundle
@@ -195,7 +196,7 @@ def patch_bundle(tmp_path: Path) -> Path:
     source = tmp_path / "patch_src"
     source.mkdir()
     for name in ("patch_stage.tflite", "patch_rest.tflite"):
-        (source / name).write_bytes(b"TFL3" + name.encode())
+        (source / name).write_bytes(minimal_tflite(len(name) + 64))
     stage = Stage("patched", "litert", "patch_stage.tflite", (_tensor("input", (1, 8, 8, 3)),),
                   (_tensor("output", (1, 10)), _tensor("features", (1, 4, 4, 2))))
     plan = PatchSchedule.from_dict(patch_plan(), "x")
@@ -206,8 +207,8 @@ def patch_bundle(tmp_path: Path) -> Path:
 def split_bundle(tmp_path: Path) -> Path:
     source = tmp_path / "split_src"
     source.mkdir()
-    (source / "head.tflite").write_bytes(b"TFL3head")
-    (source / "tail.onnx").write_bytes(b"onnx-tail")
+    (source / "head.tflite").write_bytes(minimal_tflite())
+    (source / "tail.onnx").write_bytes(b"\x08\x07")  # ir_version 7 and nothing else: what the loader checks
     boundary = _tensor("conv2d_1", (1, 8, 8, 8))
     stages = (Stage("head", "litert", "head.tflite", (_tensor("x", (1, 16, 16, 3)),), (boundary,)),
               Stage("tail", "onnxruntime", "tail.onnx", (TensorInfo("b", (1, 8, 8, 8), "float32", "NHWC"),),

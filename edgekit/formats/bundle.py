@@ -2,8 +2,10 @@
 
 The device reads bundles, so this module uses the standard library only: no numpy, never torch. Nothing in
 a bundle is unpickled, imported or evaluated. Every file is listed in the manifest with its size and
-sha256; a bundle with an unsafe name, a missing, extra, oversized or altered file is refused whole.
-Format and verification rules: docs/bundle.md.
+sha256; a bundle with an unsafe name, a missing, extra, oversized or altered file is refused whole, and so is one
+whose files together declare more than a total cap. Model files are checked before any interpreter sees them:
+every `.tflite` flatbuffer is verified (`tflite_verify`), an `.onnx` model keeping data in other files is refused
+(`onnx_verify`). Format and verification rules: docs/bundle.md.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MANIFEST = "manifest.json"
 SUFFIX = ".ekb"
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_BUNDLE_BYTES = 1024 * 1024 * 1024  # all files together, as declared, before any is read
 CHUNK_BYTES = 1024 * 1024
 MAX_DIM = 2**31 - 1  # every dimension fits a C int32
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
@@ -639,9 +642,24 @@ class Bundle:
         return f"Bundle({str(self._path)!r}, model={self._manifest.model!r}, files={len(self._contents)})"
 
 
+def _verify_models(contents: dict[str, bytes], where: str) -> None:
+    """Every .tflite file a verified flatbuffer, every .onnx file without external data (see the module docstring)."""
+    from edgekit.formats.onnx_verify import refuse_external_data  # standard library too; loaded when first used
+    from edgekit.formats.tflite_verify import verify_tflite
+
+    for name, data in contents.items():
+        if name.endswith(".tflite"):
+            verify_tflite(data, f"{where}: {name}", BundleError)
+        elif name.endswith(".onnx"):
+            refuse_external_data(data, f"{where}: {name}", BundleError)
+
+
 def load_bundle(path: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES,
-                max_manifest_bytes: int = MAX_MANIFEST_BYTES) -> Bundle:
-    """Open and verify a folder or `.ekb` bundle; any problem is a BundleError naming the file and the rule."""
+                max_manifest_bytes: int = MAX_MANIFEST_BYTES, max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Open and verify a folder or `.ekb` bundle; any problem is a BundleError naming the file and the rule.
+
+    The caps bound what loading holds in memory: each file, the manifest, and every file together (checked on
+    the sizes the folder or the archive's central directory declares, before anything is read)."""
     path = Path(path)
     where = str(path)
     if not path.exists():
@@ -654,6 +672,10 @@ def load_bundle(path: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES,
         raise BundleError(f"{where}: not a bundle: expected a folder or an {SUFFIX} zip archive")
     try:
         present = reader.entries()
+        total = sum(present.values())
+        if total > max_bundle_bytes:
+            raise BundleError(f"{where}: its files declare {total:,} bytes together, over the bundle cap of "
+                              f"{max_bundle_bytes:,} bytes (oversized)")
         if MANIFEST not in present:
             raise BundleError(f"{where}: no {MANIFEST} (not an edgekit bundle?)")
         manifest_bytes = present.pop(MANIFEST)
@@ -687,6 +709,7 @@ def load_bundle(path: str | Path, *, max_file_bytes: int = MAX_FILE_BYTES,
             contents[name] = data
     finally:
         reader.close()
+    _verify_models(contents, where)
     return Bundle(path, manifest, contents, archive=isinstance(reader, _ZipReader))
 
 

@@ -1,6 +1,7 @@
 """`.tflite` flatbuffers through the schema bindings LiteRT ships: parse, name operators, tell constants, serialise.
 
-The bindings (ai-edge-litert's, else tflite-micro's copy) are imported on first use. Models are the schema's
+The bindings (ai-edge-litert's, else tflite-micro's copy; `tflite_verify.schema`) are imported on first use; every
+file is checked by `tflite_verify` before the bindings' unchecked reader sees it. Models are the schema's
 object API (`ModelT`), which edgekit reads (graph import, MCU checks, backend memory) and rewrites (patch
 artifacts, arena plans, latency prefixes) alike.
 """
@@ -14,22 +15,10 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelLoadError
+from edgekit.formats.tflite_verify import schema, verify_tflite
 
 # TensorType enum of the schema -> numpy dtype name, for the types edgekit meets
 TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
-
-
-def schema() -> Any:
-    """The generated schema module (`schema_py_generated`); ModelLoadError when no package ships one."""
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:  # pragma: no cover - depends on what is installed
-        try:
-            from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-        except ImportError:
-            raise ModelLoadError("reading .tflite files needs ai-edge-litert "
-                                 "(pip install 'edgekit[runtime]')") from None
-    return schema_py_generated
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,26 +38,20 @@ def op_name(model: Any, op: Any) -> str:
 
 
 def tensor_name(tensor: Any) -> str:
-    """A tensor's name as text (the object API gives bytes)."""
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name or ""
+    """A tensor's name as text (the object API gives bytes; bytes that are not UTF-8 shown replaced)."""
+    return tensor.name.decode(errors="replace") if isinstance(tensor.name, bytes) else tensor.name or ""
 
 
 def parse_model(data: bytes, where: str) -> Any:
     """The ModelT of flatbuffer `data`; ModelLoadError naming `where` when it is not a TFLite model."""
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelLoadError(f"{where}: not a TFLite flatbuffer (missing the 'TFL3' identifier)")
+    verify_tflite(data, where, ModelLoadError)
     try:
         model = schema().ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # the generated parser raises whatever struct/index error it hits
         raise ModelLoadError(f"{where}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
-    if not model.subgraphs:
-        raise ModelLoadError(f"{where}: TFLite model has no subgraphs")
-    for index, buffer in enumerate(model.buffers or []):  # data stored past the flatbuffer: read it in, bounded
+    for buffer in model.buffers or []:  # data stored past the flatbuffer (inside the file: verified): read it in
         offset, size = int(buffer.offset or 0), int(buffer.size or 0)
         if offset > 1:
-            if offset + size > len(data):
-                raise ModelLoadError(f"{where}: buffer {index} lies past the end of the file (offset {offset}, "
-                                     f"{size} bytes, file {len(data)} bytes)")
             buffer.data, buffer.offset, buffer.size = np.frombuffer(data, np.uint8, size, offset), 0, 0
     return model
 

@@ -10,6 +10,12 @@ backend says about its own memory, where it says anything) and `describe()`. The
 stages with `open_backend` (shapes from the manifest); the host opens a model file it made with `open_model`
 and calls it on float input through `FloatRunner` (fidelity checks, tools). Only numpy and the backend package
 are imported; never torch.
+
+No interpreter sees a model before it is checked: a `.tflite` file must pass `formats.tflite_verify` (TF Lite Micro
+checks nothing and would read outside a tampered file), then prepare under LiteRT's builtin kernels with the
+shapes the file declares (`check_prepares`), before LiteRT with XNNPACK or TF Lite Micro opens it; an `.onnx` file
+must keep no data in other files (`formats.onnx_verify`; ONNX Runtime would read those from the current
+directory). Whatever an interpreter raises while loading or running a model is a BackendError.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import BackendError, InputError, ModelLoadError
+from edgekit.formats.onnx_verify import refuse_external_data
 from edgekit.formats.quant import dequantize, quantization, quantize
 from edgekit.formats.tflite import external_buffers, is_constant, parse_model, tensor_name
+from edgekit.formats.tflite_verify import verify_tflite
 
 BACKENDS = ("litert", "onnxruntime", "tflite-micro")
 FORMATS = {"litert": "tflite", "tflite-micro": "tflite", "onnxruntime": "onnx"}  # backend -> model format it runs
@@ -35,6 +43,7 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
               "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32"}
 TFLM_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 FILE_BACKENDS = {".tflite": "litert", ".onnx": "onnxruntime"}  # model file suffix -> the backend open_model uses
+ORT_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # where ORT looks for such data
 
 
 @dataclass(frozen=True)
@@ -66,18 +75,24 @@ class Adapter(Protocol):
     def describe(self) -> str: ...
 
 
-def litert_interpreter_class() -> Any:
+def _litert_module() -> Any:
+    """ai-edge-litert's interpreter module, else tflite-runtime's; BackendError when neither is installed."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
     except ImportError:
         try:
             # tflite-runtime exists for older Raspberry Pi OS images that ship numpy<2: its last release (2.14)
             # is built against NumPy 1.x, and ai-edge-litert is its maintained successor everywhere else.
-            from tflite_runtime.interpreter import Interpreter
+            from tflite_runtime import interpreter
         except ImportError:
             raise BackendError("backend 'litert' is not installed: pip install 'edgekit[runtime-litert]' (it brings "
                                "ai-edge-litert; tflite-runtime is accepted instead where numpy<2)") from None
-    return Interpreter
+    return interpreter
+
+
+def litert_interpreter_class() -> Any:
+    """The LiteRT Interpreter class every LiteRT adapter opens models with."""
+    return _litert_module().Interpreter
 
 
 def _tflite_quantization(scales: Any, zero_points: Any) -> tuple[float | None, int | None]:
@@ -109,15 +124,16 @@ class LiteRTAdapter:
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
                  output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
-                 side_inputs: int = 0) -> None:
+                 side_inputs: int = 0, where: str = "the model") -> None:
         interpreter_class = litert_interpreter_class()
+        check_prepares(model, verify_tflite(model, where, BackendError), where)
         self._model = model  # the interpreter reads the flatbuffer in place: keep the bytes alive
         try:
             self.interpreter = interpreter_class(model_content=model, num_threads=threads)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"LiteRT cannot load the model ({' '.join(str(exc).split())[:300]})") from None
-        inputs, self._outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+            inputs, self._outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        except Exception as exc:  # noqa: BLE001 - the wrapper raises ValueError, RuntimeError and others
+            raise _refused("LiteRT cannot load", where, exc) from None
         _check_inputs(len(inputs), side_inputs)
         self._in = inputs[0]
         self._in_index, self._out_indices = self._in["index"], tuple(d["index"] for d in self._outs)
@@ -131,11 +147,14 @@ class LiteRTAdapter:
         return _tflite_tensor(self._in, self._in["name"]), tuple(_tflite_tensor(d, d["name"]) for d in self._outs)
 
     def invoke(self) -> tuple[np.ndarray, ...]:
-        for index, buffer in self._sides:
-            self._set(index, buffer)
-        self._set(self._in_index, self.input_buffer)
-        self._invoke()
-        return tuple([self._get(index) for index in self._out_indices])  # a list: tuple() of it allocates exactly
+        try:
+            for index, buffer in self._sides:
+                self._set(index, buffer)
+            self._set(self._in_index, self.input_buffer)
+            self._invoke()
+            return tuple([self._get(index) for index in self._out_indices])  # a list: tuple() allocates exactly
+        except (RuntimeError, ValueError) as exc:  # a kernel failing at run time, values its input type cannot hold
+            raise _refused("LiteRT cannot run", "the model", exc) from None
 
     def memory(self) -> dict[str, Any]:
         """Bytes of the model's non-constant tensors (summed, before LiteRT's arena reuses memory)."""
@@ -155,6 +174,11 @@ class LiteRTAdapter:
         return "LiteRT (default delegates)"
 
 
+def _refused(what: str, where: str, exc: BaseException) -> BackendError:
+    """The BackendError for an interpreter's own exception: what failed on which model, and its message."""
+    return BackendError(f"{what} {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+
+
 def _check_inputs(inputs: int, side_inputs: int) -> None:
     """The model takes one input (plus `side_inputs` masks, for a patch stage model); it may have any outputs."""
     if inputs != 1 + side_inputs:
@@ -171,7 +195,8 @@ class OrtAdapter:
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
                  output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, where: str = "the model") -> None:
+        refuse_external_data(model, where, BackendError)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -179,12 +204,13 @@ class OrtAdapter:
                                "(on Jetson, NVIDIA's onnxruntime-gpu wheel instead)") from None
         self.providers = providers or choose_providers(ort.get_available_providers())
         options = ort.SessionOptions()
+        options.add_session_config_entry(ORT_EXTERNAL_DATA_FOLDER, os.devnull)  # no folder holds external data
         if threads:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad models
-            raise BackendError(f"ONNX Runtime cannot load the model ({' '.join(str(exc).split())[:300]})") from None
+            raise _refused("ONNX Runtime cannot load", where, exc) from None
         inputs, self._outs = self.session.get_inputs(), self.session.get_outputs()
         _check_inputs(len(inputs), 0)
         if output_shapes is not None and len(output_shapes) != len(self._outs):
@@ -214,7 +240,10 @@ class OrtAdapter:
         return describe(self._in), tuple(describe(out) for out in self._outs)
 
     def invoke(self) -> tuple[np.ndarray, ...]:
-        self._run(self._binding)
+        try:
+            self._run(self._binding)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types when a kernel fails
+            raise _refused("ONNX Runtime cannot run", "the model", exc) from None
         return self.output_buffers
 
     def memory(self) -> dict[str, Any]:
@@ -245,34 +274,34 @@ class TflmAdapter:
 
     def __init__(self, model: bytes, input_shape: tuple[int, ...] | None = None,
                  output_shapes: tuple[tuple[int, ...], ...] | None = None, threads: int | None = None,
-                 arena_bytes: int | None = None, side_inputs: int = 0) -> None:
+                 arena_bytes: int | None = None, side_inputs: int = 0, where: str = "the model") -> None:
         try:
             from tflite_micro.python.tflite_micro import runtime
         except ImportError:
             raise BackendError("backend 'tflite-micro' is not installed: pip install tflite-micro "
                                "(part of 'edgekit[convert]')") from None
+        check_prepares(model, verify_tflite(model, where, BackendError), where)  # TFLM itself checks nothing
         outside = external_buffers(model)
         if outside:  # TFLM would read those weights as garbage, without an error
             raise BackendError(f"TF Lite Micro does not read the {outside} buffers this model keeps "
                                "past its flatbuffer (by offset); repack it with the data inline "
                                "(edgekit.formats.tflite.inline_buffers, as edgekit's compile does)")
         self.arena_bytes = arena_bytes or generous_arena_bytes(len(model))
-        try:
-            self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=self.arena_bytes)
-        except (RuntimeError, ValueError) as exc:
-            raise BackendError(f"TF Lite Micro cannot load the model in a {self.arena_bytes:,}-byte arena "
-                               f"({' '.join(str(exc).split())[:300]})") from None
         self._model = model
-        sub = parse_model(model, "the stage model").subgraphs[0]  # TFLM's interpreter reports no names, no counts
+        sub = parse_model(model, where).subgraphs[0]  # TFLM's interpreter reports no names, no counts
         _check_inputs(len(sub.inputs), side_inputs)
         self._in_name = tensor_name(sub.tensors[sub.inputs[0]])
         self._out_names = [tensor_name(sub.tensors[i]) for i in sub.outputs]
         self._outputs = range(len(sub.outputs))
-        self._in = self.interpreter.get_input_details(0)
-        self._outs = [self.interpreter.get_output_details(i) for i in self._outputs]
+        try:  # the wrapper raises RuntimeError, ValueError, IndexError, ... for models it cannot take
+            self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=self.arena_bytes)
+            self._in = self.interpreter.get_input_details(0)
+            self._outs = [self.interpreter.get_output_details(i) for i in self._outputs]
+            side_details = [self.interpreter.get_input_details(i) for i in range(1, 1 + side_inputs)]
+        except Exception as exc:  # noqa: BLE001 - see above
+            raise _refused(f"TF Lite Micro (a {self.arena_bytes:,}-byte arena) cannot load", where, exc) from None
         self.input_buffer = np.zeros(input_shape or tuple(self._in["shape"]), self._in["dtype"])
-        self.side_buffers = [np.zeros(d["shape"], d["dtype"])
-                             for d in (self.interpreter.get_input_details(i) for i in range(1, 1 + side_inputs))]
+        self.side_buffers = [np.zeros(d["shape"], d["dtype"]) for d in side_details]
         self._arena_used: int | None = None
 
     def model_tensors(self) -> Signature:
@@ -280,11 +309,14 @@ class TflmAdapter:
                 tuple(_tflite_tensor(d, name) for d, name in zip(self._outs, self._out_names)))
 
     def invoke(self) -> tuple[np.ndarray, ...]:
-        for index, buffer in enumerate(self.side_buffers, 1):
-            self.interpreter.set_input(buffer, index)
-        self.interpreter.set_input(self.input_buffer, 0)
-        self.interpreter.invoke()
-        return tuple([self.interpreter.get_output(i) for i in self._outputs])
+        try:
+            for index, buffer in enumerate(self.side_buffers, 1):
+                self.interpreter.set_input(buffer, index)
+            self.interpreter.set_input(self.input_buffer, 0)
+            self.interpreter.invoke()
+            return tuple([self.interpreter.get_output(i) for i in self._outputs])
+        except Exception as exc:  # noqa: BLE001 - the wrapper raises RuntimeError, ValueError, IndexError, ...
+            raise _refused("TF Lite Micro cannot run", "the model", exc) from None
 
     def memory(self) -> dict[str, Any]:
         """The arena TFLM really used, from its allocation report (printed by C++ to fd 2, captured here)."""
@@ -299,6 +331,25 @@ class TflmAdapter:
 
     def describe(self) -> str:
         return "TF Lite Micro (reference kernels, host build)"
+
+
+def check_prepares(model: bytes, shapes: list[tuple[int, ...]], where: str) -> None:
+    """Refuse a TFLite model that LiteRT's builtin kernels (no delegate) cannot prepare, or whose tensor shapes as
+    they infer them differ from `shapes`, the file's (`verify_tflite` gives them). Both interpreters trust what
+    these checks cover: XNNPACK infers no shapes and TF Lite Micro checks little, and each crashes (abort, division
+    by zero, bad read) on models the builtin kernels refuse; so both take a model only after this."""
+    module = _litert_module()
+    resolver = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interpreter = module.Interpreter(model_content=model, experimental_op_resolver_type=resolver)
+        interpreter.allocate_tensors()
+        inferred = {d["index"]: tuple(int(n) for n in d["shape"]) for d in interpreter.get_tensor_details()}
+    except Exception as exc:  # noqa: BLE001 - the wrapper raises ValueError, RuntimeError and others
+        raise _refused("LiteRT's builtin kernels cannot prepare", where, exc) from None
+    for index, in_file in enumerate(shapes):
+        if inferred.get(index, in_file) != in_file:
+            raise BackendError(f"{where}: tensor {index} has shape {list(in_file)} in the file but its operator "
+                               f"gives {list(inferred[index])}")
 
 
 class CapturedStderr:
@@ -354,8 +405,8 @@ def open_model(path: str | Path, threads: int | None = 1) -> Adapter:
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file") from None
     if backend == "onnxruntime":
-        return OrtAdapter(model, threads=threads, providers=["CPUExecutionProvider"])
-    return LiteRTAdapter(model, threads=threads)
+        return OrtAdapter(model, threads=threads, providers=["CPUExecutionProvider"], where=str(path))
+    return LiteRTAdapter(model, threads=threads, where=str(path))
 
 
 class FloatRunner:
