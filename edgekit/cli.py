@@ -17,6 +17,7 @@ from edgekit.progress import set_quiet
 if TYPE_CHECKING:
     from edgekit.convert.compile import CompileReport
     from edgekit.convert.compile_split import SplitCompileReport
+    from edgekit.offload.connection import BrokerConfig
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -221,12 +222,25 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.broker is None:
         result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target)
     else:
+        from edgekit.offload.auth import load_key
         from edgekit.offload.client import OffloadClient
 
-        with OffloadClient.for_bundle(bundle, args.broker) as client:
+        keyed = {} if args.fleet_key is None else {"answer_key": load_key(args.fleet_key)}
+        with OffloadClient.for_bundle(bundle, _device_broker(args), **keyed) as client:
             result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target, client,
                              args.deadline_ms / 1000)
     _emit(args, result, render_prediction(result))
+
+
+def _device_broker(args: argparse.Namespace) -> str | BrokerConfig:
+    """`--broker`, logged in with the `--credentials` file when one is given (the password stays off argv)."""
+    if args.credentials is None:
+        return str(args.broker)
+    from edgekit.offload.connection import BrokerConfig
+    from edgekit.offload.security import read_credentials
+
+    login = read_credentials(args.credentials)
+    return BrokerConfig.parse(args.broker, username=login.username, password=login.password)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -308,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
     p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
                                                                        "this many ms (default 1000)")
+    p.add_argument("--credentials", metavar="FILE", help="with --broker: the login file `edgekit serve --listen` "
+                                                         "wrote for this device (username=/password= lines or JSON)")
+    p.add_argument("--fleet-key", metavar="FILE", help="with --broker: the fleet key file `edgekit serve` uses: sign "
+                                                       "requests, accept only signed answers (default: "
+                                                       "BUNDLE.secrets/fleet.key beside the bundle, if there)")
     p = command(commands, "bench", cmd_bench, "latency p50/p90/p99, throughput and peak memory of a bundle")
     p.add_argument("bundle", help="bundle folder or .ekb file")
     p.add_argument("--runs", type=_positive, default=200, help="timed runs (default 200)")
@@ -408,16 +427,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", help="model id devices ask for (default: the bundle's model name)")
     p.add_argument("--prefix", default="edgekit", help="topic prefix of the fleet (default edgekit)")
     p.add_argument("--group", default="tail", help="shared-subscription group (default tail)")
-    p.add_argument("--listen", default="0.0.0.0", help="embedded broker's address (default 0.0.0.0)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                   help="embedded broker's address (default 127.0.0.1: this machine only, anonymous); any other "
+                        "address requires logins: serve writes them, with a per-device ACL, into --secrets")
+    p.add_argument("--secrets", metavar="DIR", help="folder (0700) for the fleet key and, with a non-loopback "
+                                                    "--listen, the password file, ACL and device credentials "
+                                                    "(default BUNDLE.secrets beside the bundle; kept across restarts)")
+    p.add_argument("--devices", type=lambda text: text.split(","), default=["device-1"], metavar="ID[,ID...]",
+                   help="with a non-loopback --listen: device ids to make credentials for (default device-1)")
     p.add_argument("--ca", help="CA file to verify the broker (TLS)")
     p.add_argument("--cert", help="client certificate (TLS)")
     p.add_argument("--key", help="client key (TLS)")
+    p.add_argument("--fleet-key", metavar="FILE", help="sign answers with this fleet key (hex, mode 0600) and serve "
+                                                       "only requests signed with it (default: fleet.key in "
+                                                       "--secrets, made on first serve)")
     p.add_argument("--backend", choices=backends, help="override the manifest's backend")
     p.add_argument("--threads", type=_positive, help="backend threads per worker")
     return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from edgekit.offload.auth import load_key
     from edgekit.offload.connection import BrokerConfig
     from edgekit.offload.server import serve
     from edgekit.report.runtime import render_metrics
@@ -425,8 +455,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     broker = None if args.broker is None else BrokerConfig.parse(
         args.broker, ca_certs=args.ca, certfile=args.cert, keyfile=args.key,
         password=os.environ.get("EDGEKIT_MQTT_PASSWORD"))
+    key = None if args.fleet_key is None else load_key(args.fleet_key)
     metrics = serve(args.bundle, broker, workers=args.workers, model_id=args.model_id, prefix=args.prefix,
-                    group=args.group, backend=args.backend, threads=args.threads, listen=args.listen,
+                    group=args.group, backend=args.backend, threads=args.threads, listen=args.listen, answer_key=key,
+                    secrets=args.secrets, devices=args.devices,
                     announce=lambda line: print(line, file=user_stderr() if args.json else user_stdout(), flush=True))
     _emit(args, metrics, render_metrics(metrics))
 

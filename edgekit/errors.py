@@ -57,6 +57,10 @@ class FrameError(EdgekitError):
     """A frame that cannot be decoded: truncated, corrupt, oversized or of an unknown version."""
 
 
+class SignatureError(FrameError):
+    """A frame that should carry the fleet key's HMAC does not, or carries a wrong one: forged or another fleet's."""
+
+
 class PayloadTooLargeError(OffloadError):
     """A frame is larger than the broker accepts (its Maximum Packet Size): pick a later cut or compress."""
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import export_tflite, tiny_net
+
+from edgekit.offload.broker import Broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tests read tools/blazeface.py's model files
 
@@ -39,3 +42,10 @@ def digits_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     np.savez(folder / "calib.npz", x=x_train[:100], y=y_train[:100])
     np.savez(folder / "eval.npz", x=x_test, y=y_test)
     return folder / "calib.npz", folder / "eval.npz"
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    """A Mosquitto of the test's own on a free loopback port (skip the module with helpers.needs_mosquitto)."""
+    with Broker() as running:
+        yield running

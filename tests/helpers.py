@@ -183,6 +183,24 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
 SHAPE, SCALE, ZERO_POINT = (1, 8, 4, 4), 0.05, -3
 
 
+def mosquitto_missing() -> str | None:
+    """Why no Mosquitto can be started here (tests that need one skip with it), or None."""
+    from edgekit.errors import BrokerError
+    from edgekit.offload.broker import find_mosquitto
+
+    try:
+        find_mosquitto()
+    except BrokerError as exc:
+        return str(exc)
+    return None
+
+
+def needs_mosquitto() -> pytest.MarkDecorator:
+    """A module's `pytestmark`: skip it where Mosquitto is missing."""
+    missing = mosquitto_missing()
+    return pytest.mark.skipif(missing is not None, reason=missing or "")
+
+
 def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_output: bool = False) -> Path:
     """A one-stage ONNX tail: (int8 with scale 0.05, zero point -3, or float32) 1xCx4x4 -> flatten -> linear 10
     (float32, or int8 with scale 0.1, zero point 2)."""
@@ -235,11 +253,12 @@ def stream_device(broker: str, bundle: str, device_id: str, count: int, interval
                   reserve_s: float) -> None:
     """One device: `count` frames, `interval_s` apart, each answered by the tail or by the local fallback within
     `deadline_s` (giving up on the tail `reserve_s` before it); one JSON line per answer on stdout."""
+    from edgekit.offload.auth import bundle_key
     from edgekit.offload.client import OffloadClient
     from edgekit.runtime.session import load
 
     client = OffloadClient(broker, "tiny_tail", device_id, fallback_reserve_s=reserve_s, connect_timeout_s=10,
-                           reconnect_s=(0.2, 1.0))
+                           reconnect_s=(0.2, 1.0), answer_key=bundle_key(bundle))  # the key serve keeps beside it
     session = load(bundle)
     print(json.dumps({"event": "connected", "connected": client.connected}), flush=True)
     for i in range(count):

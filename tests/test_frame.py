@@ -38,8 +38,8 @@ def test_int8_frame_is_a_quarter_of_fp32_plus_a_small_header() -> None:
     activation = np.zeros((1, 32, 28, 28), np.int8)
     int8 = encode(Frame(bytes(16), 0, "m", "1", (Tensor("a", activation, 0.05, 0),)))
     fp32 = encode(Frame(bytes(16), 0, "m", "1", (Tensor("a", activation.astype(np.float32)),)))
-    # header 29 + model id 2 + version 2 + count 1; tensor: name 2 + codes 3 + 4 dims 16 + quantization 12; CRC 4
-    assert len(int8) - activation.size == 71
+    # header 30 + model id 2 + version 2 + count 1; tensor: name 2 + codes 3 + 4 dims 16 + quantization 12; CRC 4
+    assert len(int8) - activation.size == 72
     assert len(fp32) / len(int8) > 3.9
 
 

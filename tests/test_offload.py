@@ -12,16 +12,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SCALE, SHAPE, ZERO_POINT, activation, mutated, tiny_tail_bundle, wait_for
+from helpers import SCALE, SHAPE, ZERO_POINT, activation, mutated, needs_mosquitto, tiny_tail_bundle, wait_for
 
-from edgekit.errors import BrokerError, OffloadError, PayloadTooLargeError
+from edgekit.errors import OffloadError, PayloadTooLargeError
 from edgekit.formats.frame import Frame, Tensor, decode, encode
-from edgekit.offload.broker import Broker, find_mosquitto
+from edgekit.offload.auth import bundle_key
+from edgekit.offload.broker import Broker
 from edgekit.offload.client import OffloadClient
 from edgekit.offload.connection import BrokerConfig
 from edgekit.offload.handler import TailHandler
@@ -32,10 +33,7 @@ from edgekit.runtime import load
 from edgekit.runtime.session import Session
 from edgekit.runtime.transport import InProcessTransport
 
-try:
-    find_mosquitto()
-except BrokerError as exc:
-    pytestmark = pytest.mark.skip(reason=str(exc))
+pytestmark = needs_mosquitto()
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def session(bundle: Path) -> Session:
     return load(bundle)
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    with Broker() as running:
-        yield running
 
 
 def local_tail(session: Session) -> Callable[[Tensor], np.ndarray]:
@@ -146,7 +138,7 @@ def test_a_quantized_tail_output_travels_as_int8_and_arrives_exact(tmp_path: Pat
                                                                        "for 'resnet'"),
     (lambda: request_frame(Tensor("x", np.zeros((1, 3), np.float32))), "error", r"input 'x' takes int8 \(1, 8, 4, 4\)"),
     (lambda: request_frame(Tensor("x", np.zeros(SHAPE, np.int8))), "error", "int8 without a scale"),
-    (lambda: b"EKF\x02\x00" + bytes(range(16)) + bytes(20), "error", "CRC mismatch"),
+    (lambda: b"EKF\x03\x00" + bytes(range(16)) + bytes(20), "error", "CRC mismatch"),
     (lambda: b"hello", "error", "shorter than"),
 ])
 def test_handler_answers_bad_requests_with_the_reason(session: Session, frame: Callable[[], bytes], status: str,
@@ -201,17 +193,14 @@ def test_no_server_means_fallback_by_the_deadline(broker: Broker, session: Sessi
         assert (client.counts["sent"], client.counts["fallback"], client.counts["timeout"]) == (2, 1, 1)
 
 
-def test_a_deadline_within_the_fallback_reserve_is_refused_not_reported_negative(broker: Broker,
-                                                                               session: Session) -> None:
-    with OffloadClient(broker.url, "tiny_tail", "cam-1") as client:  # 20 ms kept for the fallback by default
-        with pytest.raises(OffloadError) as caught:
-            client.request(activation(0), 0.001, local_tail(session))  # what `--deadline-ms 1` asks
-        assert str(caught.value) == (
-            "a deadline of 1 ms is not longer than the 20 ms kept for the local fallback (fallback_reserve_s), so no "
-            "time is left to wait for the tail; give a deadline above 20 ms (--deadline-ms) or a smaller reserve")
-        with pytest.raises(OffloadError, match="a deadline of 20 ms is not longer than the 20 ms kept"):
-            client.request(activation(0), 0.02, local_tail(session))
-        assert client.counts["sent"] == 0  # refused before anything was published
+def test_a_deadline_within_the_fallback_reserve_runs_here_at_once(broker: Broker, session: Session) -> None:
+    with OffloadClient(broker.url, "tiny_tail", "cam-1", fallback_reserve_s=0.02) as client:
+        reply = client.request(activation(0), 0.001, local_tail(session))  # what `--deadline-ms 1` asks
+        assert (reply.source, reply.detail) == ("local", "the 1 ms deadline is not longer than the 20 ms kept for "
+                                                         "the local tail, so the server was not asked")
+        assert (reply.output == -1).all()
+        assert client.request(activation(0), 0.02, local_tail(session)).source == "local"
+        assert (client.counts["sent"], client.counts["local"]) == (0, 2)  # nothing was published
         reply = client.request(activation(0), 0.025, local_tail(session))  # 5 ms left for the tail, which is absent
         assert reply.source == "fallback"
         assert reply.detail == "no answer within 5 ms (the 25 ms deadline less 20 ms kept for the local fallback)"
@@ -247,7 +236,8 @@ def test_server_killed_mid_request_then_restarted(broker: Broker, bundle: Path, 
 
     server = start_server()
     try:
-        with OffloadClient(broker.url, "tiny_tail", "cam-1", fallback_reserve_s=0.5) as client:
+        with OffloadClient(broker.url, "tiny_tail", "cam-1", fallback_reserve_s=0.5,
+                           answer_key=bundle_key(bundle)) as client:
             assert client.request(activation(0), 10.0).source == "remote"
             for child in _children(server.pid):
                 os.kill(child, signal.SIGSTOP)  # the worker holds the request and never answers...
@@ -383,7 +373,7 @@ def test_two_workers_share_one_subscription(broker: Broker, bundle: Path) -> Non
     try:
         wait_for(lambda: "ready" in lines or not runner.is_alive(), 180, "two workers starting")
         assert "ready" in lines, lines
-        clients = [OffloadClient(broker.url, "tiny_tail", f"cam-{i}") for i in range(4)]
+        clients = [OffloadClient(broker.url, "tiny_tail", f"cam-{i}", answer_key=bundle_key(bundle)) for i in range(4)]
         replies = [c.request(activation(i), 10.0) for i in range(50) for c in clients]
         assert all(r.source == "remote" for r in replies)
         for c in clients:
@@ -405,10 +395,11 @@ def test_serve_without_a_broker_starts_one_and_shuts_down_cleanly(bundle: Path, 
             lines.append(line.strip())
             if line.strip() == "ready":
                 break
-        url = lines[0].split()[2]
-        assert lines[0].startswith("embedded broker: mqtt://127.0.0.1:"), lines
-        assert "devices publish to edgekit/req/tiny_tail/DEVICE_ID, answers on edgekit/res/DEVICE_ID" in lines[1]
-        with OffloadClient(url, "tiny_tail", "cam-1") as client:
+        url = lines[1].split()[2]
+        assert lines[0].startswith(f"fleet key: {bundle.parent / 'tail.secrets' / 'fleet.key'}"), lines
+        assert lines[1].startswith("embedded broker: mqtt://127.0.0.1:"), lines
+        assert "devices publish to edgekit/req/tiny_tail/DEVICE_ID, answers on edgekit/res/DEVICE_ID" in lines[2]
+        with OffloadClient(url, "tiny_tail", "cam-1", answer_key=bundle_key(bundle)) as client:
             reply = client.request(activation(4), 10.0)
             assert reply.source == "remote" and np.array_equal(reply.output, session.run(activation(4).array))
         proc.send_signal(signal.SIGTERM)

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers import activation, tiny_tail_bundle
+from helpers import activation, needs_mosquitto, tiny_tail_bundle
 
-from edgekit.errors import BrokerError, OffloadError
+from edgekit.errors import OffloadError
 from edgekit.formats.frame import decode
-from edgekit.offload.broker import Broker, find_mosquitto
+from edgekit.offload.broker import Broker
 from edgekit.offload.client import OffloadClient
 from edgekit.offload.protocol import Topics
 from edgekit.offload.security import acl_text, make_dev_pki, write_acl, write_password_file
@@ -20,10 +20,7 @@ from edgekit.offload.server import OffloadServer
 from edgekit.runtime import load
 from edgekit.runtime.session import Session
 
-try:
-    find_mosquitto()
-except BrokerError as exc:
-    pytestmark = pytest.mark.skip(reason=str(exc))
+pytestmark = needs_mosquitto()
 
 Secured = tuple[Broker, Session, OffloadServer]  # broker (TLS, passwords, ACL), the tail locally, its server
 PASSWORDS = {"tail": "tail-secret", "cam-1": "one-secret", "cam-2": "two-secret"}

@@ -4,7 +4,10 @@ For each model and cut (the output of a top-level block), the boundary activatio
 tensor to int8 with a scale from calibration data (min/max), framed with `edgekit.formats.frame`,
 decoded, dequantized and fed to the rest of the float model (a forward hook replaces the block's
 output). Reported: frame bytes for fp32 / int8 / int8+zlib, the ratio, and top-1 agreement with the
-unmodified float model (and accuracy, for the digits CNN's held-out labels).
+unmodified float model (and accuracy, for the digits CNN's held-out labels). Beside zlib (the frame's
+codec), zstd and lz4 (the `zstandard` and `lz4` packages, when installed) compress the same int8 payloads at
+their fastest levels: their frame bytes and the microseconds to compress plus decompress one payload, so
+a codec is added to the frame only if it wins.
 
 Run: python tools/bench_codec.py [--json]
 """
@@ -14,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import zlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,6 +31,35 @@ from edgekit.report.table import table
 
 CUTS = {"digits_cnn": ("features.0", "features.1", "features.2"),
         "mobilenet_v2_035_96": ("features.3", "features.6", "features.13")}
+Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+
+
+def codecs() -> dict[str, Codec]:
+    """Compress and decompress functions, fastest level, of zlib and of zstd / lz4 where installed."""
+    found: dict[str, Codec] = {"zlib": (lambda b: zlib.compress(b, 1), zlib.decompress)}
+    try:
+        import zstandard
+
+        found["zstd"] = (zstandard.ZstdCompressor(level=1).compress, zstandard.ZstdDecompressor().decompress)
+    except ImportError:
+        pass
+    try:
+        import lz4.frame
+
+        found["lz4"] = (lz4.frame.compress, lz4.frame.decompress)
+    except ImportError:
+        pass
+    return found
+
+
+def timed_size(codec: Codec, raw: bytes) -> tuple[int, float]:
+    """Compressed size of `raw` and the seconds to compress and decompress it (checked to round-trip)."""
+    start = time.perf_counter()
+    packed = codec[0](raw)
+    back = codec[1](packed)
+    took = time.perf_counter() - start
+    assert back == raw
+    return len(packed), took
 
 
 def data(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -51,6 +86,8 @@ def measure(name: str, cut: str) -> dict:
     scale = max(high - low, 1e-8) / 255.0
     zero = int(round(-128 - low / scale))
     sizes = {"fp32": 0, "int8": 0, "int8+zlib": 0}
+    compressors = codecs()
+    packed = {name: [0, 0.0] for name in compressors}  # payload bytes, seconds
 
     def through_frame(_m: torch.nn.Module, _a: tuple, out: torch.Tensor) -> torch.Tensor:
         rows = []
@@ -61,6 +98,10 @@ def measure(name: str, cut: str) -> dict:
             sizes["int8+zlib"] += len(encode(Frame(*meta, (Tensor(cut, q, scale, zero),)), "zlib"))
             wire = encode(Frame(*meta, (Tensor(cut, q, scale, zero),)))
             sizes["int8"] += len(wire)
+            for codec_name, codec in compressors.items():
+                size, took = timed_size(codec, q.tobytes())
+                packed[codec_name][0] += len(wire) - q.nbytes + size  # the frame around a payload of that size
+                packed[codec_name][1] += took
             got = decode(wire).tensors[0]
             rows.append(torch.from_numpy((got.array.astype(np.float32) - got.zero_point) * got.scale))
         return torch.cat(rows)
@@ -73,7 +114,8 @@ def measure(name: str, cut: str) -> dict:
     row = {"model": name, "cut": cut, "shape": list(seen[0].shape[1:]),
            **{f"{k}_bytes": v // count for k, v in sizes.items()},
            "ratio_int8": sizes["fp32"] / sizes["int8"], "ratio_int8_zlib": sizes["fp32"] / sizes["int8+zlib"],
-           "top1_agreement": float(np.mean(predicted == reference))}
+           "top1_agreement": float(np.mean(predicted == reference)),
+           "codecs": {k: {"frame_bytes": v[0] // count, "us": 1e6 * v[1] / count} for k, v in packed.items()}}
     if labels is not None:
         row["accuracy_fp32"] = float(np.mean(reference == labels))
         row["accuracy_int8"] = float(np.mean(predicted == labels))
@@ -99,6 +141,12 @@ def main() -> None:
                   f"{100 * r['top1_agreement']:.2f}%",
                   f"{100 * r['accuracy_fp32']:.2f}% -> {100 * r['accuracy_int8']:.2f}%"
                   if "accuracy_fp32" in r else "-")
+                 for r in rows]))
+    names = list(rows[0]["codecs"])
+    print()
+    print(table(("model", "cut after", "int8 B", *(f"{n} B / us" for n in names)),
+                [(r["model"], r["cut"], f"{r['int8_bytes']:,}",
+                  *(f"{r['codecs'][n]['frame_bytes']:,} / {r['codecs'][n]['us']:.0f}" for n in names))
                  for r in rows]))
 
 

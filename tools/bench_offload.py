@@ -40,6 +40,7 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 def load_test(bundle: Path, url: str, workers: int, devices: int, frames: int, deadline_s: float) -> dict:
     """`devices` threads x `frames` requests each against `workers` tail processes; lost, latency, req/s."""
+    from edgekit.offload.auth import bundle_key
     from edgekit.offload.client import OffloadClient
     from edgekit.offload.server import serve
 
@@ -51,7 +52,8 @@ def load_test(bundle: Path, url: str, workers: int, devices: int, frames: int, d
         if not server.is_alive():
             raise RuntimeError(f"server failed: {lines}")
         time.sleep(0.05)
-    clients = [OffloadClient(url, "tiny_tail", f"bench-{i}") for i in range(devices)]
+    key = bundle_key(bundle)  # serve's default fleet key: requests signed, answers verified, as in production
+    clients = [OffloadClient(url, "tiny_tail", f"bench-{i}", answer_key=key) for i in range(devices)]
     latencies: list[list[float]] = [[] for _ in clients]
     sources: list[list[str]] = [[] for _ in clients]
 

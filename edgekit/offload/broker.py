@@ -8,13 +8,19 @@ namespace (through `launcher`) is waited for the same way.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import getpass
+import ipaddress
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +28,42 @@ from edgekit.errors import BrokerError
 from edgekit.offload.connection import BrokerConfig
 
 Launcher = Callable[[list[str]], subprocess.Popen]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved once in the parent (a forked child should not load libraries); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent(parent: int | None = None) -> bool:
+    """Ask Linux to SIGKILL this process when its parent *thread* ends (prctl PR_SET_PDEATHSIG); False elsewhere.
+
+    Called in the child. Given the parent's pid, a parent already gone before the call ends the child at once.
+    The signal fires when the thread that started the child exits, so start children from a long-lived thread.
+    """
+    prctl = _prctl()
+    if prctl is None or prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+    return True
+
+
+def _launch_tied(argv: list[str]) -> subprocess.Popen:
+    """Popen that dies with this process, even after a SIGKILL of it (PDEATHSIG set before exec), in a session
+    of its own so a Ctrl-C at the terminal reaches only its owner, which stops it."""
+    _prctl()  # resolve prctl here, not in the forked child
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid()))
+
+
+def _launch(argv: list[str]) -> subprocess.Popen:
+    """Popen with no console: the broker writes to its own log file."""
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 @dataclass(frozen=True)
@@ -51,6 +92,14 @@ def free_port(host: str = "") -> int:
         return int(sock.getsockname()[1])
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def advertised_host(listen: str) -> str:
     """The address devices should dial for a broker listening on `listen` (the main interface for 0.0.0.0)."""
     if listen not in ("0.0.0.0", ""):
@@ -69,8 +118,12 @@ class Broker:
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", *, tls: TlsFiles | None = None,
                  password_file: str | Path | None = None, acl_file: str | Path | None = None,
                  max_packet_size: int | None = None, workdir: str | Path | None = None,
-                 launcher: Launcher | None = None) -> None:
-        """Anonymous clients are allowed only without a password file. `launcher` runs the argv (default Popen)."""
+                 launcher: Launcher | None = None, tied: bool = False, username_as_clientid: bool = False,
+                 extra_config: Sequence[str] = ()) -> None:
+        """Anonymous clients are allowed only without a password file. `launcher` runs the argv (default Popen;
+        `tied`: one that dies with this process, see die_with_parent). `username_as_clientid` makes each
+        client's id its username, so no client can take over another's session by reusing its id.
+        `extra_config` lines are appended to the config as given (a bridge: edgekit.offload.bridge)."""
         self.host = host
         self.port = port or free_port()
         self.tls = tls
@@ -88,13 +141,14 @@ class Broker:
             lines.append(f"acl_file {Path(acl_file).resolve()}")
         if max_packet_size:
             lines.append(f"max_packet_size {max_packet_size}")
+        if username_as_clientid:
+            lines.append("use_username_as_clientid true")
         if tls:
             lines += [f"cafile {tls.ca.resolve()}", f"certfile {tls.cert.resolve()}", f"keyfile {tls.key.resolve()}"]
+        lines += extra_config
         self.config_file = self.workdir / "mosquitto.conf"
         self.config_file.write_text("\n".join(lines) + "\n")
-        self.launcher = launcher or (lambda argv: subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                                                   stdout=subprocess.DEVNULL,
-                                                                   stderr=subprocess.STDOUT))
+        self.launcher = launcher or (_launch_tied if tied else _launch)
         self.process: subprocess.Popen | None = None
 
     @property

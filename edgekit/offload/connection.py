@@ -1,6 +1,7 @@
 """Where the broker is and how to log in: a broker URL plus TLS/password options, turned into a paho client.
 
-`mqtt://host:1883` is plain TCP, `mqtts://host:8883` TLS (the system CA store unless `ca_certs` is given).
+`mqtt://host:1883` is plain TCP, `mqtts://host:8883` TLS (the system CA store unless `ca_certs` is given);
+TLS options with an `mqtt://` URL are an error, never silently plain TCP.
 Both the device client and the tail server connect through here, so TLS and authentication work the same
 on both sides. paho-mqtt 2.x with its VERSION2 callbacks; MQTT v5 unless `protocol=4` (3.1.1).
 """
@@ -82,6 +83,11 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         if self.protocol not in (4, 5):
             raise OffloadError(f"MQTT protocol must be 5 (v5) or 4 (3.1.1), found {self.protocol}")
+        tls_options = [name for name in ("ca_certs", "certfile", "keyfile") if getattr(self, name) is not None]
+        if tls_options and not self.tls:
+            raise OffloadError(f"TLS options ({', '.join(tls_options)}: --ca/--cert/--key) were given for the plain "
+                               f"TCP broker mqtt://{self.host}:{self.port}, which would ignore them and send the "
+                               f"password in clear; use mqtts://{self.host}:8883 (or the broker's TLS port)")
 
     @property
     def url(self) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from edgekit.errors import OffloadError, PayloadTooLargeError
 
-CONTENT_TYPE = "application/x-edgekit-frame; v=2"
+CONTENT_TYPE = "application/x-edgekit-frame; v=3"
 # Bytes a PUBLISH adds to its payload besides the two topic names: fixed header, packet id, property
 # lengths, correlation data (16), message expiry and content type. Generous, so a publish that passes
 # the size check is never over the broker's limit.

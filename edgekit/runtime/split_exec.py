@@ -5,7 +5,9 @@ A split bundle's manifest says which stages run on the device and which on the s
 goes on the wire, so the server sees the same numbers the local tail would; the local tail, when the bundle
 carries it and the device loads it, is the fallback that answers a frame the server cannot answer before its
 deadline. Every output of the tail comes back, by name when there are several; an answer that lacks one, or
-has one of the wrong shape or dtype, is the local tail's to answer.
+has one of the wrong shape or dtype, is the local tail's to answer. A transport with a `calibrate(fallback,
+tensor)` method (the MQTT client) is given a few timed runs of the local tail at start, so the time it keeps
+for the fallback is measured, not guessed.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class SplitRunner:
         self._boundary = np.zeros(boundary.shape, np.float32)  # the dequantized boundary, for the local tail
         self._names = tuple(o.name for o in outputs)
         self._name_set = frozenset(self._names)
+        calibrate = getattr(transport, "calibrate", None)  # a transport that times the fallback for its reserve
+        if self.tail and calibrate is not None:
+            calibrate(self._local_tail, Tensor(self._name, np.zeros(boundary.shape, boundary.dtype), self._scale,
+                                               self._zero_point))
 
     def run(self, x: np.ndarray, targets: tuple[np.ndarray, ...]) -> Reply:
         """One frame: the head, then the transport's answer written into `targets` (one array per tail output,
