@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -68,12 +69,28 @@ def model_cfg(name: str) -> ModelCfg:
     return _entry(name)[1]
 
 
+def _check_overrides(name: str, factory: Callable[..., nn.Module], overrides: dict[str, Any]) -> None:
+    """ModelLoadError naming the arguments `factory` does not take (`pretrained`: the models with weights)."""
+    accepted = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return  # it takes anything: its own error, if any
+    unknown = sorted(set(overrides) - set(accepted))
+    if "pretrained" in unknown:
+        with_weights = [n for n in list_models() if "pretrained" in inspect.signature(_FACTORIES[n][0]).parameters]
+        raise ModelLoadError(f"model {name!r} has no bundled weights (--pretrained); edgekit ships weights for "
+                             f"{', '.join(with_weights)} only: give your own trained model as module:factory")
+    if unknown:
+        raise ModelLoadError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes "
+                             f"{', '.join(accepted) or 'none'}")
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model in eval mode; overrides go to its factory (resolution, num_classes, ...).
 
     The model carries `input_shape` (N,C,H,W, batch 1) and `pretrained_cfg`, its cfg at that input size.
     """
     factory, cfg = _entry(name)
+    _check_overrides(name, factory, overrides)
     model = factory(**overrides)
     shape = getattr(model, "input_shape", None)
     if not (isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)):

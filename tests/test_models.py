@@ -124,6 +124,14 @@ def test_list_models_pattern() -> None:
     assert list_models("nothing*") == []
 
 
+def test_an_argument_a_factory_does_not_take_is_named() -> None:
+    with pytest.raises(ModelLoadError, match="model 'mobilenet_v2_035_96' has no bundled weights .--pretrained.; "
+                                             "edgekit ships weights for digits_cnn only"):
+        create_model("mobilenet_v2_035_96", pretrained=True)
+    with pytest.raises(ModelLoadError, match="model 'resnet18' takes no argument depth; it takes "):
+        create_model("resnet18", depth=50)
+
+
 def test_unknown_model_names_the_known_ones() -> None:
     with pytest.raises(ModelLoadError, match="resnet18"):
         create_model("resnet19")
