@@ -220,3 +220,11 @@ def test_a_zip_that_lies_about_sizes_is_read_no_further_than_declared(tmp_path: 
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * 1024 * 1024  # the 50 MB it would inflate to were never held
+
+
+def test_the_builtin_codes_taken_without_the_schema_are_all_in_it() -> None:
+    """The verifier takes codes below COMMON_BUILTINS without importing the schema: each must be a real operator."""
+    from edgekit.formats.tflite_verify import COMMON_BUILTINS, schema
+
+    codes = {v for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
+    assert set(range(COMMON_BUILTINS)) <= codes

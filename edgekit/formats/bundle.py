@@ -425,9 +425,11 @@ class Manifest:
                 raise BundleError(f"{where}: duplicate stage name {stage.name!r} at 'stages[{i}].name'")
             if stage.file not in files:
                 raise BundleError(f"{where}: 'stages[{i}].file' {stage.file!r} is not listed in 'files'")
-        from edgekit.formats.plans import parse_plan  # plans.py builds on this module's types
+        plan = None
+        if data["plan"] is not None:  # plans.py builds on this module's types; a bundle without a plan skips it
+            from edgekit.formats.plans import parse_plan
 
-        plan = parse_plan(data["plan"], where, stages, files)
+            plan = parse_plan(data["plan"], where, stages, files)
         preprocessing = None if data["preprocessing"] is None else \
             InputPreprocessing.from_dict(data["preprocessing"], where)
         labels = None

@@ -57,6 +57,9 @@ def schema() -> Any:
     return schema_py_generated
 
 
+COMMON_BUILTINS = 210  # BuiltinOperator 0..209: all in the schema of ai-edge-litert >= 1.2 (a test checks)
+
+
 @functools.lru_cache(maxsize=1)
 def _known_builtins() -> frozenset[int] | None:
     """The builtin operator codes of the installed schema; None where none is installed (tflite-runtime)."""
@@ -154,13 +157,30 @@ def _need(data: bytes, start: int, size: int, field: str, what: str) -> None:
                        f"{len(data):,})")
 
 
-def verify_tflite(data: bytes, where: str, error: type[EdgekitError]) -> list[tuple[int, ...]]:
+_VERIFIED: dict[tuple[int, int], tuple[tuple[int, ...], ...]] = {}  # (length, hash) of bytes that passed -> shapes
+_VERIFIED_KEPT = 16
+
+
+def verify_tflite(data: bytes, where: str, error: type[EdgekitError]) -> tuple[tuple[int, ...], ...]:
     """Check the flatbuffer `data` (see the module docstring); `error` naming `where` and the field if it fails.
-    The shapes of subgraph 0's tensors, as the file declares them (what TF Lite Micro allocates)."""
+    The shapes of subgraph 0's tensors, as the file declares them (what TF Lite Micro allocates).
+
+    Loading a bundle, opening its interpreter and reading its memory all verify the same bytes, so a pass is
+    remembered by the bytes' length and hash (Python keeps a bytes object's hash; its SipHash key is random per
+    process unless PYTHONHASHSEED fixes it, so a file made to collide with one that passed needs that key); no
+    reference to the bytes is kept."""
+    key = (len(data), hash(data)) if isinstance(data, bytes) else None
+    if key is not None and key in _VERIFIED:
+        return _VERIFIED[key]
     try:
-        return _verify_model(data)
+        shapes = tuple(_verify_model(data))
     except _Invalid as exc:
         raise error(f"{where}: invalid TFLite model: {exc}") from None
+    if key is not None:
+        if len(_VERIFIED) >= _VERIFIED_KEPT:
+            _VERIFIED.pop(next(iter(_VERIFIED)))
+        _VERIFIED[key] = shapes
+    return shapes
 
 
 def _verify_model(data: bytes) -> list[tuple[int, ...]]:
@@ -199,9 +219,10 @@ def _operator_code(code: _Table) -> int:
     if deprecated != min(current, PLACEHOLDER) and current != 0:
         raise _Invalid(f"{code.field}: builtin_code {current} and deprecated_builtin_code {deprecated} disagree")
     builtin = max(deprecated, current)
-    known = _known_builtins()
-    if known is not None and builtin not in known:
-        raise _Invalid(f"{code.field}: unknown builtin operator code {builtin}")
+    if not 0 <= builtin < COMMON_BUILTINS:  # past them, the installed schema's (an import of ~10 ms) decides
+        known = _known_builtins()
+        if builtin < 0 or (known is not None and builtin not in known):
+            raise _Invalid(f"{code.field}: unknown builtin operator code {builtin}")
     if builtin == CUSTOM and not code.string(6, "custom_code"):
         raise _Invalid(f"{code.field}: a custom operator without a custom_code")
     code.string(6, "custom_code")

@@ -78,12 +78,12 @@ class Adapter(Protocol):
 def _litert_module() -> Any:
     """ai-edge-litert's interpreter module, else tflite-runtime's; BackendError when neither is installed."""
     try:
-        from ai_edge_litert import interpreter
+        import ai_edge_litert.interpreter as interpreter
     except ImportError:
         try:
             # tflite-runtime exists for older Raspberry Pi OS images that ship numpy<2: its last release (2.14)
             # is built against NumPy 1.x, and ai-edge-litert is its maintained successor everywhere else.
-            from tflite_runtime import interpreter
+            import tflite_runtime.interpreter as interpreter
         except ImportError:
             raise BackendError("backend 'litert' is not installed: pip install 'edgekit[runtime-litert]' (it brings "
                                "ai-edge-litert; tflite-runtime is accepted instead where numpy<2)") from None
@@ -333,7 +333,7 @@ class TflmAdapter:
         return "TF Lite Micro (reference kernels, host build)"
 
 
-def check_prepares(model: bytes, shapes: list[tuple[int, ...]], where: str) -> None:
+def check_prepares(model: bytes, shapes: tuple[tuple[int, ...], ...], where: str) -> None:
     """Refuse a TFLite model that LiteRT's builtin kernels (no delegate) cannot prepare, or whose tensor shapes as
     they infer them differ from `shapes`, the file's (`verify_tflite` gives them). Both interpreters trust what
     these checks cover: XNNPACK infers no shapes and TF Lite Micro checks little, and each crashes (abort, division

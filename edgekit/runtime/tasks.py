@@ -97,7 +97,7 @@ def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | 
                                           "detail": reply.detail}
     return {"bundle": str(session.bundle.path), "model": session.manifest.model, "target": session.manifest.target,
             "backends": list(session.backends), "input": str(input_path), "results": results,
-            "latency_ms": session.stats()["p50_ms"]}
+            "latency_ms": session.latency()["p50_ms"]}
 
 
 def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: str | None = None,
