@@ -61,6 +61,14 @@ class SignatureError(FrameError):
     """A frame that should carry the fleet key's HMAC does not, or carries a wrong one: forged or another fleet's."""
 
 
+class ChunkError(FrameError):
+    """A chunk of a big frame that is refused before it is buffered; `reason` is the short name it is counted under."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class PayloadTooLargeError(OffloadError):
     """A frame is larger than the broker accepts (its Maximum Packet Size): pick a later cut or compress."""
 

@@ -201,9 +201,10 @@ def needs_mosquitto() -> pytest.MarkDecorator:
     return pytest.mark.skipif(missing is not None, reason=missing or "")
 
 
-def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_output: bool = False) -> Path:
-    """A one-stage ONNX tail: (int8 with scale 0.05, zero point -3, or float32) 1xCx4x4 -> flatten -> linear 10
-    (float32, or int8 with scale 0.1, zero point 2)."""
+def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_output: bool = False,
+                     out_features: int = 10) -> Path:
+    """A one-stage ONNX tail: (int8 with scale 0.05, zero point -3, or float32) 1xCx4x4 -> flatten -> linear
+    `out_features` (float32, or int8 with scale 0.1, zero point 2)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -211,8 +212,8 @@ def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_outp
 
     rng = np.random.default_rng(0)
     shape = (1, channels, 4, 4)
-    inits = [numpy_helper.from_array(rng.standard_normal((channels * 16, 10)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b"),
+    inits = [numpy_helper.from_array(rng.standard_normal((channels * 16, out_features)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(out_features).astype(np.float32), "b"),
              numpy_helper.from_array(np.array([1, channels * 16], np.int64), "flat_shape")]
     nodes, source = [], "x"
     if int8:
@@ -228,7 +229,8 @@ def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_outp
         nodes.append(helper.make_node("QuantizeLinear", ["yf", "s_out", "z_out"], ["y"]))
     graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info(
         "x", TensorProto.INT8 if int8 else TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT8 if int8_output else TensorProto.FLOAT, [1, 10])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.INT8 if int8_output else TensorProto.FLOAT,
+                                       [1, out_features])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     source_dir = root / "tail.src"
@@ -236,7 +238,8 @@ def tiny_tail_bundle(root: Path, int8: bool = True, channels: int = 8, int8_outp
     onnx.save(model, source_dir / "tail.onnx")
     quant = (SCALE, ZERO_POINT) if int8 else (None, None)
     x = TensorInfo("x", shape, "int8" if int8 else "float32", None, *quant)
-    y = TensorInfo("y", (1, 10), "int8", None, 0.1, 2) if int8_output else TensorInfo("y", (1, 10), "float32")
+    y = TensorInfo("y", (1, out_features), "int8", None, 0.1, 2) if int8_output else \
+        TensorInfo("y", (1, out_features), "float32")
     stage = Stage("tail", "onnxruntime", "tail.onnx", (x,), (y,))
     return write_bundle(source_dir, Manifest("tiny_tail", "rpi4", (stage,)), root / "tail")
 

@@ -304,12 +304,14 @@ def test_duplicate_late_and_stray_answers_are_never_delivered(broker: Broker) ->
         rogue.loop_stop()
 
 
-def test_oversized_frames_are_refused_before_the_broker_drops_us(bundle: Path) -> None:
-    with Broker(max_packet_size=2000) as broker, OffloadServer(bundle, broker.url), \
+def test_frames_that_not_even_chunks_fit_are_refused_before_the_broker_drops_us(bundle: Path) -> None:
+    # 400 bytes leave a small frame room to go whole, but a chunk's piece under 256 bytes (chunk.MIN_PIECE_BYTES);
+    # frames between that and the overall bound go in chunks (tests/test_chunking.py)
+    with Broker(max_packet_size=400) as broker, OffloadServer(bundle, broker.url), \
             OffloadClient(broker.url, "tiny_tail", "cam-1") as client:
-        assert client.max_packet_bytes == 2000
-        with pytest.raises(PayloadTooLargeError, match=r"a frame of 4,1\d\d bytes makes a 4,\d+-byte MQTT packet; the "
-                                                       r"broker accepts at most 2,000"):
+        assert client.max_packet_bytes == 400
+        with pytest.raises(PayloadTooLargeError, match=r"a frame of 4,1\d\d bytes does not fit the broker's Maximum "
+                                                       r"Packet Size of 400 even in chunks"):
             client.request(activation(0, (1, 4096)), 1.0)
         assert client.connected and client.request(activation(0), 10.0).source == "remote"
 

@@ -46,8 +46,8 @@ def device(broker: Broker, name: str, password: str | None = None, **options: ob
 
 def test_acl_follows_the_topic_layout() -> None:
     assert acl_text(Topics("fleet")).splitlines()[1:] == [
-        "pattern write fleet/req/+/%u", "pattern read fleet/res/%u", "",
-        "user tail", "topic read fleet/req/#", "topic write fleet/res/+"]
+        "pattern write fleet/req/+/%u", "pattern write fleet/chunk/+/%u", "pattern read fleet/res/%u", "",
+        "user tail", "topic read fleet/req/#", "topic read fleet/chunk/#", "topic write fleet/res/+"]
 
 
 def test_an_authorised_device_gets_exact_answers_over_tls(secured: Secured) -> None:

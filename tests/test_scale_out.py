@@ -34,6 +34,7 @@ def test_bridge_joins_the_hub_group_once_per_share_and_carries_answers_once() ->
     lines = bridge_config("10.0.0.1", 1883, "tiny_tail", shares=3)
     assert lines.count("topic $share/tail/edgekit/req/tiny_tail/+ in 1") == 3
     assert lines.count("topic edgekit/res/# out 1") == 1  # three would deliver every spoke answer three times
+    assert lines.count("topic edgekit/chunk/tiny_tail/+ in 1") == 1  # later chunks of big requests, once
     assert sum(line.startswith("connection ") for line in lines) == 3
     assert not any(" out " in line and "/req/" in line for line in lines)  # spoke requests stay on the spoke
 

@@ -4,6 +4,7 @@ The lines go into the spoke's config (`Broker(extra_config=...)`, or your own mo
 the hub. What crosses, and why a request is answered exactly once (docs/scale_out.md):
 
     in   $share/{group}/{prefix}/req/{model}/+   hub -> spoke   the bridge joins the hub's worker group
+    in   {prefix}/chunk/{model}/+                hub -> spoke   a big request's later chunks (docs/protocol.md)
     out  {prefix}/res/#                          spoke -> hub   answers the spoke's workers give
 
 A shared subscription is per broker: the hub hands each request published on it to exactly one member of its
@@ -12,7 +13,10 @@ part of the hub's requests the spoke takes; only the first carries answers). The
 gets once, locally, where its own group hands it to one spoke worker. Requests published on the spoke have
 no `out` line: they stay there and only spoke workers serve them. Answers on the hub have no `in` line, so
 nothing loops back. The price: every spoke answer also crosses to the hub (small frames; no device there
-reads them). `cleansession true`: when a bridge drops, the hub forgets its share at once and serves
+reads them), and every later chunk of the hub's chunked requests crosses to the spoke, whose workers drop
+those whose first chunk they do not hold. With `shares` > 1 a first chunk may come over another connection
+than its later chunks, which may then arrive first and be refused: keep `shares` at 1 where frames are chunked.
+`cleansession true`: when a bridge drops, the hub forgets its share at once and serves
 everything with its own workers.
 """
 
@@ -48,8 +52,8 @@ def bridge_config(hub_host: str, hub_port: int, model_id: str, *, name: str = "s
                   "cleansession true", "try_private false", "notifications false", "start_type automatic",
                   "restart_timeout 1 10", f"keepalive_interval {keepalive_s}",
                   f"topic {requests} in 1"]
-        if index == 0:  # one connection carries the answers: more would deliver each answer once per connection
-            lines.append(f"topic {topics.prefix}/res/# out 1")
+        if index == 0:  # one connection carries answers and later chunks: more would deliver each once per connection
+            lines += [f"topic {topics.all_chunks(model_id)} in 1", f"topic {topics.prefix}/res/# out 1"]
         if username is not None:
             lines += [f"remote_username {username}", f"remote_password {password}"]
         if cafile is not None:

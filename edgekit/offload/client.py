@@ -10,11 +10,14 @@ answering: after `breaker_after` requests in a row that the broker acknowledged 
 the give-up time (or an error answer did), it sends nothing for a cool-down (1 s, doubling to 30 s while
 probes fail), then one probe request; an answer closes it. Answers are matched by
 request id, read from the frame's fixed header before anything else: one that arrives late, twice, or for
-another request is counted and dropped without being decoded. With the fleet key (`answer_key`, see
-`edgekit.offload.auth`) requests are signed and only answers whose HMAC verifies are decoded; forged ones
-are counted and dropped. An answer gives every output of the tail: an array for a single-output tail, else
-a dict name -> array (as `Session.run`). paho's network thread reconnects with exponential backoff; at most
-`max_in_flight` requests wait at once.
+another request is counted and dropped without being decoded. A frame over the broker's Maximum Packet Size
+goes in chunks (the first on the request topic, the rest on the device's chunk topic) and a chunked answer is
+put back together only for a request that waits, within `max_answer_bytes` (edgekit.formats.chunk). The MQTT
+keep-alive is derived from the largest frame and the slowest uplink expected (`stats()["keepalive_why"]`).
+With the fleet key (`answer_key`, see `edgekit.offload.auth`) requests are signed and only answers whose HMAC
+verifies are decoded; forged ones are counted and dropped. An answer gives every output of the tail: an array
+for a single-output tail, else a dict name -> array (as `Session.run`). paho's network thread reconnects with
+exponential backoff; at most `max_in_flight` requests wait at once.
 """
 
 from __future__ import annotations
@@ -26,21 +29,40 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BundleError, FrameError, OffloadError, SignatureError
+from edgekit.errors import BundleError, ChunkError, FrameError, OffloadError, SignatureError
+from edgekit.formats import chunk
 from edgekit.formats.bundle import Bundle
-from edgekit.formats.frame import CODECS, Frame, Tensor, decode, encode, peek_request_id
+from edgekit.formats.frame import (
+    CODECS,
+    PROTOCOL_OVERHEAD_BYTES,
+    TAG_BYTES,
+    Frame,
+    Tensor,
+    decode,
+    encode,
+    peek_request_id,
+)
 from edgekit.formats.plans import SplitSchedule
 from edgekit.offload.auth import bundle_key, report_forged
-from edgekit.offload.connection import BrokerConfig, packed_properties
+from edgekit.offload.connection import BrokerConfig, keepalive_for, packed_properties
 from edgekit.offload.link import LinkEstimate, LinkMeter
-from edgekit.offload.protocol import CONTENT_TYPE, Topics, check_publish_size, publish_properties
+from edgekit.offload.protocol import (
+    CHUNK_CONTENT_TYPE,
+    CONTENT_TYPE,
+    Topics,
+    packets,
+    publish_properties,
+    smallest_limit,
+)
 from edgekit.runtime.transport import Fallback, Reply, response_outputs
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024  # the largest chunked answer taken when the tail's outputs are unknown
 
 
 class _Waiter:
@@ -128,23 +150,32 @@ class OffloadClient:
                  fallback_reserve_s: float | None = None, max_in_flight: int = 16,
                  max_packet_bytes: int | None = None, connect_timeout_s: float = 5.0,
                  reconnect_s: tuple[float, float] = (0.1, 5.0), answer_key: bytes | None = None,
-                 breaker_after: int = 3, breaker_cooldown_s: tuple[float, float] = (1.0, 30.0)) -> None:
+                 breaker_after: int = 3, breaker_cooldown_s: tuple[float, float] = (1.0, 30.0),
+                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES, largest_frame_bytes: int | None = None,
+                 slowest_uplink_bps: float | None = None) -> None:
         """Connect in the background; waits up to `connect_timeout_s` for the first connection.
 
         `device_id` defaults to the broker username (what an ACL with %u expects), else a random name.
         `fallback_reserve_s` fixes the time kept for the fallback (default: measured from the local tail).
         `answer_key` is the fleet key: requests are signed with it and answers must verify under it.
         `breaker_after` missed answers in a row open the circuit for `breaker_cooldown_s` (first, longest).
-        `max_packet_bytes` caps frames on brokers that do not announce a limit (EMQX: 1 MB by default).
+        `max_packet_bytes` caps packets on brokers that do not announce a limit (EMQX: 1 MB by default); a frame
+        over the limit goes in chunks. A chunked answer larger than `max_answer_bytes` is refused unbuffered.
+        The MQTT keep-alive is at least `config.keepalive_s` (10 s by default) and at least 3x the time
+        `largest_frame_bytes` (its largest packet) takes at `slowest_uplink_bps` (connection.keepalive_for).
         A broker that refuses the login is an OffloadError; one that cannot be reached is retried quietly
         and requests fall back meanwhile.
         """
-        self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
+        config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
+        packet = smallest_limit(largest_frame_bytes, max_packet_bytes) if largest_frame_bytes else None
+        keepalive_s, self.keepalive_why = keepalive_for(packet, slowest_uplink_bps, config.keepalive_s)
+        self.config = replace(config, keepalive_s=keepalive_s)
         self.topics = Topics(prefix)
         self.model_id, self.model_version, self.codec = model_id, model_version, codec
         self.device_id = device_id or self.config.username or f"dev-{uuid.uuid4().hex[:12]}"
         self.request_topic = self.topics.request(model_id, self.device_id)
         self.response_topic = self.topics.response(self.device_id)
+        self.chunk_topic = self.topics.chunks(model_id, self.device_id)
         if (fallback_reserve_s or 0) < 0 or max_in_flight < 1 or breaker_after < 1 or codec not in CODECS.values():
             raise OffloadError(f"fallback_reserve_s must be >= 0, max_in_flight and breaker_after >= 1 and codec one "
                                f"of {', '.join(CODECS.values())}; found {fallback_reserve_s}, {max_in_flight}, "
@@ -153,6 +184,9 @@ class OffloadClient:
         self.tail_timer = TailTimer()
         self.breaker = CircuitBreaker(breaker_after, breaker_cooldown_s)
         self._configured_max, self._broker_max = max_packet_bytes, None
+        self.max_answer_bytes = max_answer_bytes
+        bound = max_in_flight * (max_answer_bytes + chunk.ENTRY_BYTES)  # every waiting request's answer at once
+        self._chunks = chunk.Reassembler(bound, bound, max_age_s=3600.0)  # expires at deadlines; given-up ones go
         self._window = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.Lock()  # guards the dicts below; never held while calling paho
         self._pending: dict[bytes, _Waiter] = {}
@@ -162,7 +196,7 @@ class OffloadClient:
         self._acks: dict[int, float] = {}  # PUBACKs that overtook their _sent entry
         self.meter = LinkMeter()
         self.counts = {"sent": 0, "remote": 0, "fallback": 0, "timeout": 0, "error": 0, "late": 0, "duplicate": 0,
-                       "unknown": 0, "bad_answer": 0, "forged": 0, "local": 0, "reconnects": 0}
+                       "unknown": 0, "bad_answer": 0, "forged": 0, "local": 0, "reconnects": 0, "chunked": 0}
         self._ready = threading.Event()  # connected and subscribed to the answer topic
         self._outcome = threading.Event()  # the first connection attempt finished, either way
         self._refused: str | None = None
@@ -185,13 +219,23 @@ class OffloadClient:
     @classmethod
     def for_bundle(cls, bundle: Bundle, broker: str | BrokerConfig, **options: Any) -> OffloadClient:
         """A client for a split bundle's tail, named by the model id and version its plan records; its
-        `answer_key` defaults to the fleet key serve keeps beside the bundle (auth.bundle_key), if there is one."""
+        `answer_key` defaults to the fleet key serve keeps beside the bundle (auth.bundle_key), if there is one; the
+        keep-alive is derived from the plan's boundary bytes and link bandwidth (or a slower `slowest_uplink_bps`),
+        and answers are bounded by the tail's outputs."""
         layout = SplitSchedule.of(bundle.manifest)
         if layout is None:
             raise BundleError(f"{bundle.path}: offloading needs a split bundle (compile with --split); this one runs "
                               "whole on the device")
         if "answer_key" not in options:
             options["answer_key"] = bundle_key(bundle.path)
+        if layout.boundary is not None:
+            options.setdefault("largest_frame_bytes",
+                               layout.boundary.payload_bytes + PROTOCOL_OVERHEAD_BYTES + TAG_BYTES)
+        if layout.figures is not None:  # the plan's link, or the slower uplink the caller measured
+            given = options.get("slowest_uplink_bps")
+            options["slowest_uplink_bps"] = min(layout.figures.uplink_bps, given or math.inf)
+        options.setdefault("max_answer_bytes",
+                           chunk.frame_bound(math.prod(o.shape) for o in bundle.manifest.stages[-1].outputs))
         return cls(broker, layout.model_id, model_version=layout.model_version, **options)
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -234,7 +278,12 @@ class OffloadClient:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         """Drop what no request waits for by its id alone; verify and decode only the rest."""
-        request_id = peek_request_id(message.payload)
+        payload = message.payload
+        if chunk.is_chunk(payload):
+            payload = self._reassembled(payload, message.topic)
+            if payload is None:
+                return
+        request_id = peek_request_id(payload)
         if request_id is None:
             self.counts["bad_answer"] += 1
             log.warning("dropped an unreadable answer on %s: not an edgekit frame of this version", message.topic)
@@ -242,7 +291,7 @@ class OffloadClient:
         if self._waiting(request_id, pop=False) is None:
             return
         try:
-            answer = decode(message.payload, key=self.answer_key)
+            answer = decode(payload, key=self.answer_key)
         except SignatureError as exc:
             self.counts["forged"] += 1
             report_forged(log, self.counts["forged"], f"device '{self.device_id}'", str(exc))
@@ -255,6 +304,34 @@ class OffloadClient:
         if waiter is not None:
             waiter.answer = answer
             waiter.done.set()
+
+    def _reassembled(self, data: bytes, topic: str) -> bytes | None:
+        """The whole answer once chunk `data` completes one, else None: a chunk nobody waits for is dropped (and
+        counted) on its id alone, a forged one before it is buffered, a refused one counted in stats()["chunks"]."""
+        peeked = chunk.peek(data)
+        if peeked is None:
+            self.counts["bad_answer"] += 1
+            log.warning("dropped an unreadable answer chunk on %s: not an edgekit chunk of this version", topic)
+            return None
+        if self._waiting(peeked[0], pop=False) is None:
+            return None
+        try:
+            piece = chunk.read_chunk(data, self.answer_key)
+        except SignatureError as exc:
+            self.counts["forged"] += 1
+            report_forged(log, self.counts["forged"], f"device '{self.device_id}'", str(exc))
+            return None
+        except ChunkError as exc:
+            self.counts["bad_answer"] += 1
+            log.warning("dropped an unreadable answer chunk on %s: %s", topic, exc)
+            return None
+        with self._lock:
+            try:
+                return self._chunks.add("server", piece, self.max_answer_bytes)
+            except ChunkError as exc:
+                if exc.reason != "after_refusal":  # the rest of a refused answer: counted, not logged again
+                    log.warning("dropped an answer chunk on %s (%s): %s", topic, exc.reason, exc)
+                return None
 
     def _waiting(self, request_id: bytes, pop: bool) -> _Waiter | None:
         """The waiter for `request_id` (removed with `pop`), or None after counting the answer as a duplicate,
@@ -279,18 +356,21 @@ class OffloadClient:
     @property
     def max_packet_bytes(self) -> int | None:
         """The largest MQTT packet the broker takes (its CONNACK limit or the configured one), None if unknown."""
-        known = [m for m in (self._broker_max, self._configured_max) if m is not None]
-        return min(known) if known else None
+        return smallest_limit(self._broker_max, self._configured_max)
 
     def link_estimate(self) -> LinkEstimate:
         """Measured base RTT and uplink bandwidth (feed `uplink_bps` to the split plan's decision map)."""
         return self.meter.estimate(self.connected)
 
     def stats(self) -> dict[str, Any]:
-        """The counts, the circuit breaker's state and the fallback reserve now in use (ms; None until measured)."""
+        """The counts, the circuit breaker's state, the fallback reserve now in use (ms; None until measured), the
+        keep-alive and why, and the answer reassembler's counts."""
         reserve = self._reserve_s()
+        with self._lock:
+            chunks = self._chunks.stats()
         return {**self.counts, "circuit": self.breaker.state, "circuit_opens": self.breaker.opens,
-                "fallback_reserve_ms": None if reserve is None else round(reserve * 1000, 1)}
+                "fallback_reserve_ms": None if reserve is None else round(reserve * 1000, 1),
+                "keepalive_s": self.config.keepalive_s, "keepalive_why": self.keepalive_why, "chunks": chunks}
 
     def calibrate(self, fallback: Fallback, tensor: Tensor, runs: int = 5) -> float | None:
         """Time `runs` runs of the local tail on `tensor` (after one warm-up) for the measured fallback reserve;
@@ -309,9 +389,10 @@ class OffloadClient:
     def request(self, tensor: Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
         """The tail's outputs for `tensor` within `deadline_s`, or the fallback's, or a Reply saying why not.
 
-        Raises only for bad arguments: a non-positive deadline, or a frame larger than the broker accepts
-        (PayloadTooLargeError), which no retry can fix. A deadline no longer than the fallback reserve is
-        answered here at once (source "local"), as is the first frame while the local tail is untimed.
+        Raises only for bad arguments: a non-positive deadline, or a frame that not even chunking fits under the
+        broker's packet size limit (PayloadTooLargeError), which no retry can fix. A deadline no longer than the
+        fallback reserve is answered here at once (source "local"), as is the first frame while the local tail is
+        untimed.
         """
         start = time.monotonic()
         if not deadline_s > 0:
@@ -351,29 +432,30 @@ class OffloadClient:
         deadline_ms = int(time.time() * 1000 + deadline_s * 1000)
         data = encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (tensor,)), self.codec,
                       key=self.answer_key)
-        check_publish_size(len(data), self.request_topic, self.response_topic, self.max_packet_bytes)
+        parts = packets(data, request_id, deadline_ms, self.request_topic, self.chunk_topic, self.response_topic,
+                        self.max_packet_bytes, self.answer_key)
         waiter = _Waiter()
         with self._lock:
             self._pending[request_id] = waiter
-        sent_at, delivered = time.monotonic(), self.meter.delivered
-        info = self._mqtt.publish(self.request_topic, data, qos=1, properties=self._properties(request_id, deadline_s))
+        infos = []
+        for topic, payload in parts:
+            infos.append(self._send(topic, payload, request_id, deadline_s, chunked=len(parts) > 1))
+            if infos[-1].rc != 0:
+                break
         self.counts["sent"] += 1
-        with self._lock:
-            acked_at = self._acks.pop(info.mid, None)
-            if acked_at is None:
-                self._sent[info.mid] = (sent_at, len(data), delivered)
-        if acked_at is not None:
-            self.meter.acked(len(data), acked_at - sent_at, delivered)
-        if info.rc == 0:
+        self.counts["chunked"] += len(parts) > 1
+        failed = next((info.rc for info in infos if info.rc != 0), 0)
+        if not failed:
             waiter.done.wait(max(0.0, give_up - time.monotonic()))
         with self._lock:
             if self._pending.pop(request_id, None) is not None:
                 self._gave_up.append(request_id)
-            delivered = info.mid not in self._sent  # the broker acknowledged it (PUBACK)
+            self._chunks.discard("server", request_id)
+            delivered = all(info.mid not in self._sent for info in infos)  # the broker acknowledged it (PUBACK)
         answer = waiter.answer
         if answer is None:
-            if info.rc != 0:
-                return self._fall_back(tensor, fallback, start, "error", f"publish failed (paho error {info.rc})")
+            if failed:
+                return self._fall_back(tensor, fallback, start, "error", f"publish failed (paho error {failed})")
             if waiter.link_down:
                 return self._fall_back(tensor, fallback, start, "error", "link to the broker went down")
             if delivered:
@@ -392,12 +474,24 @@ class OffloadClient:
         self.counts["remote"] += 1
         return Reply(outputs, "remote", latency)
 
-    def _properties(self, request_id: bytes, deadline_s: float) -> Any:
+    def _send(self, topic: str, payload: bytes, request_id: bytes, deadline_s: float, chunked: bool) -> Any:
+        """Publish one frame or chunk (QoS 1), noted for the link meter; paho's MQTTMessageInfo."""
+        sent_at, delivered = time.monotonic(), self.meter.delivered
+        info = self._mqtt.publish(topic, payload, qos=1, properties=self._properties(request_id, deadline_s, chunked))
+        with self._lock:
+            acked_at = self._acks.pop(info.mid, None)
+            if acked_at is None:
+                self._sent[info.mid] = (sent_at, len(payload), delivered)
+        if acked_at is not None:
+            self.meter.acked(len(payload), acked_at - sent_at, delivered)
+        return info
+
+    def _properties(self, request_id: bytes, deadline_s: float, chunked: bool) -> Any:
         """MQTT v5 request properties (None on 3.1.1, where the frame and topic carry everything)."""
         if self.config.protocol != 5:
             return None
         return packed_properties(publish_properties(request_id, self.response_topic, max(1, math.ceil(deadline_s)),
-                                                    CONTENT_TYPE))
+                                                    CHUNK_CONTENT_TYPE if chunked else CONTENT_TYPE))
 
     def _fall_back(self, tensor: Tensor, fallback: Fallback | None, start: float, source: str, detail: str) -> Reply:
         """The fallback's answer (source "fallback", or "local" when the server was not worth asking), timed for

@@ -9,6 +9,7 @@ on both sides. paho-mqtt 2.x with its VERSION2 callbacks; MQTT v5 unless `protoc
 from __future__ import annotations
 
 import functools
+import math
 import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +18,25 @@ from urllib.parse import unquote, urlsplit
 from edgekit.errors import OffloadError
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
+KEEPALIVE_FLOOR_S = 10
+# A broker drops a client it hears no complete packet from for 1.5 x keep-alive, even mid-publish: the slowest
+# packet is given a third of the keep-alive, so half of that broker's grace is left for a slower link than expected.
+KEEPALIVE_MULTIPLE = 3
+
+
+def keepalive_for(packet_bytes: int | None, slowest_bps: float | None,
+                  floor_s: int = KEEPALIVE_FLOOR_S) -> tuple[int, str]:
+    """The MQTT keep-alive (s) that lets the largest packet cross at the slowest expected uplink, and why:
+    KEEPALIVE_MULTIPLE x its transfer time, never under `floor_s`."""
+    if not packet_bytes or not slowest_bps:
+        return floor_s, f"{floor_s} s floor (no frame size or uplink expected)"
+    transfer_s = packet_bytes * 8 / slowest_bps
+    derived = math.ceil(KEEPALIVE_MULTIPLE * transfer_s)
+    why = (f"the largest packet, {packet_bytes:,} bytes, takes {transfer_s:.2f} s at {slowest_bps / 1e6:g} Mbit/s; "
+           f"keep-alive is {KEEPALIVE_MULTIPLE} x that")
+    if derived <= floor_s:
+        return floor_s, f"{floor_s} s floor ({why}: {derived} s)"
+    return derived, f"{derived} s: {why}"
 
 
 def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
@@ -63,7 +83,7 @@ class BrokerConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     protocol: int = 5  # 5 (MQTT v5) or 4 (MQTT 3.1.1)
-    keepalive_s: int = 10  # also how soon a silently dead link is noticed (1.5x this)
+    keepalive_s: int = KEEPALIVE_FLOOR_S  # also how soon a silently dead link is noticed (1.5x this)
 
     @classmethod
     def parse(cls, url: str, **options: Any) -> BrokerConfig:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgekit.errors import EdgekitError, FrameError, OffloadError, SignatureError
+from edgekit.formats.chunk import frame_bound
 from edgekit.formats.frame import (
     MAX_TENSOR_BYTES,
     MAX_TENSORS,
@@ -61,6 +62,7 @@ class TailHandler:
         self._raw_dtype, self._raw_quant = np.dtype(info.dtype), quantization(info)  # quant None: floats only
         self._shapes = {tuple(info.shape), tuple(info.shape[1:]) if info.shape[:1] == (1,) else tuple(info.shape)}
         self._outputs = [(out.name, np.dtype(out.dtype), quantization(out)) for out in session.outputs]
+        self.max_request_bytes = frame_bound([math.prod(info.shape)])  # the largest request worth reassembling
 
     def handle(self, payload: bytes, correlation: bytes | None = None) -> tuple[str, bytes]:
         """The status ('ok', 'error', 'expired': drop it, or 'forged': answer unsigned) and the answer frame.
@@ -73,27 +75,27 @@ class TailHandler:
         except SignatureError as exc:
             self.forged += 1
             report_forged(log, self.forged, f"tail '{self.model_id}'", str(exc))
-            return "forged", self._unsigned_refusal(request_id or peek_request_id(payload) or bytes(16), str(exc))
+            return "forged", self.unsigned_refusal(request_id or peek_request_id(payload) or bytes(16), str(exc))
         except FrameError as exc:
-            return "error", self._error(request_id or peek_request_id(payload) or bytes(16), 0, str(exc))
+            return "error", self.error_answer(request_id or peek_request_id(payload) or bytes(16), 0, str(exc))
         if request.kind != "request":
-            return "error", self._error(request.request_id, request.deadline_ms, f"expected a request frame, "
-                                                                                 f"found a {request.kind} frame")
+            return "error", self.error_answer(request.request_id, request.deadline_ms,
+                                              f"expected a request frame, found a {request.kind} frame")
         late_ms = self.clock() * 1000 - request.deadline_ms
         if late_ms > 0:
-            return "expired", self._error(request.request_id, request.deadline_ms,
-                                          f"deadline passed {late_ms:.0f} ms before the tail could start")
+            return "expired", self.error_answer(request.request_id, request.deadline_ms,
+                                                f"deadline passed {late_ms:.0f} ms before the tail could start")
         problem = self._refusal(request)
         if problem:
-            return "error", self._error(request.request_id, request.deadline_ms, problem)
+            return "error", self.error_answer(request.request_id, request.deadline_ms, problem)
         try:
             output = self.session.run(self._input(request.tensors[0].tensor()))
         except EdgekitError as exc:
-            return "error", self._error(request.request_id, request.deadline_ms, str(exc))
+            return "error", self.error_answer(request.request_id, request.deadline_ms, str(exc))
         except Exception as exc:  # noqa: BLE001 - a backend failure must not stop the server
             log.exception("tail failed on request %s", request.request_id.hex())
-            return "error", self._error(request.request_id, request.deadline_ms,
-                                        f"tail failed: {type(exc).__name__}: {exc}")
+            return "error", self.error_answer(request.request_id, request.deadline_ms,
+                                              f"tail failed: {type(exc).__name__}: {exc}")
         answer = Frame(request.request_id, request.deadline_ms, self.model_id, self.model_version,
                        self._tensors(output), kind="response")
         return "ok", encode(answer, key=self.key)
@@ -143,12 +145,13 @@ class TailHandler:
                 tensors.append(Tensor(name, quantize(array, *quant, dtype), *quant))
         return tuple(tensors)
 
-    def _unsigned_refusal(self, request_id: bytes, reason: str) -> bytes:
+    def unsigned_refusal(self, request_id: bytes, reason: str) -> bytes:
         """An unsigned error answer telling a device without the right key why it is not served: signing it would
         hand any sender a signed frame, and a device holding the key drops it unread."""
         text = f"this server serves only requests signed with its fleet key (edgekit run --fleet-key FILE): {reason}"
         return encode(Frame(request_id, 0, self.model_id, self.model_version, (), kind="error", error=text))
 
-    def _error(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
+    def error_answer(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
+        """An error answer (signed with the fleet key, when there is one) telling the device why it got no output."""
         return encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (), kind="error",
                             error=text), key=self.key)

@@ -95,9 +95,11 @@ def read_credentials(path: str | Path) -> Credentials:
 def acl_text(topics: Topics, servers: Iterable[str] = ("tail",)) -> str:
     """Mosquitto ACL lines: devices touch only their own topics, `servers` all requests and answers."""
     lines = ["# edgekit offload: a device publishes only its own requests and reads only its own answers",
-             f"pattern write {topics.prefix}/req/+/%u", f"pattern read {topics.prefix}/res/%u"]
+             f"pattern write {topics.prefix}/req/+/%u", f"pattern write {topics.prefix}/chunk/+/%u",
+             f"pattern read {topics.prefix}/res/%u"]
     for server in servers:
-        lines += ["", f"user {server}", f"topic read {topics.prefix}/req/#", f"topic write {topics.prefix}/res/+"]
+        lines += ["", f"user {server}", f"topic read {topics.prefix}/req/#", f"topic read {topics.prefix}/chunk/#",
+                  f"topic write {topics.prefix}/res/+"]
     return "\n".join(lines) + "\n"
 
 

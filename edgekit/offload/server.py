@@ -34,16 +34,20 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import OffloadError
+from edgekit.errors import ChunkError, OffloadError, PayloadTooLargeError, SignatureError
+from edgekit.formats import chunk
 from edgekit.formats.plans import SplitSchedule
 from edgekit.offload.broker import die_with_parent
 from edgekit.offload.connection import BrokerConfig, packed_properties
 from edgekit.offload.handler import STATUSES, TailHandler
-from edgekit.offload.protocol import Topics, publish_properties
+from edgekit.offload.protocol import Topics, packets, publish_properties, smallest_limit
 from edgekit.runtime.session import Session, load
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 60  # how long the broker keeps a dead worker's session (its unacknowledged requests) for its restart
+CHUNK_TIMEOUT_S = 5.0  # a partial request older than this (or past its deadline) is dropped
+MAX_PARTIAL_BYTES = 64 * 1024 * 1024  # all partial requests of one worker together
+ANSWERED_REFUSALS = ("malformed", "too_large", "inconsistent", "memory_cap")  # the device is told; the rest are not
 
 
 class ServerMetrics:
@@ -95,11 +99,16 @@ class OffloadServer:
     def __init__(self, bundle: str | Path | Session, broker: str | BrokerConfig, *, model_id: str | None = None,
                  model_version: str = "", prefix: str = "edgekit", group: str = "tail",
                  backend: str | None = None, threads: int | None = None, answer_key: bytes | None = None,
-                 client_id: str | None = None, session_expiry_s: int = 0) -> None:
+                 client_id: str | None = None, session_expiry_s: int = 0, max_packet_bytes: int | None = None,
+                 max_partial_bytes: int = MAX_PARTIAL_BYTES, max_device_partial_bytes: int | None = None,
+                 chunk_timeout_s: float = CHUNK_TIMEOUT_S) -> None:
         """`answer_key`, the fleet key (edgekit.offload.auth): answers are signed, unsigned requests dropped.
 
         With `session_expiry_s` (MQTT v5) the broker keeps this `client_id`'s session that long after a crash, and
-        a worker restarted under the same id gets the requests the dead one had not acknowledged."""
+        a worker restarted under the same id gets the requests the dead one had not acknowledged.
+        Chunked requests are put back together within `max_partial_bytes` in all and `max_device_partial_bytes`
+        per device (default: four of the largest request the tail takes), each for at most `chunk_timeout_s`;
+        answers over `max_packet_bytes` (or the broker's announced limit) go back in chunks."""
         session = bundle if isinstance(bundle, Session) else tail_session(bundle, backend, threads)
         layout = SplitSchedule.of(session.manifest)  # a split bundle names the model id and version
         self.handler = TailHandler(session, model_id or (layout.model_id if layout else None),
@@ -107,7 +116,12 @@ class OffloadServer:
         self.config = broker if isinstance(broker, BrokerConfig) else BrokerConfig.parse(broker)
         self.topics = Topics(prefix)
         self.subscription = self.topics.shared_requests(self.handler.model_id, group)
+        self.chunk_topic = self.topics.all_chunks(self.handler.model_id)
         self.metrics = ServerMetrics()
+        per_device = max_device_partial_bytes or 4 * (self.handler.max_request_bytes + chunk.ENTRY_BYTES)
+        self.chunks = chunk.Reassembler(max_partial_bytes, per_device, chunk_timeout_s)
+        self._chunk_lock = threading.Lock()  # paho's thread fills the reassembler, stats() may read it from another
+        self._configured_max, self._broker_max = max_packet_bytes, None
         self._subscribed = threading.Event()
         self._refused: str | None = None
         self.session_expiry_s = session_expiry_s if self.config.protocol == 5 else 0
@@ -135,6 +149,16 @@ class OffloadServer:
         self._mqtt.disconnect(properties=_session(0, "DISCONNECT") if self.session_expiry_s else None)
         self._mqtt.loop_stop()
 
+    @property
+    def max_packet_bytes(self) -> int | None:
+        """The largest MQTT packet the broker takes (its CONNACK limit or the configured one), None if unknown."""
+        return smallest_limit(self._broker_max, self._configured_max)
+
+    def chunk_stats(self) -> dict[str, int]:
+        """The reassembler's counts (completed, timed out, each refusal reason) and the partial requests it holds."""
+        with self._chunk_lock:
+            return self.chunks.stats()
+
     def __enter__(self) -> OffloadServer:
         return self.start()
 
@@ -146,7 +170,8 @@ class OffloadServer:
             self._refused = str(reason)
             self._subscribed.set()
             return
-        client.subscribe(self.subscription, qos=1)
+        self._broker_max = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        client.subscribe([(self.subscription, 1), (self.chunk_topic, 1)])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list, properties: Any) -> None:
         if any(r.is_failure for r in reasons):
@@ -170,14 +195,60 @@ class OffloadServer:
         named = getattr(props, "ResponseTopic", None)
         if named is not None and named != answer_topic:
             log.warning("request from '%s' names response topic %r; answering on %s", device, named, answer_topic)
+        payload = message.payload
         try:
-            status, answer = self.handler.handle(message.payload, getattr(props, "CorrelationData", None))
+            on_chunk_topic = message.topic.startswith(f"{self.topics.prefix}/chunk/")
+            if on_chunk_topic or chunk.is_chunk(payload):
+                payload = self._reassembled(client, device, answer_topic, payload, start, on_chunk_topic)
+                if payload is None:
+                    return
+            status, answer = self.handler.handle(payload, getattr(props, "CorrelationData", None))
             if status != "expired":
-                client.publish(answer_topic, answer, qos=1, properties=self._properties(answer))
+                self._publish(client, answer_topic, answer)
         except Exception:  # noqa: BLE001 - the handler answers every input; this keeps paho's thread alive anyway
             log.exception("dropped a request from '%s'", device)
             status = "dropped"
         self.metrics.record(status, time.perf_counter() - start)
+
+    def _reassembled(self, client: Any, device: str, answer_topic: str, data: bytes, start: float,
+                     on_chunk_topic: bool) -> bytes | None:
+        """The whole request once chunk `data` from `device` completes one, else None. A refused chunk is counted
+        by its reason before anything is buffered; a refused chunk 0 is answered with why (once per request).
+        Every worker reads the chunk topic: anything there but a later chunk (a whole frame, a chunk 0) is
+        dropped, or each worker would take it."""
+        request_id, index = chunk.peek(data) or (bytes(16), -1)
+        with self._chunk_lock:
+            if on_chunk_topic != (index > 0):
+                self.chunks.counts["wrong_topic"] += 1
+                return None
+            try:
+                return self.chunks.add(device, chunk.read_chunk(data, self.handler.key), self.handler.max_request_bytes)
+            except SignatureError as exc:
+                self.chunks.counts["forged"] += 1
+                status, answer = "forged", self.handler.unsigned_refusal(request_id, str(exc))
+            except ChunkError as exc:
+                if exc.reason == "malformed":  # read_chunk's refusal; the reassembler counts its own
+                    self.chunks.counts["malformed"] += 1
+                if exc.reason not in ANSWERED_REFUSALS:
+                    return None
+                status, answer = "error", self.handler.error_answer(request_id, 0, f"chunked request refused "
+                                                                                   f"({exc.reason}): {exc}")
+        if index == 0:
+            self._publish(client, answer_topic, answer)
+            self.metrics.record(status, time.perf_counter() - start)
+        return None
+
+    def _publish(self, client: Any, topic: str, answer: bytes) -> None:
+        """Publish an answer (QoS 1), in chunks when it is over the broker's packet size limit."""
+        deadline_ms = int.from_bytes(answer[21:29], "little")  # where every frame keeps its deadline
+        try:
+            parts = packets(answer, answer[5:21], deadline_ms, topic, topic, "", self.max_packet_bytes,
+                            self.handler.key)
+        except PayloadTooLargeError as exc:
+            parts = [(topic, self.handler.error_answer(answer[5:21], deadline_ms, str(exc)))]
+        properties = self._properties(answer)
+        for part_topic, payload in parts:
+            client.publish(part_topic, payload, qos=1, properties=properties)
 
     def _properties(self, answer: bytes) -> Any:
         """v5: the request id as CorrelationData (the frame carries it too; 3.1.1 answers have nothing else)."""
