@@ -214,9 +214,10 @@ def _index(value: int, count: int, field: str, what: str, optional: bool = False
 
 def _operator_code(code: _Table) -> int:
     """The builtin code, checked to be known, and its two fields to agree: the int32 one, and the deprecated int8
-    one (the same code, 127 for codes past it, or alone in files older than the int32 field)."""
+    one (the same code, 127 for codes past it, alone in files older than the int32 field, or 0 beside it, as
+    ai-edge-quantizer writes; TFLite itself takes the larger of the two)."""
     deprecated, current = code.scalar(4, "b", "deprecated_builtin_code"), code.scalar(10, "i", "builtin_code")
-    if deprecated != min(current, PLACEHOLDER) and current != 0:
+    if deprecated not in (0, min(current, PLACEHOLDER)) and current != 0:
         raise _Invalid(f"{code.field}: builtin_code {current} and deprecated_builtin_code {deprecated} disagree")
     builtin = max(deprecated, current)
     if not 0 <= builtin < COMMON_BUILTINS:  # past them, the installed schema's (an import of ~10 ms) decides
