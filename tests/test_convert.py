@@ -21,11 +21,11 @@ from edgekit.targets import load_target
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_digits_int8_within_one_point_of_fp32(fmt: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fmt", "method"), [("tflite", None), ("tflite", "minmax"), ("onnx", None)])
+def test_digits_int8_within_one_point_of_fp32(fmt: str, method: str | None, tmp_path: Path) -> None:
     x_train, _, x_test, y_test = load_digits_split()
     model = create_model("digits_cnn", pretrained=True)
-    path = quantize(model, x_train[:200], tmp_path / f"digits.{fmt}", Int8Config(format=fmt))
+    path = quantize(model, x_train[:200], tmp_path / f"digits.{fmt}", Int8Config(format=fmt, calibration=method))
     with torch.no_grad():
         fidelity = measure_fidelity(lambda x: model(torch.from_numpy(x)).numpy(), FloatRunner(open_model(path)),
                                     x_test, y_test)
@@ -54,8 +54,29 @@ def test_config_presets_follow_the_target() -> None:
     assert Int8Config.for_target(load_target("jetson-nano"), format="tflite").format == "tflite"
     with pytest.raises(EdgekitError, match="format must be one of"):
         Int8Config(format="tensorrt")
-    with pytest.raises(EdgekitError, match="calibration must be one of"):
-        Int8Config(calibration="kl")
+    with pytest.raises(EdgekitError, match="calibration for tflite must be one of histogram, minmax"):
+        Int8Config(calibration="entropy")
+    assert (Int8Config().method, Int8Config(format="onnx").method) == ("histogram", "minmax")
+
+
+def test_minmax_calibration_takes_each_activation_s_whole_range(tmp_path: Path) -> None:
+    """MinMax observers cover every value seen, a histogram may clip the tails: every activation's scale is at
+    least the histogram model's, some are larger, and the recipe records the method."""
+    from edgekit.formats.tflite import is_constant, parse_model, tensor_name
+
+    x_train, *_ = load_digits_split()
+    scales: dict[str, dict[str, float]] = {}
+    for method in ("histogram", "minmax"):
+        path = quantize(create_model("digits_cnn", pretrained=True), x_train[:64], tmp_path / f"{method}.tflite",
+                        Int8Config(calibration=method))
+        model = parse_model(path.read_bytes(), str(path))
+        sub = model.subgraphs[0]
+        scales[method] = {tensor_name(t): float(t.quantization.scale[0]) for i, t in enumerate(sub.tensors)
+                          if t.type == 9 and not is_constant(model, i) and t.quantization is not None}
+    assert scales["minmax"].keys() == scales["histogram"].keys() and len(scales["minmax"]) >= 5
+    ratios = [scales["minmax"][name] / scales["histogram"][name] for name in scales["minmax"]]
+    assert min(ratios) >= 0.999 and max(ratios) > 1.05, ratios
+    assert Int8Config(calibration="minmax").recipe(32, False).calibration_method == "minmax"
 
 
 def test_calibration_from_image_folder(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ class _FileCompile(CompileBuild):
         return lambda x: dict(zip(names, runner.run_all(x)))
 
     def recipe(self) -> QuantRecipe:
-        return self.config.recipe(len(self.samples), data_free=False, tflite_calibration="minmax")
+        return self.config.recipe(len(self.samples), data_free=False, method="minmax")  # ai-edge-quantizer's
 
 
 def quantize_file(build: _FileCompile) -> None:

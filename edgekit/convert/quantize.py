@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
 import sys
@@ -209,8 +210,20 @@ def int8_quantizer(config: Int8Config) -> Any:
     """The PT2E quantizer a TFLite INT8 conversion with `config` uses (symmetric, per-channel weights by default)."""
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
 
-    return _residual_aware_quantizer_class()().set_global(
-        get_symmetric_quantization_config(is_per_channel=config.per_channel))
+    global_config = get_symmetric_quantization_config(is_per_channel=config.per_channel)
+    if config.method == "minmax":  # litert-torch's config observes activations with a histogram
+        global_config = _minmax_activations(global_config)
+    return _residual_aware_quantizer_class()().set_global(global_config)
+
+
+def _minmax_activations(global_config: Any) -> Any:
+    """`global_config` with its activation observers replaced by MinMaxObserver, same arguments otherwise."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    spec = global_config.input_activation
+    observer = MinMaxObserver.with_args(**spec.observer_or_fake_quant_ctr.p.keywords)
+    minmax = dataclasses.replace(spec, observer_or_fake_quant_ctr=observer)
+    return dataclasses.replace(global_config, input_activation=minmax, output_activation=minmax)
 
 
 def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Config) -> None:
@@ -302,7 +315,7 @@ def quantize_onnx_file(fp32: Path, calibration: np.ndarray, out_path: Path, conf
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.calibration]
+              "percentile": CalibrationMethod.Percentile}[config.method]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
