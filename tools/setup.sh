@@ -5,9 +5,16 @@
 # mosquitto is installed when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mosquitto >/dev/null && ! [ -x /usr/sbin/mosquitto ]; then
+# The generated-C tests build Cortex-M firmware and run it under QEMU: Debian's arm-none-eabi gcc, newlib and
+# qemu-system-arm, each installed when it is missing.
+missing=""
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="mosquitto"
+command -v arm-none-eabi-gcc >/dev/null || missing="$missing gcc-arm-none-eabi"
+[ -e /usr/lib/arm-none-eabi/newlib/rdimon.specs ] || missing="$missing libnewlib-arm-none-eabi"
+command -v qemu-system-arm >/dev/null || missing="$missing qemu-system-arm"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

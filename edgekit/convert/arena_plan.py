@@ -55,7 +55,7 @@ def _lifetimes(model: Any) -> dict[int, Lifetime]:
     return {t: (size(t), start, last.get(t, start)) for t, start in first.items()}
 
 
-def _first_fit(items: dict[int, Lifetime], order: list[int], pinned: dict[int, int]) -> dict[int, int]:
+def first_fit(items: dict[int, Lifetime], order: list[int], pinned: dict[int, int]) -> dict[int, int]:
     """Place tensors in `order` at the lowest offset free of every placed tensor that is alive with them."""
     placed = dict(pinned)
     for t in order:
@@ -81,7 +81,7 @@ def plan_arena(model: Any, pinned: dict[int, int]) -> ArenaPlan:
     lower = max((sum(s for s, a, b in items.values() if a <= step <= b) for step in range(steps)), default=0)
     orders = (sorted(items, key=lambda t: (-items[t][0], items[t][1])),
               sorted(items, key=lambda t: (-items[t][0] * (items[t][2] - items[t][1] + 1), items[t][1])))
-    best = min((_first_fit(items, order, pinned) for order in orders),
+    best = min((first_fit(items, order, pinned) for order in orders),
                key=lambda placed: max((placed[t] + items[t][0] for t in placed), default=0))
     head = max((best[t] + items[t][0] for t in best), default=0)
     count = len(model.subgraphs[0].tensors)

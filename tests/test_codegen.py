@@ -1,0 +1,180 @@
+"""Generated C: the host build (and the Cortex-M7 firmware under QEMU) equals the tflite-micro interpreter to the
+bit; every activation sits in one arena with no two live tensors overlapping; what the C cannot take is refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import trained_like
+from torch import nn
+
+from edgekit.convert.config import Int8Config
+from edgekit.convert.quantize import quantize
+from edgekit.errors import UnsupportedOpError
+from edgekit.formats import quant
+from edgekit.formats.tflite import op_name, pack_model, parse_model
+from edgekit.mcu.arena import overlapping, plan_buffers
+from edgekit.mcu.build import build_cortex_m7, build_host, elf_sizes, qemu_command, run_records
+from edgekit.mcu.codegen import GeneratedC, generate
+from edgekit.mcu.fixedpoint import mean_multiplier, quantize_multiplier
+from edgekit.models import create_model
+from edgekit.models.digits import load_digits_split
+from edgekit.runtime.backends import TflmAdapter
+
+
+class ResidualAvgPoolNet(nn.Module):
+    """24x24 -> conv 3x3 -> residual conv block (ADD) -> avg pool 3x3/1 (SAME) -> avg pool 2 x2 -> flatten -> fc."""
+
+    input_shape = (1, 3, 24, 24)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8))
+        self.pools = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(2), nn.AvgPool2d(2))
+        self.fc = nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.pools(torch.relu(x + self.body(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    x_train, *_ = load_digits_split()
+    path = tmp_path_factory.mktemp("codegen") / "digits_int8.tflite"
+    return quantize(create_model("digits_cnn", pretrained=True), x_train[:100], path, Int8Config())
+
+
+@pytest.fixture(scope="module")
+def mbv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MobileNetV2-0.35@96 INT8 with NHWC int8 I/O (the MCU preset) and trained-like batch norms: conftest's
+    mbv2_int8_tflite answers -128 everywhere for every input, which no bit-exact check could tell from a bug."""
+    model = trained_like(create_model("mobilenet_v2_035_96"))
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    path = tmp_path_factory.mktemp("codegen") / "mbv2_int8.tflite"
+    return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=True))
+
+
+@pytest.fixture(scope="module")
+def residual(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = trained_like(ResidualAvgPoolNet())
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    path = tmp_path_factory.mktemp("codegen") / "residual_avgpool_int8.tflite"
+    return quantize(model, calibration, path, Int8Config(format="tflite"))
+
+
+def _inputs(path: Path, generated: GeneratedC) -> np.ndarray:
+    """Four random int8 inputs, and for the digits CNN four held-out digits quantized as the model's input."""
+    x = np.random.default_rng(1).integers(-128, 128, (4, *generated.input_shape), dtype=np.int8)
+    if generated.input_shape == (1, 1, 8, 8):
+        *_, x_test, _ = load_digits_split()
+        model_in, _ = TflmAdapter(path.read_bytes()).model_tensors()
+        assert model_in.scale is not None and model_in.zero_point is not None
+        digits = quant.quantize(x_test[:4], model_in.scale, model_in.zero_point).reshape(4, 1, 1, 8, 8)
+        x = np.concatenate([x, digits])
+    return x
+
+
+def _tflm(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """The tflite-micro interpreter's int8 output for each input, one row each."""
+    interpreter = TflmAdapter(path.read_bytes())
+    rows = []
+    for x in inputs:
+        interpreter.input_buffer[...] = x
+        (output,) = interpreter.invoke()
+        rows.append(output.reshape(-1))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual"])
+def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.FixtureRequest,
+                                                    tmp_path: Path) -> None:
+    path = request.getfixturevalue(name)
+    generated = generate(path.read_bytes(), tmp_path / "c", path.name)
+    exe = build_host(generated, tmp_path / "model")
+    x = _inputs(path, generated)
+    want = _tflm(path, x)
+    assert len({row.tobytes() for row in want}) == len(x)  # distinct outputs: a broken kernel would show
+    got = run_records([str(exe)], x, int(np.prod(generated.output_shape)), timeout_s=60)
+    np.testing.assert_array_equal(got, want)
+    assert generated.arena_bytes >= generated.arena_lower_bound_bytes
+
+
+def test_first_fit_shares_bytes_between_tensors_never_alive_together() -> None:
+    # a (100 B) lives over ops 0-1, b (50 B) over 1-2, c (100 B) over 2-3: c can reuse a's bytes, b cannot
+    lifetimes = {0: (100, 0, 1), 1: (50, 1, 2), 2: (100, 2, 3)}
+    offsets = plan_buffers(lifetimes)
+    assert offsets == {0: 0, 2: 0, 1: 100}
+    assert overlapping(lifetimes, offsets) == []
+    assert overlapping(lifetimes, {0: 0, 1: 50, 2: 0}) == [(0, 1), (1, 2)]
+
+
+def test_generated_c_declares_one_arena_and_its_constants(residual: Path, tmp_path: Path) -> None:
+    generated = generate(residual.read_bytes(), tmp_path, "residual")
+    source = (tmp_path / "ek_model.c").read_text()
+    assert "static int8_t arena[EK_ARENA_BYTES];" in source
+    assert f"#define EK_ARENA_BYTES {generated.arena_bytes}" in (tmp_path / "ek_model.h").read_text()
+    model = parse_model(residual.read_bytes(), "residual")
+    weights = sum(np.prod(model.subgraphs[0].tensors[op.inputs[1]].shape) for op in model.subgraphs[0].operators
+                  if op_name(model, op) in {"CONV_2D", "FULLY_CONNECTED"})
+    assert generated.weight_flash_bytes > weights  # int8 weights plus int32 biases and multipliers
+
+
+def test_an_operator_without_a_kernel_is_refused_by_name(digits: Path, tmp_path: Path) -> None:
+    model = parse_model(digits.read_bytes(), "digits")
+    mean = next(op for op in model.subgraphs[0].operators if op_name(model, op) == "MEAN")
+    code = model.operatorCodes[mean.opcodeIndex]
+    code.builtinCode = code.deprecatedBuiltinCode = 25  # SOFTMAX
+    with pytest.raises(UnsupportedOpError, match="no kernel for SOFTMAX"):
+        generate(pack_model(model), tmp_path, "digits")
+
+
+def test_names_from_the_model_cannot_reach_the_c_code(digits: Path, tmp_path: Path) -> None:
+    model = parse_model(digits.read_bytes(), "digits")
+    sub = model.subgraphs[0]
+    sub.tensors[sub.operators[1].outputs[0]].name = b"x */\n#error injected\n/* y"
+    generated = generate(pack_model(model), tmp_path / "c", "digits */ int injected; /*")
+    assert "injected" in (tmp_path / "c" / "ek_model.c").read_text()  # kept, as comment text
+    build_host(generated, tmp_path / "model")  # would fail on the #error or the stray declaration
+
+
+def test_a_float_model_is_refused(tiny_tflite: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOpError, match="float32.*full-integer INT8"):
+        generate(tiny_tflite.read_bytes(), tmp_path, "tiny")
+
+
+def test_multipliers_follow_tflite_quantize_multiplier() -> None:
+    assert quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quantize_multiplier(0.75) == (3 << 29, 0)
+    assert quantize_multiplier(3.0) == (3 << 29, 2)
+    assert quantize_multiplier(1 - 2.0**-33) == (1 << 30, 1)  # rounds up to 2^31: halved, shift one more
+    assert quantize_multiplier(2.0**-40) == (0, 0)  # below 2^-31: TF Lite flushes to zero
+    assert quantize_multiplier(1.0) == (1 << 30, 1)  # 0.5 x 2^1
+    assert mean_multiplier(1.0, 1.0, 16) == (1 << 30, -3)  # 1/16 folded into the shift: 0.5 x 2^(1 - 4)
+
+
+def _cortex_m7_missing() -> str | None:
+    tools = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    return f"{', '.join(missing)} not installed (tools/setup.sh)" if missing else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual"])
+def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.FixtureRequest,
+                                                    tmp_path: Path) -> None:
+    path = request.getfixturevalue(name)
+    generated = generate(path.read_bytes(), tmp_path / "c", path.name)
+    elf = build_cortex_m7(generated, tmp_path / "model.elf")
+    sizes = elf_sizes(elf)
+    assert sizes["text"] > generated.weight_flash_bytes and sizes["bss"] >= generated.arena_bytes
+    x = _inputs(path, generated)
+    got = run_records(qemu_command(elf), x, int(np.prod(generated.output_shape)), timeout_s=120)
+    np.testing.assert_array_equal(got, _tflm(path, x))
