@@ -220,7 +220,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     bundle = load_bundle(args.bundle)
     if args.broker is None:
-        result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target)
+        result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target,
+                         annotate_to=args.annotate)
     else:
         from edgekit.offload.auth import load_key
         from edgekit.offload.client import OffloadClient
@@ -228,8 +229,26 @@ def cmd_run(args: argparse.Namespace) -> None:
         keyed = {} if args.fleet_key is None else {"answer_key": load_key(args.fleet_key)}
         with OffloadClient.for_bundle(bundle, _device_broker(args), **keyed) as client:
             result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target, client,
-                             args.deadline_ms / 1000)
+                             args.deadline_ms / 1000, args.annotate)
     _emit(args, result, render_prediction(result))
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    from edgekit.report.runtime import render_stream
+    from edgekit.runtime import load
+    from edgekit.runtime.stream import stream
+
+    session = load(args.bundle, args.backend, args.target, threads=args.threads)
+    if args.mavlink is None:
+        summary = stream(session, args.source, (), args.pace == "realtime", args.max_frames).to_dict()
+    else:
+        from edgekit.integrations.mavlink import Camera, MavlinkReporter
+
+        with MavlinkReporter(args.mavlink, Camera(args.hfov, args.vfov), tuple(args.landing_label)) as reporter:
+            summary = stream(session, args.source, (reporter.report,), args.pace == "realtime",
+                             args.max_frames).to_dict()
+            summary["mavlink"] = reporter.health()
+    _emit(args, summary, render_stream(summary))
 
 
 def _device_broker(args: argparse.Namespace) -> str | BrokerConfig:
@@ -318,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive, default=5, help="classes shown per frame (default 5)")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
     p.add_argument("--target", help="refuse a bundle built for another target profile")
+    p.add_argument("--annotate", metavar="OUT.png", help="detector bundle, image input: write the image with its "
+                                                         "boxes, labels and scores drawn")
     p.add_argument("--broker", help="split bundle: run the tail on the edge server behind this MQTT broker "
                                     "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
     p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
@@ -327,6 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-key", metavar="FILE", help="with --broker: the fleet key file `edgekit serve` uses: sign "
                                                        "requests, accept only signed answers (default: "
                                                        "BUNDLE.secrets/fleet.key beside the bundle, if there)")
+    p = command(commands, "stream", cmd_stream, "run a detector bundle on video (file, /dev/videoN, GStreamer "
+                "pipeline) until it ends, optionally reporting to a drone over MAVLink; prints FPS and latency")
+    p.add_argument("bundle", help="detector bundle folder or .ekb file (a manifest with 'detection')")
+    p.add_argument("--source", required=True, help="video file, /dev/videoN (or a camera index), or a GStreamer "
+                                                   "pipeline (needs an OpenCV built with GStreamer)")
+    p.add_argument("--pace", choices=("realtime", "fast"), default="realtime",
+                   help="realtime: a file plays at its frame rate and late frames are dropped (oldest first); "
+                        "fast: every frame, as fast as possible (default realtime)")
+    p.add_argument("--max-frames", type=_positive, help="stop after this many processed frames")
+    p.add_argument("--mavlink", metavar="ENDPOINT", help="report detections as a MAVLink companion: "
+                                                         "udpout:HOST:PORT, udpin:, tcp:, or /dev/ttyX[,BAUD]")
+    p.add_argument("--hfov", type=float, default=62.2, help="camera horizontal field of view in degrees, for "
+                                                            "LANDING_TARGET angles (default 62.2: Pi camera v2)")
+    p.add_argument("--vfov", type=float, default=48.8, help="camera vertical field of view in degrees (default 48.8)")
+    p.add_argument("--landing-label", action="append", default=[], metavar="LABEL",
+                   help="a class that is a landing target: its best box is sent as LANDING_TARGET (repeatable)")
+    p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
+    p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
+    p.add_argument("--target", help="refuse a bundle built for another target profile")
     p = command(commands, "bench", cmd_bench, "latency p50/p90/p99, throughput and peak memory of a bundle")
     p.add_argument("bundle", help="bundle folder or .ekb file")
     p.add_argument("--runs", type=_positive, default=200, help="timed runs (default 200)")

@@ -75,3 +75,7 @@ class PayloadTooLargeError(OffloadError):
 
 class BrokerError(OffloadError):
     """The broker could not be started: mosquitto missing, bad config, port taken."""
+
+
+class IntegrationError(EdgekitError):
+    """A drone or robot link cannot be set up: its library is missing, or the endpoint is malformed."""

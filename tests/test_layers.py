@@ -1,11 +1,11 @@
 """The package's layering, read from the source (every import, module level or inside a function).
 
-Device side: formats <- runtime <- offload, importing only the base modules (errors, units, progress, the package
-root) and each other in that order. Host side, in data-flow order: targets, graph, memory, analysis, cost, plan,
-report, convert, mcu; each imports the base, formats and host layers before it (the reference models from graph
-on), never the device side, except that convert and cost's measurement modules run models through
-runtime.backends' adapters. Only convert (its report.txt) and the CLI import report; the CLI, the shell
-over both sides, may import anything. Imports under
+Device side: formats <- runtime <- offload <- integrations, importing only the base modules (errors, units,
+progress, the package root) and each other in that order. Host side, in data-flow order: targets, graph, memory,
+analysis, cost, plan, report, convert, mcu; each imports the base, formats and host layers before it (the reference
+models from graph on), never the device side, except that convert and cost's measurement modules run models through
+runtime.backends' adapters. Only convert (its report.txt) and the CLI import report; the CLI, the shell over both
+sides, may import anything. Imports under
 `if TYPE_CHECKING:` are annotations, not edges, and are not counted.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 BASE = {"edgekit", "errors", "units", "progress"}
-DEVICE = ["formats", "runtime", "offload"]
+DEVICE = ["formats", "runtime", "offload", "integrations"]
 HOST = ["targets", "graph", "memory", "analysis", "cost", "plan", "report", "convert", "mcu", "cli"]
 ADAPTER_USERS = ("edgekit.convert.", "edgekit.cost.measure_")  # may import edgekit.runtime.backends
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekit.errors import ConversionError
+from edgekit.formats.boxes import box_iou
 
 Detections = tuple[np.ndarray, np.ndarray]  # boxes (K, 4) as x1, y1, x2, y2; scores (K,)
 
@@ -35,14 +36,6 @@ class BoxAgreement:
     def matched_fraction(self) -> float:
         """Matched reference boxes over all reference boxes (1.0 when there are none)."""
         return self.matched / self.reference_boxes if self.reference_boxes else 1.0
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in `a` (K, 4) with every box in `b` (M, 4), as a K x M matrix."""
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda boxes: np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
 def box_agreement(reference: Sequence[Detections], quantized: Sequence[Detections], score_threshold: float = 0.5,

@@ -27,6 +27,7 @@ from edgekit import __version__
 from edgekit.errors import BundleError
 
 if TYPE_CHECKING:
+    from edgekit.formats.detection import DetectionSpec
     from edgekit.formats.plans import PatchSchedule, SplitSchedule
 
 FORMAT = "edgekit-bundle"
@@ -44,8 +45,8 @@ DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int32": (-2**31, 2**31 - 1)}
 LAYOUTS = ("NCHW", "NHWC")
 MANIFEST_KEYS = ("format", "version", "edgekit_version", "model", "target", "stages", "plan", "preprocessing",
-                 "labels", "recipe", "files")
-OPTIONAL_MANIFEST_KEYS = ("recipe",)  # absent from bundles written before it existed; never null
+                 "labels", "recipe", "detection", "files")
+OPTIONAL_MANIFEST_KEYS = ("recipe", "detection")  # absent from bundles written before they existed; never null
 STAGE_KEYS = ("name", "backend", "file", "inputs", "outputs")
 TENSOR_KEYS = ("name", "shape", "dtype", "layout", "scale", "zero_point")
 PREPROCESSING_KEYS = ("layout", "channels", "height", "width", "scale", "mean", "std")
@@ -369,6 +370,7 @@ class Manifest:
     recipe: dict[str, QuantRecipe] | None = field(default=None, hash=False)  # stage name -> how it was quantized
     files: dict[str, FileEntry] = field(default_factory=dict, hash=False)
     edgekit_version: str = __version__
+    detection: DetectionSpec | None = None  # how a detector's outputs decode into boxes (formats/detection.py)
 
     def stage(self, name: str) -> Stage:
         """The stage called `name`."""
@@ -379,7 +381,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         """The JSON object of `manifest.json`, keys in the documented order, files sorted by name; `recipe`
-        only when there is one."""
+        and `detection` only when there is one."""
         data: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "edgekit_version": self.edgekit_version,
             "model": self.model, "target": self.target, "stages": [s.to_dict() for s in self.stages],
@@ -388,6 +390,8 @@ class Manifest:
             "labels": None if self.labels is None else list(self.labels)}
         if self.recipe is not None:
             data["recipe"] = {name: recipe.to_dict() for name, recipe in self.recipe.items()}
+        if self.detection is not None:
+            data["detection"] = self.detection.to_dict()
         return {**data, "files": {name: self.files[name].to_dict() for name in sorted(self.files)}}
 
     def to_json(self) -> str:
@@ -437,9 +441,14 @@ class Manifest:
             labels = tuple(_string_any(v, where, f"labels[{i}]")
                            for i, v in enumerate(_array(data["labels"], where, "labels", nonempty=False)))
         recipe = None if "recipe" in absent else _recipes(data["recipe"], where, stages)
+        detection = None
+        if "detection" not in absent:  # like plans.py, the detection types build on this module's
+            from edgekit.formats.detection import parse_detection
+
+            detection = parse_detection(data["detection"], where, stages[-1].outputs)
         return cls(_string(data["model"], where, "model"), _string(data["target"], where, "target"), stages,
                    plan, preprocessing, labels, recipe, files,
-                   _string(data["edgekit_version"], where, "edgekit_version"))
+                   _string(data["edgekit_version"], where, "edgekit_version"), detection)
 
 
 def _string_any(value: Any, where: str, key: str) -> str:

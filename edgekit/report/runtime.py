@@ -24,6 +24,14 @@ def render_prediction(result: dict[str, Any]) -> str:
                                     for rank, t in enumerate(o["top"], 1)]))
             else:
                 lines.append(f"{head}: min {o['min']:.4g} max {o['max']:.4g} mean {o['mean']:.4g}")
+        if "detections" in frame:
+            lines.append(f"detections: {len(frame['detections'])}" + (":" if frame["detections"] else ""))
+            if frame["detections"]:
+                lines.append(table(("label", "score", "x_min", "y_min", "x_max", "y_max"),
+                                   [(d["label"], f"{d['score']:.4f}", *(f"{v:.3f}" for v in d["box"]))
+                                    for d in frame["detections"]]))
+            if "annotated" in frame:
+                lines.append(f"annotated image written to {frame['annotated']}")
         if "answered_by" in frame:
             by = frame["answered_by"]
             lines.append(f"tail answered by: {by['source']} in {by['ms']:.1f} ms" +
@@ -56,3 +64,25 @@ def render_metrics(metrics: dict[str, Any]) -> str:
             f"(per worker {metrics['per_worker_requests']}): {metrics['ok']} answered, {metrics['error']} error "
             f"answers, {metrics['expired']} expired, {metrics['dropped']} dropped; handling p50 "
             f"{ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
+
+
+def render_stream(summary: dict[str, Any]) -> str:
+    """What `edgekit stream` prints when the source ends: frames, throughput, latency percentiles, the MAVLink
+    link's state."""
+    def ms(p50: float | None, p99: float | None) -> str:
+        return "-" if p50 is None or p99 is None else f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+
+    rate = "unknown" if summary["source_fps"] is None else f"{summary['source_fps']:.1f} frames/s"
+    rows = [("frames", f"{summary['frames_processed']} processed, {summary['frames_dropped']} dropped (drop-oldest), "
+                       f"{summary['frames_read']} read"),
+            ("throughput", f"{summary['fps']:.1f} frames/s over {summary['wall_s']:.2f} s (source: {rate})"),
+            ("latency, capture to reported", ms(summary["latency_p50_ms"], summary["latency_p99_ms"])),
+            ("inference and decoding", ms(summary["inference_p50_ms"], summary["inference_p99_ms"])),
+            ("reporting", ms(summary["report_p50_ms"], summary["report_p99_ms"]))]
+    if "mavlink" in summary:
+        link = summary["mavlink"]
+        sent = ", ".join(f"{k} {v}" for k, v in link["sent"].items() if v)
+        rows.append(("MAVLink " + link["endpoint"], ("vehicle seen" if link["vehicle_seen"] else "no vehicle heartbeat")
+                     + (f"; sent {sent}" if sent else "") + (f"; last error: {link['last_error']}"
+                                                             if link["last_error"] else "")))
+    return f"{summary['source']}: {summary['ended']}\n" + table(("figure", "value"), rows)

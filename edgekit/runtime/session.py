@@ -295,8 +295,17 @@ class Session:
                 image = opened.convert("L" if p.channels == 1 else "RGB").resize((p.width, p.height))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from None
-        pixels = np.asarray(image, np.float32).reshape(p.height, p.width, p.channels)
-        x = (pixels * np.float32(p.scale) - np.array(p.mean, np.float32)) / np.array(p.std, np.float32)
+        return self.preprocess_pixels(np.asarray(image, np.float32).reshape(p.height, p.width, p.channels))
+
+    def preprocess_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw 0..255 pixels (height x width x channels, already at the input's size: a decoded video frame, say)
+        as the first stage's float input: times `scale`, (x - mean) / std, laid out, with a batch of 1."""
+        p = self.manifest.preprocessing
+        if p is None or pixels.shape != (p.height, p.width, p.channels):
+            wanted = "no image preprocessing in its manifest" if p is None else f"{p.height}x{p.width}x{p.channels}"
+            raise InputError(f"{self.bundle.path}: pixels of shape {pixels.shape}; the bundle takes {wanted}")
+        x = (pixels.astype(np.float32) * np.float32(p.scale) - np.array(p.mean, np.float32)) / \
+            np.array(p.std, np.float32)
         if p.layout == "NCHW":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from edgekit.errors import InputError
 from edgekit.formats.bundle import Bundle
 from edgekit.runtime.session import Session, load
 from edgekit.runtime.transport import Transport
+
+if TYPE_CHECKING:
+    from edgekit.runtime.detections import Decoder
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -73,15 +76,23 @@ def summarise_output(name: str, output: np.ndarray, k: int, labels: tuple[str, .
 
 def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | None = None, top: int = 5,
             threads: int | None = None, expected_target: str | None = None, transport: Transport | None = None,
-            deadline_s: float = 1.0) -> dict[str, Any]:
+            deadline_s: float = 1.0, annotate_to: str | Path | None = None) -> dict[str, Any]:
     """Load `bundle`, run every frame of `input_path`, and give per frame every output: its top-k classes, or
     a summary (see `summarise_output`).
 
     Class-score outputs are those with one non-singleton axis; labels come from the manifest when it has one
     per score. With a `transport` (a split bundle), the tail runs behind it (the MQTT `OffloadClient`: on the edge
     server), each frame answered within `deadline_s` by the server or by the local tail; each result says which.
+    A detector bundle (a manifest with `detection`) also gives each frame's detections; with `annotate_to`, the
+    input image is written there with its boxes drawn.
     """
     session = load(bundle, backend, expected_target, threads=threads, transport=transport, deadline_s=deadline_s)
+    decoder = detection_decoder(session)
+    if annotate_to is not None and decoder is None:
+        raise InputError(f"{session.bundle.path}: annotating needs a detector bundle (a manifest with "
+                         "'detection'); this one has none")
+    if annotate_to is not None and Path(input_path).suffix.lower() in ARRAY_SUFFIXES:
+        raise InputError(f"{input_path}: annotating draws on an image input, not a .npy/.npz array")
     frames = read_frames(session, input_path)
     batched = frames.shape != session.input.shape
     results = []
@@ -91,6 +102,13 @@ def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | 
         arrays = output.values() if isinstance(output, dict) else (output,)
         results.append({"frame": i, "outputs": [summarise_output(name, array, top, session.labels)
                                                 for name, array in zip(names, arrays)]})
+        if decoder is not None:
+            detections = decoder(dict(zip(names, arrays)))
+            results[-1]["detections"] = detections.to_list()
+            if annotate_to is not None:
+                from edgekit.runtime.annotate import annotate
+
+                results[-1]["annotated"] = str(annotate(input_path, detections, annotate_to))
         if session.last_reply is not None:
             reply = session.last_reply
             results[-1]["answered_by"] = {"source": reply.source, "ms": reply.latency_s * 1e3,
@@ -98,6 +116,16 @@ def predict(bundle: str | Path | Bundle, input_path: str | Path, backend: str | 
     return {"bundle": str(session.bundle.path), "model": session.manifest.model, "target": session.manifest.target,
             "backends": list(session.backends), "input": str(input_path), "results": results,
             "latency_ms": session.latency()["p50_ms"]}
+
+
+def detection_decoder(session: Session) -> Decoder | None:
+    """The decoder of a detector bundle's `detection` record, None for other bundles (which never import it)."""
+    detection = session.manifest.detection
+    if detection is None:
+        return None
+    from edgekit.runtime.detections import Decoder
+
+    return Decoder(detection, session.labels)
 
 
 def benchmark(bundle: str | Path, runs: int = 200, warmup: int = 20, backend: str | None = None,
