@@ -345,3 +345,22 @@ def test_a_big_frame_over_a_slow_link_keeps_its_connection_with_the_derived_keep
     assert results["0"]["detail"] == "link to the broker went down"
     assert results["1"]["keepalive_s"] == 15 and results["1"]["acked"] == 1, results
     assert results["1"]["detail"].startswith("no answer within")  # no server here: delivered, then unanswered
+
+
+def test_serve_s_summary_adds_the_workers_chunk_counts_and_names_refusals() -> None:
+    from edgekit.offload.server import merge_metrics
+    from edgekit.report.runtime import render_metrics
+
+    def worker(requests: int, completed: int, too_large: int) -> dict:
+        counts = {"requests": requests, "dropped": 0, "ok": requests - 1, "error": 1, "expired": 0, "forged": 0,
+                  "p50_ms": 1.0, "p99_ms": 2.0}
+        chunks = dict.fromkeys(chunk.REASONS, 0) | {"completed": completed, "timed_out": 0, "evicted": 0,
+                                                    "open": 0, "held_bytes": 0}
+        return counts | {"chunks": chunks | {"too_large": too_large, "no_first_chunk": 40}}
+
+    merged = merge_metrics([worker(10, 3, 1), worker(6, 2, 0)])
+    assert merged["chunks"]["completed"] == 5 and merged["chunks"]["too_large"] == 1
+    text = render_metrics(merged)
+    assert "0 forged (unsigned or wrong key)" in text
+    assert text.endswith("chunked requests: 5 put together, 0 timed out; chunks refused: too large 1")
+    assert "chunked" not in render_metrics(merge_metrics([worker(4, 0, 0)]))  # nothing chunked, nothing said

@@ -81,6 +81,9 @@ def merge_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("p50_ms", "p99_ms"):
         values = [p[key] for p in parts if p[key] is not None]
         merged[key] = max(values) if values else None
+    chunks = [p["chunks"] for p in parts if "chunks" in p]  # OffloadServer.chunk_stats() of each worker
+    if chunks:
+        merged["chunks"] = {key: sum(c[key] for c in chunks) for key in chunks[0]}
     return merged
 
 
@@ -284,7 +287,7 @@ def _worker(bundle: str, config: BrokerConfig, options: dict[str, Any], conn: Co
         pass
     server.stop()
     with contextlib.suppress(OSError):
-        conn.send(("metrics", server.metrics.snapshot()))
+        conn.send(("metrics", {**server.metrics.snapshot(), "chunks": server.chunk_stats()}))
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,17 @@ def render_metrics(metrics: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f} ms"
 
-    return (f"served {metrics['requests']} requests with {metrics['workers']} worker(s) "
+    line = (f"served {metrics['requests']} requests with {metrics['workers']} worker(s) "
             f"(per worker {metrics['per_worker_requests']}): {metrics['ok']} answered, {metrics['error']} error "
-            f"answers, {metrics['expired']} expired, {metrics['dropped']} dropped; handling p50 "
-            f"{ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
+            f"answers, {metrics['expired']} expired, {metrics['forged']} forged (unsigned or wrong key), "
+            f"{metrics['dropped']} dropped; handling p50 {ms(metrics['p50_ms'])}, p99 {ms(metrics['p99_ms'])}")
+    chunks = metrics.get("chunks")
+    if chunks and any(chunks[k] for k in chunks if k not in ("open", "held_bytes", "no_first_chunk")):
+        refused = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in chunks.items()
+                            if v and k not in ("completed", "timed_out", "open", "held_bytes", "no_first_chunk"))
+        line += (f"\nchunked requests: {chunks['completed']} put together, {chunks['timed_out']} timed out"
+                 + (f"; chunks refused: {refused}" if refused else ""))
+    return line
 
 
 def render_stream(summary: dict[str, Any]) -> str:
@@ -85,4 +92,13 @@ def render_stream(summary: dict[str, Any]) -> str:
         rows.append(("MAVLink " + link["endpoint"], ("vehicle seen" if link["vehicle_seen"] else "no vehicle heartbeat")
                      + (f"; sent {sent}" if sent else "") + (f"; last error: {link['last_error']}"
                                                              if link["last_error"] else "")))
+    if "mqtt" in summary:
+        mqtt = summary["mqtt"]
+        rows.append((f"MQTT {mqtt['topic']}", ", ".join(f"{k} {v}" for k, v in mqtt["sent"].items())
+                     + (f"; last error: {mqtt['last_error']}" if mqtt["last_error"] else "")))
+    if "ros2" in summary:
+        rows.append((f"ROS 2 {summary['ros2']['topic']}", f"{summary['ros2']['published']} Detection2DArray published"))
+    if "bag" in summary:
+        rows.append((f"bag {summary['bag']['bag']}", f"{summary['bag']['recorded']} Detection2DArray recorded on "
+                                                     f"{summary['bag']['topic']}"))
     return f"{summary['source']}: {summary['ended']}\n" + table(("figure", "value"), rows)
