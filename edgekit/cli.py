@@ -131,6 +131,23 @@ def cmd_compile(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
 
 
+def cmd_codegen(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from edgekit.mcu.deploy import codegen
+    from edgekit.report.table import table
+    from edgekit.targets import load_target
+
+    report = codegen(Path(args.model), Path(args.output), load_target(args.target), args.build, args.check)
+    _emit(args, report.to_dict(), table(("codegen", "result"), report.rows()))
+    if report.firmware is not None and not report.firmware.fits and not args.force:
+        raise EdgekitError(f"the firmware does not fit {report.target}: {report.firmware.verdict} (from the linker); "
+                           "pass --force to accept it")
+    if not all(c.exact for c in report.checks):
+        raise EdgekitError("the generated C differs from tflite-micro: " + ", ".join(
+            c.build for c in report.checks if not c.exact))
+
+
 def cmd_plan_patch(args: argparse.Namespace) -> None:
     from edgekit.convert.patch_pack import bundle_model_file
     from edgekit.errors import PlanError
@@ -427,6 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", type=_bit_rate, help="with --split auto: what-if uplink, e.g. '5 Mbit/s'")
     p.add_argument("-o", "--output", required=True,
                    help="output bundle: a folder, or a single .ekb archive (replaced only if an earlier bundle)")
+
+    p = command(commands, "codegen", cmd_codegen, "INT8 .tflite -> generated C and a firmware for an MCU board, "
+                                                  "sized by the linker against the board")
+    p.add_argument("model", help="full-integer INT8 .tflite (edgekit compile --int8 writes one)")
+    p.add_argument("-o", "--output", required=True, help="folder for the C, Makefile and linker script")
+    p.add_argument("--target", required=True, help="MCU profile: its core, flash and SRAM (e.g. stm32f746)")
+    p.add_argument("--build", choices=("cortex-m", "host"), default="cortex-m",
+                   help="cortex-m (default): the board firmware with arm-none-eabi-gcc; host: gcc only, no board")
+    p.add_argument("--check", type=_positive, default=0, metavar="N", help="run N random inputs against "
+                   "tflite-micro on the host build (and under QEMU when qemu-system-arm is installed)")
+    p.add_argument("--force", action="store_true", help="exit 0 even when the firmware does not fit the board")
 
     plan = commands.add_parser("plan", help="plan patch-based execution").add_subparsers(dest="plan_command",
                                                                                      required=True)

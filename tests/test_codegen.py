@@ -18,8 +18,10 @@ from edgekit.errors import UnsupportedOpError
 from edgekit.formats import quant
 from edgekit.formats.tflite import op_name, pack_model, parse_model
 from edgekit.mcu.arena import overlapping, plan_buffers
-from edgekit.mcu.build import build_cortex_m7, build_host, elf_sizes, qemu_command, run_records
+from edgekit.mcu.board import QEMU_STACK_BYTES
+from edgekit.mcu.build import build_host, build_qemu, elf_sizes, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
+from edgekit.mcu.deploy import tflm_outputs
 from edgekit.mcu.fixedpoint import mean_multiplier, quantize_multiplier
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
@@ -42,6 +44,48 @@ class ResidualAvgPoolNet(nn.Module):
         x = self.stem(x)
         x = self.pools(torch.relu(x + self.body(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+class SqueezeExcite(nn.Module):
+    """MCUNet/MobileNetV3's SE block: global mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid, scaling the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(channels, channels // 2, 1), nn.Conv2d(channels // 2, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class SqueezeExciteNet(nn.Module):
+    """MCUNet-style: hard-swish stem, depthwise + SE block, a scaled 1x1 branch added back, the two concatenated,
+    global mean over the channels-first view (TRANSPOSE + MEAN), linear head, softmax."""
+
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8),
+                                       nn.Hardswish(), SqueezeExcite(8))
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.depthwise(x) + self.branch(x) * 0.5
+        return torch.softmax(8.0 * self.fc(torch.cat([y, x], 1).mean((2, 3))), -1)
+
+
+def _int8(model: nn.Module, path: Path) -> Path:
+    """`model` as a full-integer .tflite with NHWC int8 I/O (the MCU preset), calibrated on 4 random inputs."""
+    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=True))
+
+
+@pytest.fixture(scope="module")
+def se_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _int8(trained_like(SqueezeExciteNet()), tmp_path_factory.mktemp("codegen") / "se_int8.tflite")
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +127,10 @@ def _inputs(path: Path, generated: GeneratedC) -> np.ndarray:
 
 def _tflm(path: Path, inputs: np.ndarray) -> np.ndarray:
     """The tflite-micro interpreter's int8 output for each input, one row each."""
-    interpreter = TflmAdapter(path.read_bytes())
-    rows = []
-    for x in inputs:
-        interpreter.input_buffer[...] = x
-        (output,) = interpreter.invoke()
-        rows.append(output.reshape(-1))
-    return np.array(rows)
+    return tflm_outputs(path.read_bytes(), inputs)
 
 
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net"])
 def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
@@ -102,8 +140,46 @@ def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.Fi
     want = _tflm(path, x)
     assert len({row.tobytes() for row in want}) == len(x)  # distinct outputs: a broken kernel would show
     got = run_records([str(exe)], x, int(np.prod(generated.output_shape)), timeout_s=60)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got.outputs, want)
     assert generated.arena_bytes >= generated.arena_lower_bound_bytes
+
+
+class Unary(nn.Module):
+    """One activation over a 16x16 image: 256 pixels, so a ramp input visits every int8 value."""
+
+    input_shape = (1, 1, 16, 16)
+
+    def __init__(self, activation: nn.Module) -> None:
+        super().__init__()
+        self.spread, self.activation = nn.Conv2d(1, 1, 1), activation  # [0, 1] -> [-4, 4]
+        nn.init.constant_(self.spread.weight, 8.0)
+        nn.init.constant_(self.spread.bias, -4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.spread(x))
+
+
+@pytest.mark.parametrize("activation", [nn.Hardswish(), nn.Sigmoid()], ids=["hard_swish", "logistic"])
+def test_lookup_tables_equal_tflite_micro_on_every_int8_value(activation: nn.Module, tmp_path: Path) -> None:
+    path = _int8(Unary(activation), tmp_path / "unary.tflite")
+    generated = generate(path.read_bytes(), tmp_path / "c", path.name)
+    model = parse_model(path.read_bytes(), "unary")
+    assert {"HARD_SWISH", "LOGISTIC"} & {op_name(model, op) for op in model.subgraphs[0].operators}
+    ramp = np.arange(-128, 128, dtype=np.int8).reshape(1, *generated.input_shape)
+    x = np.concatenate([ramp, ramp[:, ::-1]])
+    want = _tflm(path, x)
+    assert len(np.unique(want)) > 100  # the table's whole range, not a constant
+    got = run_records([str(build_host(generated, tmp_path / "unary"))], x, 256, timeout_s=60)
+    np.testing.assert_array_equal(got.outputs, want)
+
+
+def test_the_se_net_runs_the_mcunet_operators(se_net: Path) -> None:
+    model = parse_model(se_net.read_bytes(), "se_net")
+    ops = {op_name(model, op) for op in model.subgraphs[0].operators}
+    assert {"HARD_SWISH", "LOGISTIC", "MUL", "ADD", "CONCATENATION", "TRANSPOSE", "MEAN", "SOFTMAX"} <= ops
+    mul = next(op for op in model.subgraphs[0].operators if op_name(model, op) == "MUL")
+    shapes = [tuple(model.subgraphs[0].tensors[t].shape) for t in mul.inputs]
+    assert shapes == [(1, 8, 8, 8), (1, 1, 1, 8)]  # the SE scale, broadcast over H and W
 
 
 def test_first_fit_shares_bytes_between_tensors_never_alive_together() -> None:
@@ -130,8 +206,8 @@ def test_an_operator_without_a_kernel_is_refused_by_name(digits: Path, tmp_path:
     model = parse_model(digits.read_bytes(), "digits")
     mean = next(op for op in model.subgraphs[0].operators if op_name(model, op) == "MEAN")
     code = model.operatorCodes[mean.opcodeIndex]
-    code.builtinCode = code.deprecatedBuiltinCode = 25  # SOFTMAX
-    with pytest.raises(UnsupportedOpError, match="no kernel for SOFTMAX"):
+    code.builtinCode = code.deprecatedBuiltinCode = 36  # GATHER
+    with pytest.raises(UnsupportedOpError, match="no kernel for GATHER"):
         generate(pack_model(model), tmp_path, "digits")
 
 
@@ -167,14 +243,15 @@ def _cortex_m7_missing() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net"])
 def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
     generated = generate(path.read_bytes(), tmp_path / "c", path.name)
-    elf = build_cortex_m7(generated, tmp_path / "model.elf")
+    elf = build_qemu(generated, tmp_path / "model.elf")
     sizes = elf_sizes(elf)
-    assert sizes["text"] > generated.weight_flash_bytes and sizes["bss"] >= generated.arena_bytes
+    assert sizes["text"] > generated.weight_flash_bytes and sizes["bss"] >= generated.arena_bytes + QEMU_STACK_BYTES
     x = _inputs(path, generated)
     got = run_records(qemu_command(elf), x, int(np.prod(generated.output_shape)), timeout_s=120)
-    np.testing.assert_array_equal(got, _tflm(path, x))
+    np.testing.assert_array_equal(got.outputs, _tflm(path, x))
+    assert got.stack_bytes is not None and 64 < got.stack_bytes < QEMU_STACK_BYTES  # painted, then partly used

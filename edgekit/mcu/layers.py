@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import UnsupportedOpError
-from edgekit.formats.tflite import TENSOR_TYPES, op_name
+from edgekit.formats.tflite import TENSOR_TYPES, is_constant, op_name
 from edgekit.mcu import fixedpoint as fp
 
 SAME, VALID = 0, 1  # the schema's Padding enum
@@ -45,6 +45,12 @@ class Layer:
         """The C pointer of an activation input (or output) in the arena."""
         return self.place(int((self.op.outputs if outputs else self.op.inputs)[position]))
 
+    def operand(self, position: int) -> str:
+        """The C pointer of an int8 input: into the arena, or a const array in flash when it is a constant."""
+        if is_constant(self.model, int(self.op.inputs[position])):
+            return self.array(f"k{position}_", self.constant(position).astype(np.int8))
+        return self.pointer(position)
+
     def constant(self, position: int) -> np.ndarray:
         """A constant input as an array of its own dtype and shape."""
         tensor = self.tensor(position)
@@ -69,15 +75,15 @@ class Layer:
         self.flash_bytes += flat.nbytes
         return name
 
-    def params(self, ctype: str, fields: str) -> str:
+    def params(self, ctype: str, fields: str, kind: str = "p") -> str:
         """Define a const parameter struct; a pointer to it."""
-        self.arrays.append(f"static const {ctype} p{self.index} = {{{fields}}};")
-        return f"&p{self.index}"
+        self.arrays.append(f"static const {ctype} {kind}{self.index} = {{{fields}}};")
+        return f"&{kind}{self.index}"
 
 
 def nhwc(shape: Any) -> tuple[int, int, int, int]:
     """A shape of rank <= 4 as (N, H, W, C), leading axes of 1 added."""
-    dims = [int(d) for d in shape]
+    dims = [int(d) for d in (() if shape is None else shape)]
     if len(dims) > 4:
         raise UnsupportedOpError(f"a {len(dims)}-D tensor (the C kernels take up to 4-D)")
     return tuple([1] * (4 - len(dims)) + dims)  # type: ignore[return-value]
@@ -155,28 +161,90 @@ def _pool(layer: Layer) -> str:
             f"{params});")
 
 
-def _add(layer: Layer) -> str:
-    shapes = [tuple(layer.tensor(i).shape) for i in (0, 1)] + [tuple(layer.tensor(0, outputs=True).shape)]
-    if len(set(shapes)) != 1:
-        raise UnsupportedOpError(f"{layer.where}: ADD with broadcasting ({shapes[0]} + {shapes[1]})")
+def _broadcast(layer: Layer) -> str:
+    """The ek_broadcast of a binary elementwise operator: output shape, per input the strides (0 where repeated)."""
+    out = nhwc(layer.tensor(0, outputs=True).shape)
+    strides = []
+    for position in (0, 1):
+        dims = nhwc(layer.tensor(position).shape)
+        if any(d not in (1, o) for d, o in zip(dims, out)):
+            raise UnsupportedOpError(f"{layer.where}: input {position} of shape {dims} does not broadcast to {out}")
+        natural = (dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1)
+        strides.append(", ".join(str(0 if d == 1 and o != 1 else n) for d, o, n in zip(dims, out, natural)))
+    return layer.params("ek_broadcast", f"{c_shape(out)}, {{{{{strides[0]}}}, {{{strides[1]}}}}}", kind="bc")
+
+
+def _binary(layer: Layer) -> str:
+    """ADD and MUL, either input broadcast along any axis of size 1 (SE blocks: MUL of N,H,W,C by N,1,1,C)."""
     (s1, z1), (s2, z2), (so, zo) = layer.quant(0), layer.quant(1), layer.quant(0, outputs=True)
-    (m1, sh1), (m2, sh2), (mo, sho) = fp.add_multipliers(s1, s2, so)
     low, high = fp.activation_range(layer.op.builtinOptions.fusedActivationFunction, so, zo, layer.where)
-    params = layer.params("ek_add_params", f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, {sho}, "
-                                           f"{fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}")
-    count = int(np.prod(shapes[0]))
-    return f"ek_add({layer.pointer(0)}, {layer.pointer(1)}, {layer.pointer(0, True)}, {count}, {params});"
+    if op_name(layer.model, layer.op) == "ADD":
+        (m1, sh1), (m2, sh2), (mo, sho) = fp.add_multipliers(s1, s2, so)
+        kernel, params = "ek_add", layer.params("ek_add_params", f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, "
+                                                                 f"{sho}, {fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}")
+    else:
+        multiplier, shift = fp.mul_multiplier(s1, s2, so)
+        kernel, params = "ek_mul", layer.params("ek_mul_params", f"{-z1}, {-z2}, {multiplier}, {shift}, {zo}, "
+                                                                 f"{low}, {high}")
+    return (f"{kernel}({layer.operand(0)}, {layer.operand(1)}, {layer.pointer(0, True)}, {_broadcast(layer)}, "
+            f"{params});")
 
 
 def _mean(layer: Layer) -> str:
-    axes = sorted(int(a) % 4 for a in layer.constant(1).reshape(-1))
-    if len(layer.tensor(0).shape) != 4 or axes != [1, 2]:
-        raise UnsupportedOpError(f"{layer.where}: MEAN over axes {axes} (the C kernel takes H and W of NHWC)")
-    in_shape = nhwc(layer.tensor(0).shape)
+    """MEAN over any axes (global pooling over H,W, or over the last two after a TRANSPOSE)."""
+    rank = len(layer.tensor(0).shape)
+    axes = {int(a) % rank + 4 - rank for a in layer.constant(1).reshape(-1)}
+    dims = nhwc(layer.tensor(0).shape)
+    count = int(np.prod([dims[a] for a in axes]))
     (s_in, z_in), (s_out, z_out) = layer.quant(0), layer.quant(0, outputs=True)
-    multiplier, shift = fp.mean_multiplier(s_in, s_out, in_shape[1] * in_shape[2])
+    multiplier, shift = fp.mean_multiplier(s_in, s_out, count)
     params = layer.params("ek_mean_params", f"{z_in}, {multiplier}, {z_out}, {shift}")
-    return f"ek_mean_hw({layer.pointer(0)}, {c_shape(in_shape)}, {layer.pointer(0, True)}, {params});"
+    reduced = ", ".join(str(int(a in axes)) for a in range(4))
+    return (f"ek_mean({layer.pointer(0)}, (const int[4]){{{', '.join(map(str, dims))}}}, (const int[4]){{{reduced}}}, "
+            f"{layer.pointer(0, True)}, {params});")
+
+
+def _lut(layer: Layer) -> str:
+    """LOGISTIC and HARD_SWISH: a 256-entry table of TF Lite's integer result for every int8 input."""
+    (s_in, z_in), (s_out, z_out) = layer.quant(0), layer.quant(0, outputs=True)
+    if op_name(layer.model, layer.op) == "LOGISTIC":
+        _fixed_output(layer, s_out, z_out)
+        table = fp.logistic_table(s_in, z_in)
+    else:
+        table = fp.hard_swish_table(s_in, z_in, s_out, z_out)
+    count, name = int(np.prod(nhwc(layer.tensor(0).shape))), layer.array("t", np.array(table, np.int8))
+    return f"ek_lut({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {name});"
+
+
+def _fixed_output(layer: Layer, scale: float, zero_point: int) -> None:
+    """LOGISTIC and SOFTMAX: TF Lite takes only int8 outputs of scale 1/256 and zero point -128."""
+    if zero_point != fp.INT8_MIN or abs(scale * 256 - 1) > 1e-6:
+        raise UnsupportedOpError(f"{layer.where}: output scale {scale} and zero point {zero_point} (TF Lite's int8 "
+                                 "kernel takes 1/256 and -128)")
+
+
+def _softmax(layer: Layer) -> str:
+    dims = nhwc(layer.tensor(0).shape)
+    (s_in, _), (s_out, z_out) = layer.quant(0), layer.quant(0, outputs=True)
+    _fixed_output(layer, s_out, z_out)
+    table = layer.array("e", np.array(fp.softmax_exp_table(s_in, layer.op.builtinOptions.beta), np.int32))
+    rows = int(np.prod(dims)) // dims[3]
+    return f"ek_softmax({layer.pointer(0)}, {layer.pointer(0, True)}, {rows}, {dims[3]}, {table});"
+
+
+def _concat(layer: Layer) -> str:
+    """CONCATENATION of inputs that share the output's scale and zero point (a plain copy, as TF Lite's)."""
+    opts, out = layer.op.builtinOptions, layer.tensor(0, outputs=True)
+    if opts.fusedActivationFunction != 0:
+        raise UnsupportedOpError(f"{layer.where}: a fused activation on CONCATENATION")
+    positions = range(len(layer.op.inputs))
+    if any(layer.quant(i) != layer.quant(0, outputs=True) for i in positions):
+        raise UnsupportedOpError(f"{layer.where}: inputs quantized unlike the output (requantize them first)")
+    axis = int(opts.axis) % len(out.shape)
+    outer = int(np.prod([int(d) for d in out.shape[:axis]]))
+    chunks = [int(np.prod([int(d) for d in layer.tensor(i).shape[axis:]])) for i in positions]
+    return (f"ek_concat((const int8_t *const[]){{{', '.join(layer.operand(i) for i in positions)}}}, "
+            f"(const int[]){{{', '.join(map(str, chunks))}}}, {len(chunks)}, {outer}, {layer.pointer(0, True)});")
 
 
 def _pad(layer: Layer) -> str:
@@ -207,6 +275,8 @@ class Kernel:
 
 KERNELS = {
     "CONV_2D": Kernel(_conv), "DEPTHWISE_CONV_2D": Kernel(_conv), "FULLY_CONNECTED": Kernel(_conv),
-    "AVERAGE_POOL_2D": Kernel(_pool), "MAX_POOL_2D": Kernel(_pool), "ADD": Kernel(_add), "MEAN": Kernel(_mean),
-    "PAD": Kernel(_pad), "TRANSPOSE": Kernel(_transpose), "RESHAPE": Kernel(None, alias=True),
+    "AVERAGE_POOL_2D": Kernel(_pool), "MAX_POOL_2D": Kernel(_pool), "ADD": Kernel(_binary), "MUL": Kernel(_binary),
+    "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut), "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax),
+    "CONCATENATION": Kernel(_concat), "PAD": Kernel(_pad), "TRANSPOSE": Kernel(_transpose),
+    "RESHAPE": Kernel(None, alias=True),
 }

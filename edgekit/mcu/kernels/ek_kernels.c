@@ -86,25 +86,109 @@ void ek_pool(const int8_t *in, ek_shape is, int8_t *out, ek_shape os, const ek_p
     }
 }
 
-void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, int count, const ek_add_params *p) {
-    for (int i = 0; i < count; ++i) {
-        const int32_t a = (int32_t)((uint32_t)(in1[i] + p->in1_offset) << p->left_shift);
-        const int32_t b = (int32_t)((uint32_t)(in2[i] + p->in2_offset) << p->left_shift);
-        const int32_t sum = ek_scale(a, p->in1_multiplier, p->in1_shift) + ek_scale(b, p->in2_multiplier, p->in2_shift);
-        out[i] = ek_clamp(ek_scale(sum, p->out_multiplier, p->out_shift) + p->out_offset, p->act_min, p->act_max);
+typedef int8_t (*ek_binary_op)(int32_t a, int32_t b, const void *params);
+
+/* One loop for every elementwise binary operator: broadcast indexing, the arithmetic in `op`. */
+static void ek_binary(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *bc, ek_binary_op op,
+                      const void *params) {
+    const int *s1 = bc->stride[0], *s2 = bc->stride[1];
+    for (int n = 0; n < bc->out.n; ++n)
+        for (int y = 0; y < bc->out.h; ++y)
+            for (int x = 0; x < bc->out.w; ++x)
+                for (int c = 0; c < bc->out.c; ++c)
+                    *out++ = op(in1[n * s1[0] + y * s1[1] + x * s1[2] + c * s1[3]],
+                                in2[n * s2[0] + y * s2[1] + x * s2[2] + c * s2[3]], params);
+}
+
+static int8_t ek_add_one(int32_t x1, int32_t x2, const void *params) {
+    const ek_add_params *p = params;
+    const int32_t a = (int32_t)((uint32_t)(x1 + p->in1_offset) << p->left_shift);
+    const int32_t b = (int32_t)((uint32_t)(x2 + p->in2_offset) << p->left_shift);
+    const int32_t sum = ek_scale(a, p->in1_multiplier, p->in1_shift) + ek_scale(b, p->in2_multiplier, p->in2_shift);
+    return ek_clamp(ek_scale(sum, p->out_multiplier, p->out_shift) + p->out_offset, p->act_min, p->act_max);
+}
+
+void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p) {
+    ek_binary(in1, in2, out, b, ek_add_one, p);
+}
+
+static int8_t ek_mul_one(int32_t x1, int32_t x2, const void *params) {
+    const ek_mul_params *p = params;
+    const int32_t product = (x1 + p->in1_offset) * (x2 + p->in2_offset);
+    return ek_clamp(ek_scale(product, p->out_multiplier, p->out_shift) + p->out_offset, p->act_min, p->act_max);
+}
+
+void ek_mul(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_mul_params *p) {
+    ek_binary(in1, in2, out, b, ek_mul_one, p);
+}
+
+void ek_mean(const int8_t *in, const int dims[4], const int reduced[4], int8_t *out, const ek_mean_params *p) {
+    int kept[4], over[4], stride[4];
+    int32_t count = 1;
+    stride[3] = 1;
+    for (int a = 2; a >= 0; --a) stride[a] = stride[a + 1] * dims[a + 1];
+    for (int a = 0; a < 4; ++a) {
+        kept[a] = reduced[a] ? 1 : dims[a];
+        over[a] = reduced[a] ? dims[a] : 1;
+        count *= over[a];
+    }
+    for (int k0 = 0; k0 < kept[0]; ++k0)
+        for (int k1 = 0; k1 < kept[1]; ++k1)
+            for (int k2 = 0; k2 < kept[2]; ++k2)
+                for (int k3 = 0; k3 < kept[3]; ++k3) {
+                    int32_t sum = 0;
+                    for (int r0 = 0; r0 < over[0]; ++r0)
+                        for (int r1 = 0; r1 < over[1]; ++r1)
+                            for (int r2 = 0; r2 < over[2]; ++r2)
+                                for (int r3 = 0; r3 < over[3]; ++r3)
+                                    sum += in[(k0 + r0) * stride[0] + (k1 + r1) * stride[1] + (k2 + r2) * stride[2] +
+                                              (k3 + r3) * stride[3]];
+                    sum -= p->in_zero_point * count;
+                    *out++ = ek_clamp(ek_scale(sum, p->multiplier, p->shift) + p->out_offset, INT8_MIN, INT8_MAX);
+                }
+}
+
+void ek_lut(const int8_t *in, int8_t *out, int count, const int8_t table[256]) {
+    for (int i = 0; i < count; ++i) out[i] = table[in[i] + 128];
+}
+
+/* gemmlowp one_over_one_plus_x_for_x_in_0_1: 1 / (1 + x) in Q0.31, Newton-Raphson in Q2.29. */
+static int32_t ek_one_over_one_plus_x(int32_t a) {
+    const int64_t sum = (int64_t)a + INT32_MAX;
+    const int32_t half_denominator = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+    int32_t x = 1515870810 + ek_high_mul(half_denominator, -1010580540);
+    for (int i = 0; i < 3; ++i) {
+        const int32_t one_minus = (1 << 29) - ek_high_mul(half_denominator, x);
+        const int32_t step = ek_high_mul(x, one_minus);
+        const int32_t rescaled = step > (1 << 29) - 1 ? INT32_MAX : step < -((1 << 29) - 1) ? INT32_MIN : step * 4;
+        x = (int32_t)((uint32_t)x + (uint32_t)rescaled);
+    }
+    return x > (1 << 30) - 1 ? INT32_MAX : x < -((1 << 30) - 1) ? INT32_MIN : x * 2;
+}
+
+void ek_softmax(const int8_t *in, int8_t *out, int rows, int depth, const int32_t exp_table[256]) {
+    for (int r = 0; r < rows; ++r, in += depth, out += depth) {
+        int max = INT8_MIN;
+        for (int c = 0; c < depth; ++c) max = in[c] > max ? in[c] : max;
+        int32_t sum = 0; /* Q12.19 */
+        for (int c = 0; c < depth; ++c) sum += ek_div_pot(exp_table[max - in[c]], 12);
+        int headroom = 0;
+        while (!((uint32_t)sum << headroom & 0x80000000u)) ++headroom;
+        const int bits_over_unit = 12 - headroom;
+        const int32_t scale = ek_one_over_one_plus_x((int32_t)(((uint32_t)sum << headroom) - 0x80000000u));
+        for (int c = 0; c < depth; ++c) {
+            const int32_t value = ek_div_pot(ek_high_mul(scale, exp_table[max - in[c]]), bits_over_unit + 23);
+            out[c] = ek_clamp(value - 128, INT8_MIN, INT8_MAX);
+        }
     }
 }
 
-void ek_mean_hw(const int8_t *in, ek_shape is, int8_t *out, const ek_mean_params *p) {
-    const int32_t count = is.h * is.w;
-    for (int b = 0; b < is.n; ++b) {
-        for (int c = 0; c < is.c; ++c) {
-            int32_t sum = 0;
-            for (int i = 0; i < count; ++i) sum += in[(b * count + i) * is.c + c];
-            sum -= p->in_zero_point * count;
-            out[b * is.c + c] = ek_clamp(ek_scale(sum, p->multiplier, p->shift) + p->out_offset, INT8_MIN, INT8_MAX);
+void ek_concat(const int8_t *const *ins, const int *bytes, int count, int outer, int8_t *out) {
+    for (int o = 0; o < outer; ++o)
+        for (int k = 0; k < count; ++k) {
+            memcpy(out, ins[k] + (size_t)o * bytes[k], (size_t)bytes[k]);
+            out += bytes[k];
         }
-    }
 }
 
 void ek_pad(const int8_t *in, ek_shape is, int8_t *out, ek_shape os, const int before[4], int8_t value) {

@@ -34,23 +34,50 @@ typedef struct {
 
 void ek_pool(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape, const ek_pool_params *p);
 
-/* ADD of two same-shape tensors: both inputs rescaled to a common scale (left shift 20), summed, requantized. */
+/* Elementwise ADD and MUL with broadcasting: output index (n, h, w, c) reads input k at
+ * n * stride[k][0] + h * stride[k][1] + w * stride[k][2] + c * stride[k][3] (a stride of 0 repeats an axis). */
+typedef struct {
+    ek_shape out;
+    int stride[2][4];
+} ek_broadcast;
+
+/* ADD: both inputs rescaled to a common scale (left shift 20), summed, requantized. */
 typedef struct {
     int32_t in1_offset, in2_offset, in1_multiplier, in2_multiplier, out_multiplier;
     int in1_shift, in2_shift, out_shift, left_shift;
     int32_t out_offset, act_min, act_max;
 } ek_add_params;
 
-void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, int count, const ek_add_params *p);
+void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p);
 
-/* MEAN over H and W of an NHWC tensor (global pooling): sum of (x - zero point), one requantization
- * whose multiplier already holds 1 / (H x W) as TF Lite folds it. */
+/* MUL: (x1 - zero point 1) x (x2 - zero point 2), requantized by in1 x in2 / out scale. */
+typedef struct {
+    int32_t in1_offset, in2_offset, out_multiplier;
+    int out_shift;
+    int32_t out_offset, act_min, act_max;
+} ek_mul_params;
+
+void ek_mul(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_mul_params *p);
+
+/* MEAN over the axes of a 4-D tensor flagged in `reduced` (the output holds the other axes in order): sum of
+ * (x - zero point), one requantization whose multiplier already holds 1 / (elements reduced) as TF Lite folds it. */
 typedef struct {
     int32_t in_zero_point, multiplier, out_offset;
     int shift;
 } ek_mean_params;
 
-void ek_mean_hw(const int8_t *in, ek_shape in_shape, int8_t *out, const ek_mean_params *p);
+void ek_mean(const int8_t *in, const int dims[4], const int reduced[4], int8_t *out, const ek_mean_params *p);
+
+/* A function of one int8 value (LOGISTIC, HARD_SWISH): out = table[in + 128], the table made by edgekit from
+ * TF Lite's integer arithmetic for every input value. */
+void ek_lut(const int8_t *in, int8_t *out, int count, const int8_t table[256]);
+
+/* SOFTMAX over the last axis (rows x depth), output scale 1/256 and zero point -128 as TF Lite requires:
+ * exp_table[d] is exp of the scaled difference x - max(row) = -d in Q0.31 (0 beyond TF Lite's diff_min). */
+void ek_softmax(const int8_t *in, int8_t *out, int rows, int depth, const int32_t exp_table[256]);
+
+/* CONCATENATION of same-quantization inputs along one axis: `outer` blocks, input k adding bytes[k] to each. */
+void ek_concat(const int8_t *const *ins, const int *bytes, int count, int outer, int8_t *out);
 
 /* PAD with a constant (the output zero point); `before` is the padding ahead of each NHWC axis. */
 void ek_pad(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape, const int before[4],

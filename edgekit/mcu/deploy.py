@@ -1,0 +1,139 @@
+"""`edgekit codegen`: a full-integer INT8 .tflite as generated C and a firmware for an MCU profile's board, with
+its real sizes against the board, its measured stack and, on request, a bit-exact check against tflite-micro.
+
+The check runs random int8 inputs through the host build and (when qemu-system-arm is installed) the firmware under
+QEMU's MPS2 board for the core; the QEMU run also measures the stack high-water mark that the board's linker script
+then reserves, so the linker's verdict covers arena, .data, .bss and stack together.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.convert.mcu import generous_arena_bytes
+from edgekit.errors import BackendError, ModelLoadError, ProfileError
+from edgekit.mcu.board import core_of
+from edgekit.mcu.build import build_host, build_qemu, qemu_command, run_records
+from edgekit.mcu.codegen import GeneratedC, generate
+from edgekit.mcu.firmware import DEFAULT_STACK_BYTES, Firmware, build_firmware, write_board
+from edgekit.targets import Device
+
+BUILDS = ("cortex-m", "host")
+RUN_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether one build's outputs equal tflite-micro's, byte for byte, on `inputs` random int8 inputs."""
+
+    build: str  # "host" or "qemu mps2-an500"
+    inputs: int
+    exact: bool
+
+
+@dataclass(frozen=True)
+class CodegenReport:
+    """What `codegen` wrote and measured: the C's arena and constants, the board firmware and the checks."""
+
+    model: str
+    target: str
+    out_dir: str
+    core: str
+    generated: GeneratedC
+    board_flash_bytes: int
+    board_sram_bytes: int
+    stack_bytes: int | None  # measured under QEMU (the harness's painted stack); None when not run
+    firmware: Firmware | None  # None for --build host
+    checks: tuple[Check, ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.firmware is None or self.firmware.fits
+
+    def to_dict(self) -> dict[str, Any]:
+        fw = self.firmware
+        return {"model": self.model, "target": self.target, "out_dir": self.out_dir, "core": self.core,
+                "arena_bytes": self.generated.arena_bytes,
+                "arena_lower_bound_bytes": self.generated.arena_lower_bound_bytes,
+                "constant_flash_bytes": self.generated.weight_flash_bytes, "stack_bytes": self.stack_bytes,
+                "board_flash_bytes": self.board_flash_bytes, "board_sram_bytes": self.board_sram_bytes,
+                "firmware": None if fw is None else {
+                    "elf": None if fw.elf is None else str(fw.elf), "text": fw.text, "data": fw.data, "bss": fw.bss,
+                    "stack_reserved_bytes": fw.stack_bytes, "short_bytes": fw.short_bytes, "verdict": fw.verdict},
+                "deployable_flash_bytes": None if fw is None else fw.deployable_flash_bytes,
+                "deployable_sram_bytes": None if fw is None else fw.deployable_sram_bytes,
+                "fits": self.fits, "checks": [vars(c) for c in self.checks]}
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, value) lines of the text report."""
+        fw, stack = self.firmware, self.stack_bytes
+        lines = [("model", self.model), ("target", f"{self.target} ({self.core})"),
+                 ("C arena (static, SRAM)", f"{self.generated.arena_bytes:,} B (live-tensor lower bound "
+                                            f"{self.generated.arena_lower_bound_bytes:,} B)"),
+                 ("C constants (flash)", f"{self.generated.weight_flash_bytes:,} B"),
+                 ("stack high-water (QEMU)", f"{stack:,} B" if stack is not None else
+                  "not measured (--build host)" if fw is None else "not measured (no QEMU board for the core)")]
+        if fw is not None:
+            lines += [("firmware text / data / bss", f"{fw.text:,} / {fw.data:,} / {fw.bss:,} B (bss holds the arena "
+                                                     f"and {fw.stack_bytes:,} B of stack)"),
+                      ("deployable flash", f"{fw.deployable_flash_bytes:,} B of {self.board_flash_bytes:,} B"),
+                      ("deployable SRAM", f"{fw.deployable_sram_bytes:,} B of {self.board_sram_bytes:,} B"),
+                      ("board (linker)", fw.verdict)]
+        lines += [(f"bit-exact, {c.build}", f"{'yes' if c.exact else 'NO'} ({c.inputs} random inputs)")
+                  for c in self.checks]
+        return lines + [("written to", f"{self.out_dir}/")]
+
+
+def tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
+    """The tflite-micro interpreter's int8 output for each input, one row each."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        raise BackendError("the check needs tflite-micro (pip install 'edgekit[convert]')") from None
+    interpreter = runtime.Interpreter.from_bytes(tflite, arena_size=generous_arena_bytes(len(tflite)))
+    rows = []
+    for x in inputs:
+        interpreter.set_input(x, 0)
+        interpreter.invoke()
+        rows.append(np.asarray(interpreter.get_output(0)).reshape(-1))
+    return np.array(rows)
+
+
+def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cortex-m", check: int = 0,
+            seed: int = 0) -> CodegenReport:
+    """Generate the C of `tflite_path` into `out_dir` with the board's Makefile and linker script, build it
+    (`build` "cortex-m": the board firmware; "host": gcc only) and check `check` random inputs bit-exact."""
+    if build not in BUILDS:
+        raise BackendError(f"build must be one of {', '.join(BUILDS)}, found {build!r}")
+    core = core_of(target)
+    if target.flash is None or target.sram is None:
+        raise ProfileError(f"{target.path or target.name}: an MCU profile needs memory.flash and memory.sram")
+    if not tflite_path.is_file():
+        raise ModelLoadError(f"{tflite_path}: no such model file (a full-integer INT8 .tflite)")
+    data = tflite_path.read_bytes()
+    generated = generate(data, out_dir, tflite_path.name)
+    out_bytes = int(np.prod(generated.output_shape))
+    x = np.random.default_rng(seed).integers(-128, 128, (max(check, 1), *generated.input_shape), dtype=np.int8)
+    want = tflm_outputs(data, x) if check else x[:0]
+    checks, stack = [], None
+    with tempfile.TemporaryDirectory(prefix="ek_codegen_") as folder:
+        if check:
+            host = run_records([str(build_host(generated, Path(folder) / "host"))], x, out_bytes, RUN_TIMEOUT_S)
+            checks.append(Check("host", check, bool(np.array_equal(host.outputs, want))))
+        if build == "cortex-m" and shutil.which("qemu-system-arm") and core.qemu_machine:
+            elf = build_qemu(generated, Path(folder) / "qemu.elf", core)
+            emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S)
+            stack = emulated.stack_bytes
+            if check:
+                checks.append(Check(f"qemu {core.qemu_machine}", check, bool(np.array_equal(emulated.outputs, want))))
+    if build == "host":  # the board files still, for a later `make` where the Arm toolchain is
+        write_board(generated, target, DEFAULT_STACK_BYTES)
+    firmware = build_firmware(generated, target, stack) if build == "cortex-m" else None
+    return CodegenReport(tflite_path.name, target.name, str(out_dir), core.cpu, generated, int(target.flash.value),
+                         int(target.sram.value), stack, firmware, tuple(checks))
