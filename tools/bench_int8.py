@@ -33,7 +33,8 @@ from edgekit.formats import quant
 from edgekit.report.table import table
 from edgekit.runtime.backends import OrtAdapter, open_model
 
-MODELS = ("mobilenet_v2_035_96", "digits_cnn")
+MODELS = ("mobilenet_v2_035_96", "digits_cnn", "mobilenet_v2", "mcunet_vww")  # --models: any of these
+DEFAULT_MODELS = MODELS[:2]  # the two a default run times (MobileNetV2-1.0 @224 adds minutes)
 RUNTIMES = {"litert": "tflite", "onnxruntime": "onnx"}  # runtime -> model format it runs
 PRECISIONS = ("fp32", "int8")
 MOBILENET_CALIB_SAMPLES = 32
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--reps", type=int, default=40, help="timed invokes per variant per round (default 40)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed invokes per variant first (default 20)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS))
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights/calibration/input")
     parser.add_argument("--keep", type=Path, help="write the converted models here instead of a temp folder")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
