@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -256,15 +257,38 @@ def cmd_stream(args: argparse.Namespace) -> None:
     from edgekit.runtime.stream import stream
 
     session = load(args.bundle, args.backend, args.target, threads=args.threads)
-    if args.mavlink is None:
-        summary = stream(session, args.source, (), args.pace == "realtime", args.max_frames).to_dict()
-    else:
-        from edgekit.integrations.mavlink import Camera, MavlinkReporter
+    with contextlib.ExitStack() as stack:
+        reporters: dict[str, Any] = {}  # summary key -> reporter: report() per frame, health() for the summary
+        if args.mavlink is not None:
+            from edgekit.integrations.mavlink import Camera, MavlinkReporter
 
-        with MavlinkReporter(args.mavlink, Camera(args.hfov, args.vfov), tuple(args.landing_label)) as reporter:
-            summary = stream(session, args.source, (reporter.report,), args.pace == "realtime",
-                             args.max_frames).to_dict()
-            summary["mavlink"] = reporter.health()
+            reporters["mavlink"] = stack.enter_context(MavlinkReporter(args.mavlink, Camera(args.hfov, args.vfov),
+                                                                       tuple(args.landing_label)))
+        if args.mqtt is not None:
+            from edgekit.integrations.mqtt_detections import MqttDetections
+            from edgekit.offload.connection import BrokerConfig
+            from edgekit.offload.security import read_credentials
+
+            options = {"ca_certs": args.ca}
+            if args.credentials:
+                login = read_credentials(args.credentials)
+                options.update(username=login.username, password=login.password)
+            reporters["mqtt"] = stack.enter_context(MqttDetections(BrokerConfig.parse(args.mqtt, **options),
+                                                                   args.device_id))
+        if args.ros2 is not None:
+            from edgekit.integrations.ros2 import Ros2Publisher
+
+            reporters["ros2"] = stack.enter_context(Ros2Publisher(args.ros2, args.frame_id))
+        if args.record is not None:
+            from edgekit.integrations.ros2 import BagRecorder
+
+            reporters["bag"] = stack.enter_context(BagRecorder(args.record, args.ros2 or "/detections",
+                                                               args.frame_id))
+        summary = stream(session, args.source, [r.report for r in reporters.values()], args.pace == "realtime",
+                         args.max_frames).to_dict()
+        if "mqtt" in reporters:
+            reporters["mqtt"].flush()  # what is still queued goes out before its counts are read
+        summary.update((key, reporter.health()) for key, reporter in reporters.items())
     _emit(args, summary, render_stream(summary))
 
 
@@ -381,6 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vfov", type=float, default=48.8, help="camera vertical field of view in degrees (default 48.8)")
     p.add_argument("--landing-label", action="append", default=[], metavar="LABEL",
                    help="a class that is a landing target: its best box is sent as LANDING_TARGET (repeatable)")
+    p.add_argument("--mqtt", metavar="URL", help="publish each frame's detections as JSON on PREFIX/det/DEVICE_ID "
+                                                 "of this broker (mqtt[s]://[user@]host:port; QoS 0)")
+    p.add_argument("--device-id", help="with --mqtt: the topic's device id (default: the login name, else the "
+                                       "host name)")
+    p.add_argument("--credentials", metavar="FILE", help="with --mqtt: a login file (username=/password= lines or "
+                                                         "JSON; the password stays off argv)")
+    p.add_argument("--ca", metavar="FILE", help="with an mqtts:// --mqtt: the CA that signed the broker's certificate")
+    p.add_argument("--ros2", metavar="TOPIC", help="publish vision_msgs/Detection2DArray on this ROS 2 topic "
+                                                   "(rclpy and vision_msgs from the robot's ROS install)")
+    p.add_argument("--record", metavar="BAG", help="record the same Detection2DArray messages to a new rosbag2 "
+                                                   "folder with MCAP storage (needs edgekit[ros], no ROS install)")
+    p.add_argument("--frame-id", default="camera", help="with --ros2/--record: the header frame_id (default camera)")
     p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
     p.add_argument("--target", help="refuse a bundle built for another target profile")

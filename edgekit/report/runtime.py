@@ -94,7 +94,8 @@ def render_stream(summary: dict[str, Any]) -> str:
                                                              if link["last_error"] else "")))
     if "mqtt" in summary:
         mqtt = summary["mqtt"]
-        rows.append((f"MQTT {mqtt['topic']}", ", ".join(f"{k} {v}" for k, v in mqtt["sent"].items())
+        rows.append((f"MQTT {mqtt['topic']}", ("" if mqtt["connected"] else "not connected; ")
+                     + ", ".join(f"{k} {v}" for k, v in mqtt["sent"].items())
                      + (f"; last error: {mqtt['last_error']}" if mqtt["last_error"] else "")))
     if "ros2" in summary:
         rows.append((f"ROS 2 {summary['ros2']['topic']}", f"{summary['ros2']['published']} Detection2DArray published"))
