@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.errors import EdgekitError, InputError
+from edgekit.errors import InputError
 from edgekit.runtime.detections import Detections
+from edgekit.runtime.images import open_image
 
 COLOURS = ((255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255), (0, 200, 200))
 
 
 def annotate(image_path: str | Path, detections: Detections, out: str | Path) -> Path:
     """Write `image_path` at its own size to `out` (PNG) with every box, its label and score."""
-    try:
-        from PIL import Image, ImageDraw, UnidentifiedImageError
-    except ImportError:
-        raise EdgekitError("annotating images needs Pillow, which the device install leaves out: "
-                           "pip install pillow") from None
-    try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{image_path}: not a readable image ({exc})") from None
+    image = open_image(image_path, "RGB")  # a missing Pillow is refused there, with the pip line
+    from PIL import ImageDraw
     draw = ImageDraw.Draw(image)
     width, height = image.size
     line = max(1, round(min(width, height) / 200))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendError, BundleError, EdgekitError, InputError, TargetMismatchError
+from edgekit.errors import BackendError, BundleError, InputError, TargetMismatchError
 from edgekit.formats.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
 from edgekit.formats.plans import PatchSchedule, SplitSchedule
 from edgekit.formats.quant import dequantize, quantization, quantize
@@ -285,16 +285,9 @@ class Session:
         if p.channels not in (1, 3):
             raise InputError(f"{self.bundle.path}: preprocessing has {p.channels} channels; images give 1 (grey) "
                              "or 3 (RGB)")
-        try:
-            from PIL import Image, UnidentifiedImageError
-        except ImportError:
-            raise EdgekitError("reading images needs Pillow, which the device install leaves out: "
-                               "pip install pillow") from None
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("L" if p.channels == 1 else "RGB").resize((p.width, p.height))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"{path}: not a readable image ({exc})") from None
+        from edgekit.runtime.images import open_image
+
+        image = open_image(path, "L" if p.channels == 1 else "RGB").resize((p.width, p.height))
         return self.preprocess_pixels(np.asarray(image, np.float32).reshape(p.height, p.width, p.channels))
 
     def preprocess_pixels(self, pixels: np.ndarray) -> np.ndarray:
