@@ -9,13 +9,12 @@ import socket
 import time
 from pathlib import Path
 
-import blazeface  # tools/, on the path through conftest
-import blazeface_bundle
-import cv2  # the video extra, in the dev extra
+import blazeface_bundle  # tools/, on the path through conftest
 import numpy as np
 import pytest
 from fake_vehicle import FakeVehicle
 from helpers import run, wait_for
+from synthetic_clip import astronaut_clip
 
 from edgekit.errors import InputError
 from edgekit.integrations.mavlink import Camera, MavlinkReporter
@@ -29,13 +28,7 @@ FRAMES = 20  # every fifth one blank: no face
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 frames at 30 frames/s: the astronaut sliding right, every fifth frame plain grey (MJPEG in AVI)."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    bgr = np.ascontiguousarray(blazeface.test_image("astronaut")[:, :, ::-1])
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (512, 512))
-    for i in range(FRAMES):
-        writer.write(np.full_like(bgr, 128) if i % 5 == 0 else np.ascontiguousarray(np.roll(bgr, 4 * i, axis=1)))
-    writer.release()
-    return path
+    return astronaut_clip(tmp_path_factory.mktemp("video") / "clip.avi", FRAMES, blank_every=5)
 
 
 @pytest.fixture(scope="module")
