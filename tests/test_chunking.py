@@ -168,7 +168,8 @@ def test_two_workers_of_one_group_behind_the_per_device_acl_each_take_whole_chun
                 assert np.array_equal(reply.output, session.run(tensor.array))
             completed = [one.chunk_stats()["completed"], two.chunk_stats()["completed"]]
             assert sum(completed) == 8 and min(completed) >= 1, completed
-            assert one.chunk_stats()["no_first_chunk"] + two.chunk_stats()["no_first_chunk"] == 8 * 9  # the others'
+            wait_for(lambda: one.chunk_stats()["no_first_chunk"] + two.chunk_stats()["no_first_chunk"] == 8 * 9,
+                     10, "the other worker dropping the later chunks it has no first chunk for")  # it may lag behind
 
 
 def test_a_big_answer_comes_back_in_chunks(detector_bundle: Path) -> None:
