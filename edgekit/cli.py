@@ -256,8 +256,19 @@ def cmd_stream(args: argparse.Namespace) -> None:
     from edgekit.runtime import load
     from edgekit.runtime.stream import stream
 
-    session = load(args.bundle, args.backend, args.target, threads=args.threads)
     with contextlib.ExitStack() as stack:
+        if args.broker is None:
+            session = load(args.bundle, args.backend, args.target, threads=args.threads)
+        else:  # the head here, the tail on the edge server, as `run --broker` does
+            from edgekit.formats.bundle import load_bundle
+            from edgekit.offload.auth import load_key
+            from edgekit.offload.client import OffloadClient
+
+            bundle = load_bundle(args.bundle)
+            keyed = {} if args.fleet_key is None else {"answer_key": load_key(args.fleet_key)}
+            client = stack.enter_context(OffloadClient.for_bundle(bundle, _device_broker(args), **keyed))
+            session = load(bundle, args.backend, args.target, threads=args.threads, transport=client,
+                           deadline_s=args.deadline_ms / 1000)
         reporters: dict[str, Any] = {}  # summary key -> reporter: report() per frame, health() for the summary
         if args.mavlink is not None:
             from edgekit.integrations.mavlink import Camera, MavlinkReporter
@@ -409,14 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "of this broker (mqtt[s]://[user@]host:port; QoS 0)")
     p.add_argument("--device-id", help="with --mqtt: the topic's device id (default: the login name, else the "
                                        "host name)")
-    p.add_argument("--credentials", metavar="FILE", help="with --mqtt: a login file (username=/password= lines or "
-                                                         "JSON; the password stays off argv)")
+    p.add_argument("--credentials", metavar="FILE", help="with --mqtt or --broker: a login file (username=/password= "
+                                                         "lines or JSON; the password stays off argv)")
     p.add_argument("--ca", metavar="FILE", help="with an mqtts:// --mqtt: the CA that signed the broker's certificate")
     p.add_argument("--ros2", metavar="TOPIC", help="publish vision_msgs/Detection2DArray on this ROS 2 topic "
                                                    "(rclpy and vision_msgs from the robot's ROS install)")
     p.add_argument("--record", metavar="BAG", help="record the same Detection2DArray messages to a new rosbag2 "
                                                    "folder with MCAP storage (needs edgekit[ros], no ROS install)")
     p.add_argument("--frame-id", default="camera", help="with --ros2/--record: the header frame_id (default camera)")
+    p.add_argument("--broker", help="split detector bundle: run the tail on the edge server behind this MQTT broker "
+                                    "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
+    p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
+                                                                       "this many ms (default 1000)")
+    p.add_argument("--fleet-key", metavar="FILE", help="with --broker: the fleet key file `edgekit serve` uses "
+                                                       "(default: BUNDLE.secrets/fleet.key beside the bundle, if "
+                                                       "there)")
     p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
     p.add_argument("--target", help="refuse a bundle built for another target profile")

@@ -407,3 +407,14 @@ def sample_files(folder: Path, sample_shape: tuple[int, ...], calibration: int, 
     np.save(folder / "calib.npy", rng.random((calibration, *sample_shape), dtype=np.float32))
     np.savez(folder / "eval.npz", x=rng.random((held_out, *sample_shape), dtype=np.float32))
     return folder / "calib.npy", folder / "eval.npz"
+
+
+def vtest_video() -> Path:
+    """OpenCV's sample clip vtest.avi (tools/setup.sh extracts it from Debian's opencv-doc), or skip saying so."""
+    from bench_stream import vtest_path  # tools/, on the path through conftest
+
+    path = vtest_path()
+    if path is None:
+        pytest.skip("vtest.avi not found: tools/setup.sh extracts it from Debian's opencv-doc into "
+                    "~/.cache/edgekit/samples (or set EDGEKIT_SAMPLES to a folder holding it)")
+    return path

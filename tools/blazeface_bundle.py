@@ -1,25 +1,33 @@
-"""BlazeFace short-range (tools/blazeface.py's float .tflite, real MediaPipe weights) as an FP32 detector bundle:
-pixels to [-1, 1], one label 'face', and the decoder of MediaPipe's face_detection_short_range graph.
+"""BlazeFace short-range (tools/blazeface.py's float .tflite, real MediaPipe weights) as a detector bundle, FP32 or
+INT8: pixels to [-1, 1], one label 'face', and the decoder of MediaPipe's face_detection_short_range graph.
 
-    python tools/blazeface_bundle.py OUT [--target rpi4]      then: edgekit run OUT --input face.png --annotate a.png
+    python tools/blazeface_bundle.py OUT [--target rpi4] [--int8 [--calib FOLDER]]
+    then: edgekit run OUT --input face.png --annotate a.png
+
+INT8 goes through the float-.tflite compile path (`compile_file`: ai-edge-quantizer, full integer, int8 input and
+outputs), calibrated on a folder of images, by default the offline ones of `blazeface.calibration_images`.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import blazeface
 
+from edgekit.convert.compile_file import compile_file
 from edgekit.convert.float_bundle import bundle_float_file
 from edgekit.formats.bundle import InputPreprocessing
 from edgekit.formats.detection import DetectionSpec
 from edgekit.runtime.anchors import BLAZEFACE_SHORT_RANGE
+from edgekit.targets import load_target
 
 DETECTION = DetectionSpec("ssd_anchors", ("regressors", "classificators"), score_threshold=blazeface.SCORE_THRESHOLD,
                           iou_threshold=blazeface.NMS_IOU, nms="weighted", max_detections=100,
                           anchors=BLAZEFACE_SHORT_RANGE)
 PREPROCESSING = InputPreprocessing("NHWC", 3, blazeface.INPUT_SIZE, blazeface.INPUT_SIZE, 1 / 127.5, (1.0,), (1.0,))
+CALIBRATION_IMAGES = 130  # all of blazeface.calibration_images: mirrored and cropped faces, other scenes, LFW 50+
 
 
 def bundle(out: str | Path, target: str = "rpi4", detection: DetectionSpec | None = DETECTION) -> Path:
@@ -27,12 +35,40 @@ def bundle(out: str | Path, target: str = "rpi4", detection: DetectionSpec | Non
     return bundle_float_file(blazeface.model_path(), out, target, PREPROCESSING, ("face",), detection)
 
 
+def save_calibration(folder: str | Path, count: int = CALIBRATION_IMAGES) -> Path:
+    """`count` of blazeface.calibration_images as PNGs in `folder` (what `compile --calib` reads)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(blazeface.calibration_images(count)):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def int8_bundle(out: str | Path, calibration: str | Path | None = None, target: str = "rpi4",
+                evaluation: str | Path | None = None) -> Path:
+    """The INT8 bundle at `out`, calibrated on the images in `calibration` (default: `save_calibration`'s), with
+    the FP32 bundle's preprocessing ([0, 1] then mean 0.5, std 0.5: the same [-1, 1]), label and decoder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = calibration if calibration is not None else save_calibration(Path(tmp) / "calib")
+        compile_file(blazeface.model_path(), load_target(target), out, folder, evaluation, mean=(0.5,), std=(0.5,),
+                     labels=("face",), detection=DETECTION)
+    return Path(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="bundle folder or .ekb file to write")
     parser.add_argument("--target", default="rpi4", help="target profile named in the manifest (default rpi4)")
+    parser.add_argument("--int8", action="store_true", help="quantize to full integer (the float-.tflite compile)")
+    parser.add_argument("--calib", metavar="FOLDER", help="with --int8: calibration images (default: the "
+                                                          f"{CALIBRATION_IMAGES} offline ones of tools/blazeface.py)")
     args = parser.parse_args()
-    print(f"BlazeFace FP32 detector bundle written to {bundle(args.out, args.target)}")
+    if args.calib is not None and not args.int8:
+        parser.error("--calib goes with --int8")
+    written = int8_bundle(args.out, args.calib, args.target) if args.int8 else bundle(args.out, args.target)
+    print(f"BlazeFace {'INT8' if args.int8 else 'FP32'} detector bundle written to {written}")
 
 
 if __name__ == "__main__":

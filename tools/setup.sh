@@ -29,3 +29,18 @@ fi
 if [ "${EDGEKIT_ROS:-1}" = 1 ]; then
     bash tools/ros_venv.sh || echo "tools/ros_venv.sh failed: tests/test_ros2.py's ROS 2 publisher test will skip" >&2
 fi
+# OpenCV's sample pedestrian clip vtest.avi (8 MB) for tools/bench_stream.py and the tests that read it: only that file
+# out of Debian's opencv-doc (96 MB .deb, 274 MB installed), into a cache folder, when it is not there yet.
+vtest="${EDGEKIT_SAMPLES:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/samples}/vtest.avi"
+if [ ! -f "$vtest" ] && [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then
+    deb_dir="$(mktemp -d)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    (cd "$deb_dir" && { apt-get download -qq opencv-doc 2>/dev/null \
+        || { $SUDO apt-get update -qq && apt-get download -qq opencv-doc; }; }) \
+        && mkdir -p "$(dirname "$vtest")" \
+        && dpkg-deb --fsys-tarfile "$deb_dir"/opencv-doc_*.deb \
+            | tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > "$vtest.part" \
+        && mv "$vtest.part" "$vtest" \
+        || echo "vtest.avi could not be extracted from opencv-doc: tools/bench_stream.py and its tests will skip" >&2
+    rm -rf "$deb_dir" "$vtest.part"
+fi

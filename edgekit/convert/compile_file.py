@@ -36,6 +36,7 @@ from edgekit.convert.quantize import converter_errors, quantize_onnx_file
 from edgekit.convert.quantize_tflite import quantize_tflite_file
 from edgekit.errors import ConversionError, ModelLoadError
 from edgekit.formats.bundle import QuantRecipe
+from edgekit.formats.detection import DetectionSpec
 from edgekit.formats.tflite import TENSOR_TYPES, inline_buffers, read_model
 from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.targets import Device
@@ -49,6 +50,8 @@ class _FileCompile(CompileBuild):
     """A compile of a float model file: its own input shape, its samples in its own layout, itself the reference."""
 
     input_shape: tuple[int, ...]
+    labels: tuple[str, ...] | None = None  # a model file carries no cfg: the caller names its classes
+    detection: DetectionSpec | None = None  # and how its outputs decode into boxes
 
     def sample_shape(self) -> tuple[int, ...]:
         return self.input_shape
@@ -73,9 +76,15 @@ def quantize_file(build: _FileCompile) -> None:
             quantize_onnx_file(build.model, build.samples, build.artifact, build.config, build.float_reference)
 
 
+def add_metadata(build: _FileCompile) -> None:
+    """The caller's labels and detection decoder into the manifest (checked against the INT8 outputs at write)."""
+    build.manifest = replace(build.manifest, labels=build.labels, detection=build.detection)
+
+
 COMPILE_FILE: Pipeline[_FileCompile] = Pipeline(
     prepare=COMPILE.prepare,
-    stage=(quantize_file, check_full_integer, check_int8_fidelity, measure_layer_sqnr, fit_mcu, describe))
+    stage=(quantize_file, check_full_integer, check_int8_fidelity, measure_layer_sqnr, fit_mcu, describe,
+           add_metadata))
 
 
 @dataclass(kw_only=True)
@@ -98,7 +107,8 @@ def copy_file(build: _Packaged) -> None:
                                   "only inline data)")
 
 
-PACKAGE_FILE: Pipeline[_Packaged] = Pipeline(prepare=(), stage=(copy_file, check_full_integer, fit_mcu, describe))
+PACKAGE_FILE: Pipeline[_Packaged] = Pipeline(prepare=(), stage=(copy_file, check_full_integer, fit_mcu, describe,
+                                                                 add_metadata))
 
 
 def quantized_tflite(path: str | Path) -> bool:
@@ -115,13 +125,14 @@ def compile_file(path: str | Path, target: Device, out_dir: str | Path, calibrat
                  evaluation: str | Path | None = None, config: Int8Config | None = None,
                  max_drop_points: float = 1.0, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, input_shape: tuple[int, ...] | None = None,
-                 layout: str | None = None) -> CompileReport:
+                 layout: str | None = None, labels: tuple[str, ...] | None = None,
+                 detection: DetectionSpec | None = None) -> CompileReport:
     """Quantize the float model file `path` (.tflite or .onnx) for `target` into the bundle `out_dir`.
 
     As `compile_int8`, except: the format is the file's; samples (`calibration`, `evaluation`) are in the
     file's input layout, `layout` (default: NHWC for a .tflite whose input ends in 1, 3 or 4 channels,
     else NCHW); images are scaled to [0, 1], then `mean`/`std`; `input_shape` only fills an ONNX input's
-    symbolic dimensions.
+    symbolic dimensions. `labels` and `detection` (a detector's decoder) go into the manifest as given.
     """
     path = Path(path)
     if path.suffix not in MODEL_FILES:
@@ -146,11 +157,13 @@ def compile_file(path: str | Path, target: Device, out_dir: str | Path, calibrat
                                       "--calib and --eval (there is no float model to calibrate or compare with)")
             packaged = _Packaged(out_dir=Path(out_dir), model=model, name=path.stem, device=target, config=config,
                                  preprocessing=preprocessing, calibration=None, evaluation=None,
-                                 max_drop_points=max_drop_points, sample_layout=layout, input_shape=shape)
+                                 max_drop_points=max_drop_points, sample_layout=layout, input_shape=shape,
+                                 labels=labels, detection=detection)
             return PACKAGE_FILE.run(packaged).report
         build = _FileCompile(out_dir=Path(out_dir), model=model, name=path.stem, device=target, config=config,
                              preprocessing=preprocessing, calibration=calibration, evaluation=evaluation,
-                             max_drop_points=max_drop_points, sample_layout=layout, input_shape=shape)
+                             max_drop_points=max_drop_points, sample_layout=layout, input_shape=shape,
+                             labels=labels, detection=detection)
         return COMPILE_FILE.run(build).report
 
 

@@ -86,6 +86,8 @@ def render_stream(summary: dict[str, Any]) -> str:
             ("latency, capture to reported", ms(summary["latency_p50_ms"], summary["latency_p99_ms"])),
             ("inference and decoding", ms(summary["inference_p50_ms"], summary["inference_p99_ms"])),
             ("reporting", ms(summary["report_p50_ms"], summary["report_p99_ms"]))]
+    if summary.get("answers"):
+        rows.append(("split: answered by", ", ".join(f"{k} {v}" for k, v in summary["answers"].items() if v) or "-"))
     if "mavlink" in summary:
         link = summary["mavlink"]
         sent = ", ".join(f"{k} {v}" for k, v in link["sent"].items() if v)

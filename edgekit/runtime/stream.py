@@ -5,6 +5,10 @@ Pacing: `realtime` reads a file at its own frame rate, as a camera delivers, and
 when inference is slower (drop-oldest: a late frame is worth less than the next one); otherwise every frame is
 processed as fast as possible. Latency is per frame from capture to the last reporter's return; inference and
 reporting are also timed on their own. The source ending is a clean stop with the summary.
+
+A split bundle loaded with a transport (the MQTT `OffloadClient`) runs its head here and each frame's tail on the
+edge server, answered within the session's deadline by the server or by the local tail; the summary counts who
+answered.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class StreamSummary:
     inference_p99_ms: float | None
     report_p50_ms: float | None  # every reporter of the frame
     report_p99_ms: float | None
+    answers: dict[str, int] | None = None  # split offload: frames by who answered (remote, fallback, local, ...)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -182,4 +187,5 @@ def stream(session: Session, source: str, reporters: Sequence[Reporter] = (), re
     if read[0] == 0:
         raise InputError(f"{source}: opened, but no frame could be read from it")
     return StreamSummary(source, ended, read[0], len(latency), slot.dropped, wall, len(latency) / wall if wall else 0.0,
-                         fps, *_percentiles(latency), *_percentiles(inference), *_percentiles(reporting))
+                         fps, *_percentiles(latency), *_percentiles(inference), *_percentiles(reporting),
+                         session.stats().get("answers"))
