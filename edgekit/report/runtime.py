@@ -9,7 +9,8 @@ from edgekit.units import format_bytes
 
 
 def render_prediction(result: dict[str, Any]) -> str:
-    """The prediction as text: a header, then per frame and output its top-k or its summary."""
+    """The prediction as text: a header, then per frame and output its top-k or its summary (a detector's outputs
+    only named: its detections follow)."""
 
     lines = [f"{result['model']} ({result['target']}) on {', '.join(result['backends'])}: {result['input']}"]
     for frame in result["results"]:
@@ -17,7 +18,9 @@ def render_prediction(result: dict[str, Any]) -> str:
             lines.append(f"frame {frame['frame']}:")
         for o in frame["outputs"]:
             head = f"output '{o['name']}' {o['dtype']} {tuple(o['shape'])}"
-            if "top" in o:
+            if "detections" in frame:  # a detector's raw heads: their top-k would read as class scores
+                lines.append(f"{head}: decoded below")
+            elif "top" in o:
                 lines.append(head + ":")
                 lines.append(table(("rank", "class", "score"),
                                    [(rank, t["label"] if t["label"] is not None else t["index"], f"{t['score']:.4f}")
