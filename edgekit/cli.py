@@ -17,6 +17,7 @@ from edgekit.progress import set_quiet
 
 if TYPE_CHECKING:
     from edgekit.convert.compile import CompileReport
+    from edgekit.convert.compile_compressed import CompressedCompileReport
     from edgekit.convert.compile_split import SplitCompileReport
     from edgekit.offload.connection import BrokerConfig
 
@@ -111,7 +112,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     if args.split and not (args.server and args.link):
         raise EdgekitError("--split needs --server SERVER (runs the tail) and --link LINK (between device and "
                            "server), e.g. --server x86-server --link wifi")
-    report: CompileReport | SplitCompileReport
+    report: CompileReport | SplitCompileReport | CompressedCompileReport
     if file_format:
         report = compile_file(args.model, target, args.output, args.calib, args.eval, config, args.max_drop,
                               args.mean, args.std, args.input_shape, args.io_layout.upper() if args.io_layout else None)
@@ -123,9 +124,17 @@ def cmd_compile(args: argparse.Namespace) -> None:
             from edgekit.convert.compile_split import compile_split
             from edgekit.targets import load_link
 
-            report = compile_split(model, name, target, load_target(args.server), load_link(args.link), args.output,
+            server = load_target(args.server)
+            codecs: tuple = ()
+            if args.codecs:
+                from edgekit.convert.input_codecs import codec_figures
+                from edgekit.cost.codec import parse_codecs
+
+                codecs = codec_figures(model, target, server, args.calib, args.eval, parse_codecs(args.codecs),
+                                       args.mean, args.std)
+            report = compile_split(model, name, target, server, load_link(args.link), args.output,
                                    args.calib, args.eval, args.split, args.bandwidth, config=config,
-                                   max_drop_points=args.max_drop, mean=args.mean, std=args.std)
+                                   max_drop_points=args.max_drop, mean=args.mean, std=args.std, codecs=codecs)
         else:
             report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
                                   mean=args.mean, std=args.std)
@@ -208,8 +217,19 @@ def cmd_plan_split(args: argparse.Namespace) -> None:
 
     graph = load_graph(args.model, args.input_shape)
     device, server, link = load_target(args.device), load_target(args.server), load_link(args.link)
+    codecs: tuple = ()
+    if args.eval or args.calib or args.codecs:
+        from edgekit.convert.input_codecs import codec_figures
+        from edgekit.cost.codec import DEFAULT_CODECS, parse_codecs
+        from edgekit.graph import resolve_module
+
+        if args.model.endswith((".onnx", ".tflite")):
+            raise EdgekitError(f"{args.model}: compressed inputs are measured through a torch model, not a file")
+        codecs = codec_figures(resolve_module(args.model), device, server, args.calib, args.eval,
+                               parse_codecs(args.codecs) if args.codecs else DEFAULT_CODECS, args.mean, args.std,
+                               input_shape=args.input_shape)
     plan = plan_split(graph, device, server, link, args.bandwidth, args.objective, args.dtype,
-                      jpeg_bytes=args.jpeg_bytes)
+                      jpeg_bytes=args.jpeg_bytes, codecs=codecs, max_drop_points=args.max_drop)
     if args.split:
         plan = request_cut(plan, args.split)
     data, text = plan.to_dict(), render_split_plan(plan)
@@ -491,8 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=_floats, help="image preprocessing: per-channel std after scaling to [0, 1] "
                                                "(default: the model's cfg, else 1)")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
-    p.add_argument("--split", metavar="auto|LAYER", help="split computing: INT8 head for --target up to LAYER (or "
-                                                         "the planner's cut), fp32 ONNX tail for --server")
+    p.add_argument("--split", metavar="auto|LAYER|CODEC:Q", help="split computing: INT8 head for --target up to "
+                   "LAYER (or the planner's choice), fp32 ONNX tail for --server; CODEC:Q (one of --codecs): the "
+                   "input sent compressed, the whole model on the server")
+    p.add_argument("--codecs", metavar="CODEC:Q[,...]", help="with --split: also weigh sending the input compressed "
+                   "(e.g. jpeg:50,jpeg:75,webp:50), measured on --eval (else --calib) within --max-drop")
     p.add_argument("--server", help="with --split: server profile that runs the tail")
     p.add_argument("--link", help="with --split: link profile between device and server")
     p.add_argument("--bandwidth", type=_bit_rate, help="with --split auto: what-if uplink, e.g. '5 Mbit/s'")
@@ -540,6 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "invalid cut is an error saying why)")
     p.add_argument("--jpeg-bytes", type=_positive, metavar="N", help="also report sending a JPEG of the input "
                                                                     "(N bytes per frame) instead of the raw input")
+    p.add_argument("--eval", help="held-out .npz ('x') to measure compressed inputs on: bytes, codec time, top-1 "
+                                  "drop through the float model; the planner then chooses among them too")
+    p.add_argument("--calib", help="frames (.npy/.npz or images) to measure compressed inputs on without --eval")
+    p.add_argument("--codecs", metavar="CODEC:Q[,...]", help="compressed inputs to weigh (default with --eval or "
+                                                              "--calib: jpeg:50,jpeg:75,jpeg:90,webp:50,webp:75)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="refuse a compressed input whose top-1 drop exceeds "
+                                                               "this many points (default 1)")
+    p.add_argument("--mean", type=_floats, help="per-channel mean of the model's input normalisation")
+    p.add_argument("--std", type=_floats, help="per-channel std of the model's input normalisation")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W (default: the model's own input_shape)")
     p.add_argument("--plot", metavar="PNG", help="write latency per cut at 1, 5, 20 and 100 Mbit/s")
 

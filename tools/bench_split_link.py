@@ -6,8 +6,13 @@ cgroup v1 CPU quota (tools/cpulimit.py) to emulate a slow device. Every candidat
 model becomes a real split bundle (float ONNX head and tail, cut by `edgekit.convert.split_export`), run by
 `edgekit.runtime` with the boundary tensor sent through a transport (a plain TCP socket, or MQTT through a
 Mosquitto broker in the server namespace). The device and server profiles are calibrated in place
-(`edgekit.cost.calibrate`, the device under its quota), then `plan_split` picks a cut per bandwidth, which is
-compared with the measured oracle and with all-device, all-server (raw pixels) and all-server (JPEG).
+(`edgekit.cost.calibrate`, the device under its quota), then `plan_split` picks among the cuts and the
+compressed inputs (all on the server, the frame sent as JPEG or WebP at a few qualities: frame codec
+"jpeg:Q", encoded on the device under its quota, decoded by the tail server) per bandwidth, and its pick is
+compared with the measured oracle over all of them and with all-device and all-server (raw pixels). The
+planner's codec figures (bytes, encode time scaled by the calibrated device, top-1 drop) come from
+`edgekit.cost.codec` on a few frames; the model has random weights, so its top-1 drop only shows the codec's
+effect on it, and no candidate is refused for it (--max-drop 100 by default).
 
 Run (root; ~10 min): python tools/bench_split_link.py [--quick] [--transport socket|mqtt] [--plot out/split_link.png]
 """
@@ -15,7 +20,6 @@ Run (root; ~10 min): python tools/bench_split_link.py [--quick] [--transport soc
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import signal
 import socket
@@ -38,7 +42,8 @@ from edgekit.runtime.transport import Fallback, Reply, dequantize  # noqa: E402
 
 MODEL, RESOLUTION = "resnet18", 160  # ~0.93 G MACs: a head spans many quota periods on the device
 RATES_MBIT = (1.0, 5.0, 20.0, 100.0)
-JPEG_QUALITY = 90
+CODECS = (("jpeg", 50), ("jpeg", 75), ("jpeg", 90), ("webp", 50), ("webp", 75))
+CODEC_FRAMES = 8  # frames the planner's codec figures are measured on
 LENGTH = struct.Struct("<I")
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -67,16 +72,16 @@ def _recv_frame(sock: socket.socket) -> bytes:
 class SocketTransport:
     """Length-prefixed frames over one TCP connection: the benchmark's transport before MQTT."""
 
-    def __init__(self, host: str, port: int, model_id: str) -> None:
+    def __init__(self, host: str, port: int, model_id: str, codec: str = "raw") -> None:
         self.sock = socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.model_id = model_id
+        self.model_id, self.codec = model_id, codec
 
     def request(self, tensor: frame.Tensor, deadline_s: float, fallback: Fallback | None = None) -> Reply:
         start = time.monotonic()
         request_id = uuid.uuid4().bytes
         payload = frame.encode(frame.Frame(request_id, int((time.time() + deadline_s) * 1000), self.model_id, "1",
-                                           (tensor,)))
+                                           (tensor,)), self.codec)
         self.sock.settimeout(deadline_s)
         self.sock.sendall(LENGTH.pack(len(payload)) + payload)
         answer = frame.decode(_recv_frame(self.sock))
@@ -91,24 +96,16 @@ class SocketTransport:
 # ------------------------------------------------------------------------------------------------- server
 
 
-def _jpeg_to_pixels(request: frame.Frame) -> frame.Frame:
-    """A JPEG request turned into the raw-pixel request the full model's handler takes (decoded on the server)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(request.tensors[0].array.tobytes())) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    return replace(request, model_id="all-server", tensors=(pixel_tensor(pixels),))
-
-
 def serve(args: argparse.Namespace) -> None:
     """Load every cut's server stages and the full model, and answer length-prefixed frames until killed."""
     from edgekit.offload.handler import TailHandler
     from edgekit.runtime import load
 
     work = Path(args.work)
-    sessions = {c["id"]: load(work / c["id"], part="server", threads=1)
-                for c in json.loads((work / "cuts.json").read_text()) if c["kind"] == "split"}
+    cuts = json.loads((work / "cuts.json").read_text())
+    sessions = {c["id"]: load(work / c["id"], part="server", threads=1) for c in cuts if c["kind"] == "split"}
     sessions["all-server"] = load(work / "full", threads=1)
+    sessions.update({c["id"]: sessions["all-server"] for c in cuts if c["kind"] == "codec"})  # decoded by the handler
     sessions["echo"] = load(work / "echo", threads=1)
     if args.transport == "mqtt":
         serve_mqtt(args, sessions)
@@ -116,10 +113,7 @@ def serve(args: argparse.Namespace) -> None:
     handlers = {cid: TailHandler(session, cid) for cid, session in sessions.items()}
 
     def answer(raw: bytes) -> bytes:
-        request = frame.decode(raw)
-        if request.model_id == "all-server-jpeg":
-            return handlers["all-server"](frame.encode(_jpeg_to_pixels(request)))
-        return handlers[request.model_id](raw)
+        return handlers[frame.read_header(raw).model_id](raw)
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -156,9 +150,9 @@ def serve_mqtt(args: argparse.Namespace, sessions: dict) -> None:
 # ------------------------------------------------------------------------------------------------- device
 
 
-def test_image(size: int = RESOLUTION) -> np.ndarray:
+def test_image(size: int = RESOLUTION, seed: int = 7) -> np.ndarray:
     """A deterministic camera-like RGB frame (smooth shapes and texture), uint8 HxWx3: JPEG sizes are realistic."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     channels = [0.5 + 0.3 * np.sin(6 * xx + 2 * c) * np.cos(4 * yy - c) for c in range(3)]
     image = np.stack(channels, -1)
@@ -167,15 +161,6 @@ def test_image(size: int = RESOLUTION) -> np.ndarray:
         image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
     image += rng.normal(0, 0.02, image.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def jpeg_tensor(pixels: np.ndarray) -> frame.Tensor:
-    """The frame JPEG-encoded here (quality JPEG_QUALITY), as a uint8 byte tensor."""
-    from PIL import Image
-
-    data = io.BytesIO()
-    Image.fromarray(pixels).save(data, "JPEG", quality=JPEG_QUALITY)
-    return frame.Tensor("jpeg", np.frombuffer(data.getvalue(), np.uint8))
 
 
 def pixel_tensor(pixels: np.ndarray) -> frame.Tensor:
@@ -213,21 +198,21 @@ def measure_interleaved(runs: dict, frames: int, contenders: set | None = None) 
     return {key: _summary(t) for key, t in times.items()}
 
 
-def _transport(args: argparse.Namespace, model_id: str) -> object:
-    """The device's way to the server: the socket, or an MQTT client of `edgekit.offload`."""
+def _transport(args: argparse.Namespace, model_id: str, codec: str = "raw") -> object:
+    """The device's way to the server: the socket, or an MQTT client of `edgekit.offload`; `codec` the frame's."""
     if args.transport == "socket":
-        return SocketTransport(args.host, args.port, model_id)
+        return SocketTransport(args.host, args.port, model_id, codec)
     from edgekit.offload.client import OffloadClient
     from edgekit.offload.connection import BrokerConfig
 
     # keep-alive longer than the slowest frame's transfer: a 1.6 MB boundary takes 13 s at 1 Mbit/s, and a
     # broker drops a client it hears no complete packet from for 1.5x the keep-alive
     config = BrokerConfig.parse(f"mqtt://{args.host}:{args.port}", keepalive_s=120)
-    return OffloadClient(config, model_id, device_id="bench-device", connect_timeout_s=30)
+    return OffloadClient(config, model_id, device_id="bench-device", connect_timeout_s=30, codec=codec)
 
 
 def device(args: argparse.Namespace) -> None:
-    """Run every candidate (cuts, all-device, all-server raw and JPEG) for `--frames` frames; print JSON."""
+    """Run every candidate (cuts, all-device, all-server raw and compressed) for `--frames` frames; print JSON."""
     from edgekit.runtime import load
 
     work = Path(args.work)
@@ -239,9 +224,7 @@ def device(args: argparse.Namespace) -> None:
     echo.close()
     runs, transports = {}, []
     for cut in json.loads((work / "cuts.json").read_text()):
-        if args.transport == "mqtt" and cut["kind"] == "jpeg":
-            continue  # the MQTT tail workers run bundles; decoding a JPEG is the socket server's extra
-        transport = None if cut["kind"] == "all-device" else _transport(args, cut["id"])
+        transport = None if cut["kind"] == "all-device" else _transport(args, cut["id"], cut.get("codec", "raw"))
         transports += [transport] if transport is not None else []
         if cut["kind"] == "split":
             session = load(work / cut["id"], transport=transport, deadline_s=60, local_tail=False, threads=1)
@@ -249,11 +232,9 @@ def device(args: argparse.Namespace) -> None:
         elif cut["kind"] == "all-device":
             full = load(work / "full", threads=1)
             runs[cut["id"]] = lambda: full.run(x)
-        elif cut["kind"] == "all-server":
+        else:  # all on the server: raw pixels, or encoded here on the device by the transport's frame codec
             runs[cut["id"]] = lambda transport=transport: transport.request(pixel_tensor(pixels), 60)
-        else:  # JPEG, encoded here on the device
-            runs[cut["id"]] = lambda transport=transport: transport.request(jpeg_tensor(pixels), 60)
-    results.update(measure_interleaved(runs, args.frames, set(runs) - {"all-server-jpeg"}))
+    results.update(measure_interleaved(runs, args.frames))
     for transport in transports:
         transport.close()
     print(json.dumps(results), flush=True)
@@ -301,21 +282,22 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
     from edgekit.convert.compile import tensor_infos
     from edgekit.convert.split_export import split_model
     from edgekit.formats.bundle import Manifest, Stage, write_bundle
+    from edgekit.formats.plans import SplitSchedule
     from edgekit.progress import progress
 
     example = torch.zeros(1, 3, RESOLUTION, RESOLUTION)
     n = len(graph.layers)  # type: ignore[attr-defined]
     cached = work / "cuts.json"
     cuts = [{"id": f"cut{k:03d}", "kind": "split", "k": k, "layer": graph.layers[k - 1].name} for k in ks]  # type: ignore[attr-defined]
-    cuts += [{"id": "all-device", "kind": "all-device", "k": n}, {"id": "all-server", "kind": "all-server", "k": 0},
-             {"id": "all-server-jpeg", "kind": "jpeg", "k": 0}]
+    cuts += [{"id": "all-device", "kind": "all-device", "k": n}, {"id": "all-server", "kind": "all-server", "k": 0}]
+    cuts += [{"id": codec_id(c, q), "kind": "codec", "k": 0, "codec": f"{c}:{q}"} for c, q in CODECS]
     work.mkdir(parents=True, exist_ok=True)
 
     def onnx(module: object, shape: tuple, path: Path) -> Path:
         torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=True, external_data=False, verbose=False)
         return path
 
-    def bundle(name: str, source: Path, stages: list[tuple[str, Path]], plan: dict | None) -> None:
+    def bundle(name: str, source: Path, stages: list[tuple[str, Path]], plan: SplitSchedule | None) -> None:
         parts = []
         for stage, path in stages:
             (inputs,), (outputs,) = tensor_infos(path)
@@ -336,8 +318,7 @@ def build(work: Path, model: object, graph: object, ks: list[int]) -> list[dict]
         head, tail = split_model(model, example, graph.layers[cut["k"] - 1].output)  # type: ignore[attr-defined]
         source = work / f"src-{cut['id']}"
         source.mkdir(exist_ok=True)
-        plan = {"kind": "split", "device_stages": ["head"], "server_stages": ["tail"], "model_id": cut["id"],
-                "model_version": "1"}
+        plan = SplitSchedule(("head",), ("tail",), cut["id"], "1")
         bundle(cut["id"], source, [("head", onnx(head, head.input_shape, source / "head.onnx")),
                            ("tail", onnx(tail, tail.input_shape, source / "tail.onnx"))], plan)
     cached.write_text(json.dumps(cuts))
@@ -363,14 +344,37 @@ def _link(rate_mbit: float, rtt_s: float) -> object:
                                 estimate="measured: an echo frame through the same transport"))
 
 
-def plan_all(graph: object, work: Path, rates: tuple[float, ...], rtt_s: float) -> dict[float, object]:
+def codec_id(codec: str, quality: int) -> str:
+    return f"all-server-{codec}{quality}"
+
+
+def codec_figures(model: object, work: Path) -> tuple:
+    """The planner's figures for CODECS on CODEC_FRAMES bench frames, times scaled to the calibrated device."""
+    import torch
+
+    from edgekit.convert.preprocessing import image_input
+    from edgekit.cost.codec import measure_codecs
+    from edgekit.targets import load_target
+
+    frames = np.concatenate([dequantize(pixel_tensor(test_image(seed=s))) for s in range(CODEC_FRAMES)])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()  # type: ignore[operator]
+
+    return measure_codecs(run, frames, image_input((1, 3, RESOLUTION, RESOLUTION)), load_target(work / "device.toml"),
+                          load_target(work / "server.toml"), CODECS, "bench")
+
+
+def plan_all(graph: object, work: Path, rates: tuple[float, ...], rtt_s: float, codecs: tuple = (),
+             max_drop: float = 100.0) -> dict[float, object]:
     """The planner's split plan at each bandwidth, from the two calibrated profiles (fp32 on both sides)."""
     from edgekit.plan.split import plan_split
     from edgekit.targets import load_target
 
     device, server = load_target(work / "device.toml"), load_target(work / "server.toml")
-    return {rate: plan_split(graph, device, server, _link(rate, rtt_s), dtype="fp32", server_dtype="fp32")
-            for rate in rates}
+    return {rate: plan_split(graph, device, server, _link(rate, rtt_s), dtype="fp32", server_dtype="fp32",
+                             codecs=codecs, max_drop_points=max_drop) for rate in rates}
 
 
 def run_all(args: argparse.Namespace) -> dict:
@@ -422,44 +426,58 @@ def run_all(args: argparse.Namespace) -> dict:
             server.terminate()
             server.wait()
     rtt = min(rtts)  # the unloaded round trip; the model adds the serialisation time itself
-    plans = plan_all(graph, work, tuple(args.rates), rtt)
-    ids = {c["k"]: c["id"] for c in cuts if c["kind"] != "jpeg"}
+    codecs = codec_figures(model, work)
+    plans = plan_all(graph, work, tuple(args.rates), rtt, codecs, args.max_drop)
+    ids = {c["k"]: c["id"] for c in cuts if c["kind"] != "codec"}
     planned = {}
     for rate, plan in plans.items():
-        choice = deployable_cut(plan)
-        planned[str(rate)] = {"choice": ids.get(choice.device_layers, f"cut{choice.device_layers:03d}"),
-                              "predicted": {ids[c.device_layers]: c.total_seconds for c in plan.candidates
-                                            if c.device_layers in ids}}
-    return {"cuts": cuts, "measured": {str(r): m for r, m in measured.items()}, "planned": planned,
+        best = plan.best  # type: ignore[attr-defined]
+        choice = best if best.input_codec else deployable_cut(plan)
+        predicted = {ids[c.device_layers]: c.total_seconds for c in plan.candidates if c.device_layers in ids}
+        predicted.update({_compressed_id(c): c.total_seconds for c in plan.compressed})
+        planned[str(rate)] = {"choice": _compressed_id(choice) if choice.input_codec else
+                              ids.get(choice.device_layers, f"cut{choice.device_layers:03d}"), "predicted": predicted}
+    drops = {_compressed_id(c): c.drop_points for c in next(iter(plans.values())).compressed}
+    return {"cuts": cuts, "measured": {str(r): m for r, m in measured.items()}, "planned": planned, "drops": drops,
             "rtt_s": rtt, "quota": args.quota, "quota_period_us": args.quota_period_us, "transport": args.transport}
 
 
+def _compressed_id(candidate: object) -> str:
+    """A compressed-input candidate's bench id: 'jpeg q90' -> 'all-server-jpeg90'."""
+    codec, _, quality = candidate.input_codec.partition(" q")  # type: ignore[attr-defined]
+    return codec_id(codec, int(quality))
+
+
 def render(result: dict) -> str:
-    """One row per bandwidth: oracle, planner's choice (measured), ratio, and the three baselines."""
+    """One row per bandwidth: oracle over every option, the planner's choice (measured), ratio, and baselines."""
     from edgekit.report.table import table
 
     names = {c["id"]: (c["layer"] if c["kind"] == "split" else c["id"]) for c in result["cuts"]}
+    codecs = [c["id"] for c in result["cuts"] if c["kind"] == "codec"]
     rows = []
     for rate, measured in result["measured"].items():
         latency = {cid: m["median_s"] for cid, m in measured.items()}
-        best = min((cid for cid in latency if cid != "all-server-jpeg"), key=latency.get)
-        jpeg = f"{latency['all-server-jpeg'] * 1e3:.1f}" if "all-server-jpeg" in latency else "-"
+        best = min(latency, key=latency.get)
+        compressed = min(codecs, key=latency.get)
+        baselines = [f"{latency['all-device'] * 1e3:.1f}", f"{latency['all-server'] * 1e3:.1f}",
+                     f"{names[compressed]} {latency[compressed] * 1e3:.1f}"]
         choice = result["planned"][rate]["choice"]
         if choice not in latency:  # the final plan (with the measured RTT) chose a cut that was not built
             rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}", f"{choice} (not measured)",
-                         "", "", f"{latency['all-device'] * 1e3:.1f}", f"{latency['all-server'] * 1e3:.1f}",
-                         jpeg])
+                         "", "", *baselines])
             continue
         rows.append([f"{float(rate):g}", f"{names[best]} {latency[best] * 1e3:.1f}",
                      f"{names[choice]} {latency[choice] * 1e3:.1f}",
                      f"{result['planned'][rate]['predicted'][choice] * 1e3:.1f}",
-                     f"{latency[choice] / latency[best]:.3f}", f"{latency['all-device'] * 1e3:.1f}",
-                     f"{latency['all-server'] * 1e3:.1f}", jpeg])
+                     f"{latency[choice] / latency[best]:.3f}", *baselines])
     header = ["Mbit/s", "measured best (ms)", "planner's choice, measured (ms)", "predicted (ms)",
-              "choice / best", "all-device", "all-server raw", "all-server JPEG"]
+              "choice / best", "all-device", "all-server raw", "best compressed input"]
+    drops = ", ".join(f"{names[cid]} {drop:.1f}" for cid, drop in result["drops"].items())
     return table(header, rows) + (f"\ntransport {result['transport']}; RTT {result['rtt_s'] * 1e3:.2f} ms (echo); "
                                   f"device CPU quota {result['quota']:g} core per {result['quota_period_us']} us; "
-                                  f"{len(result['cuts']) - 3} deployable cuts measured")
+                                  f"{sum(c['kind'] == 'split' for c in result['cuts'])} deployable cuts and "
+                                  f"{len(codecs)} compressed inputs measured; top-1 drop (points, random weights, "
+                                  f"{CODEC_FRAMES} frames): {drops}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -469,7 +487,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cuts = sorted((c for c in result["cuts"] if c["kind"] != "jpeg"), key=lambda c: c["k"])
+    cuts = sorted((c for c in result["cuts"] if c["kind"] != "codec"), key=lambda c: c["k"])
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for i, (rate, measured) in enumerate(result["measured"].items()):
         colour = f"C{i}"
@@ -512,6 +530,8 @@ def main() -> None:
     parser.add_argument("--plot", default="out/split_link.png")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--transport", choices=("socket", "mqtt"), default="socket")
+    parser.add_argument("--max-drop", type=float, default=100.0,
+                        help="refuse compressed inputs whose top-1 drop exceeds this (default 100: random weights)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated role still stops its broker, lab...
     if args.role != "run":

@@ -11,10 +11,7 @@ dequantized outputs, so both sides agree on what the boundary tensor looks like.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import sys
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import numpy as np
 import torch
 
 from edgekit.convert.compile import stage_backend, tensor_infos
+from edgekit.convert.compile_compressed import CompressedCompileReport, compile_compressed, export_fp32, frame_codec
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import Fidelity
 from edgekit.convert.int8_steps import (
@@ -44,6 +42,7 @@ from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
 from edgekit.convert.synthetic import Synthesis
 from edgekit.convert.torch_model import as_torch_model
+from edgekit.cost.codec import CodecFigures
 from edgekit.errors import ConversionError, SplitError
 from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
 from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
@@ -140,6 +139,7 @@ class _Split(Int8Build):
     bandwidth_bps: float | None
     objective: str
     tail_dtype: str
+    codecs: tuple[CodecFigures, ...] = ()  # compressed inputs the plan shows beside the cuts
     plan: SplitPlan = field(init=False)
     cut: SplitCandidate = field(init=False)
     boundary: str = field(init=False)  # the tensor crossing the link, by its graph IR name
@@ -160,7 +160,7 @@ def cut_model(build: _Split) -> None:
     model = build.model
     graph = from_torch(model, tuple(model.input_shape), build.name)
     build.plan = plan_split(graph, build.device, build.server, build.link, build.bandwidth_bps, build.objective,
-                            server_dtype=build.tail_dtype)
+                            server_dtype=build.tail_dtype, codecs=build.codecs, max_drop_points=build.max_drop_points)
     build.cut = choose_cut(build.plan, build.split)
     build.boundary = graph.layers[build.cut.device_layers - 1].output
     build.head, build.tail = split_model(model, torch.zeros(model.input_shape), build.boundary)
@@ -239,23 +239,53 @@ def compile_split(model: Any, name: str, device: Device, server: Device, link: L
                   calibration: str | Path | None, evaluation: str | Path | None = None, split: str = "auto",
                   bandwidth_bps: float | None = None, objective: str = "latency", tail_dtype: str = "fp32",
                   config: Int8Config | None = None, max_drop_points: float = 1.0,
-                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> SplitCompileReport:
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                  codecs: tuple[CodecFigures, ...] = ()) -> SplitCompileReport | CompressedCompileReport:
     """Cut `model` for `device` + `server` over `link` and write a two-stage bundle (head, tail) to `out_dir`.
 
-    `split` is "auto" (the planner's best single-tensor cut at `bandwidth_bps`, default the link's) or
-    the name of the last layer to run on the device. Preprocessing and labels come from the model's cfg
+    `split` is "auto" (the planner's best option at `bandwidth_bps`, default the link's: a single-tensor cut,
+    or with `codecs` (`convert.input_codecs.codec_figures`) a compressed input), the name of the last layer to
+    run on the device, or a compressed input by its frame codec ("jpeg:75", one of `codecs`). A compressed input
+    gives an encoder-head bundle (`compile_compressed`). Preprocessing and labels come from the model's cfg
     (`mean`/`std` override). Fails leaving `out_dir` untouched on a cut that cannot be deployed, a float
-    island in an MCU head, or a top-1 drop above `max_drop_points`.
+    island in an MCU head, or a top-1 drop above `max_drop_points` (for a compressed input: its measured drop).
     """
     if tail_dtype not in TAIL_DTYPES:
         raise ConversionError(f"tail_dtype must be one of {', '.join(TAIL_DTYPES)}, found {tail_dtype!r}")
     model = as_torch_model(model, calibration=calibration)  # input shape resolved, outputs flattened, once
     config = config or Int8Config.for_target(device)
+    if ":" in split and not codecs:
+        raise SplitError(f"--split {split} sends the input compressed: measure it with --codecs {split} first")
+    if codecs:
+        plan = plan_split(from_torch(model, tuple(model.input_shape), name), device, server, link, bandwidth_bps,
+                          objective, server_dtype=tail_dtype, codecs=codecs, max_drop_points=max_drop_points)
+        compressed = _compressed_choice(plan, split)
+        if compressed is not None:
+            return compile_compressed(model, name, replace(plan, chosen=compressed, requested=split != "auto"),
+                                      input_preprocessing(model, "NCHW", mean, std), model_labels(model), out_dir,
+                                      split)
     build = _Split(out_dir=Path(out_dir), model=model, name=name, device=device, config=config,
                    preprocessing=input_preprocessing(model, config.io_layout, mean, std), calibration=calibration,
                    evaluation=evaluation, max_drop_points=max_drop_points, server=server, link=link, split=split,
-                   bandwidth_bps=bandwidth_bps, objective=objective, tail_dtype=tail_dtype)
+                   bandwidth_bps=bandwidth_bps, objective=objective, tail_dtype=tail_dtype, codecs=codecs)
     return SPLIT.run(build).report
+
+
+def _compressed_choice(plan: SplitPlan, split: str) -> SplitCandidate | None:
+    """The compressed input to deploy: the plan's best when `split` is auto and one wins, the one `split` names
+    ("jpeg:75"; SplitError when it is not measured or refused), else None (a cut is deployed)."""
+    if split == "auto":
+        return plan.best if plan.best.input_codec else None
+    if ":" not in split:
+        return None
+    for candidate in plan.compressed:
+        if frame_codec(candidate) == split:
+            if not candidate.valid:
+                raise SplitError(f"sending the input as {candidate.input_codec} is not possible: "
+                                 f"{candidate.why_invalid}")
+            return candidate
+    raise SplitError(f"{plan.model}: no compressed input {split!r} was measured (measured: "
+                     f"{', '.join(frame_codec(c) for c in plan.compressed) or 'none'})")
 
 
 def split_manifest_plan(report: SplitCompileReport, head: Path, tail: Path) -> SplitSchedule:
@@ -311,11 +341,4 @@ def _write_tail(tail: Any, boundary_samples: np.ndarray, path: Path, tail_dtype:
     if tail_dtype == "int8":
         quantize(tail, boundary_samples, path, tail_config(config))
         return
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(tail.eval(), (torch.from_numpy(boundary_samples[:1]),), str(path), dynamo=True,
-                              external_data=False, verbose=False)  # weights inline: bundles load from bytes
-    except Exception as exc:  # the exporter raises many types; name the step and the cause
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"{path.name}: fp32 ONNX export of the tail failed: {first}") from exc
+    export_fp32(tail, torch.from_numpy(boundary_samples[:1]), path, "the tail")

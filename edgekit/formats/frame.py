@@ -13,7 +13,11 @@ Layout, version 3, little-endian (docs in this docstring; sizes in bytes):
 kind: 0 request, 1 response, 2 error (a response without tensors whose text says why). flags: bit 0 signed
 (the trailer authenticates the whole frame, request id included, under a fleet key); other bits must be 0.
 Versions 1 and 2 (no flags byte) are refused, as every other version is: both ends of a deployment ship together.
-dtype codes: 1 int8, 2 uint8, 3 int16, 4 int32, 5 float16, 6 float32. codec: 0 raw, 1 zlib.
+dtype codes: 1 int8, 2 uint8, 3 int16, 4 int32, 5 float16, 6 float32. codec: 0 raw, 1 zlib, 2 jpeg, 3 webp.
+An image codec (jpeg, webp: a device sending its input compressed) takes only a uint8 1,C,H,W tensor, C 1 or 3:
+the payload is the encoded image (Pillow), the dims are the decoded image's, checked with the header (size caps
+included) before anything is decoded; decoding refuses an image of any other size (formats.image). `encode` names
+it with its quality, e.g. codec "jpeg:75" (default quality 75).
 An int8 boundary tensor keeps the head's own scale and zero point, so nothing is requantised.
 Decoding has two phases so a receiver can refuse a frame before paying for it: `read_header` checks the
 signature (when given a key), the CRC and every length, and reads every field but the tensor payloads;
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekit.errors import FrameError, SignatureError
+from edgekit.formats.image import IMAGE_CODECS, decode_image, encode_image
 
 MAGIC = b"EKF"
 VERSION = 3
@@ -42,7 +47,8 @@ MAX_DIMS = 8
 MAX_TENSOR_BYTES = 64 * 1024 * 1024
 DTYPES = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.int32, 5: np.float16, 6: np.float32}
 DTYPE_CODES = {np.dtype(t): code for code, t in DTYPES.items()}
-CODECS = {0: "raw", 1: "zlib"}
+CODECS = {0: "raw", 1: "zlib", 2: "jpeg", 3: "webp"}
+DEFAULT_QUALITY = 75  # an image codec named without its quality
 SIGNED = 1  # flags bit: an HMAC-SHA256 trailer follows the CRC
 TAG_BYTES = 32
 _CODEC_CODES = {name: code for code, name in CODECS.items()}
@@ -97,7 +103,12 @@ class TensorHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def tensor(self) -> Tensor:
-        """The array, inflated (never past `nbytes`) and checked against its declared size."""
+        """The array, inflated (never past `nbytes`) or decoded (never to another shape), checked against its size."""
+        if self.codec in IMAGE_CODECS:
+            _, channels, height, width = self.shape
+            pixels = decode_image(self.payload, self.codec, (height, width, channels))
+            return Tensor(self.name, np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), self.scale,
+                          self.zero_point)
         payload = self.payload
         if self.codec == "zlib":
             payload = _inflate(payload, self.nbytes, self.name)
@@ -142,15 +153,29 @@ def _tag(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
+def codec_quality(codec: str) -> tuple[str, int | None]:
+    """'jpeg:75' -> ('jpeg', 75); an image codec without a quality gets DEFAULT_QUALITY, raw and zlib None.
+    FrameError for an unknown codec or a quality outside 1..100."""
+    name, _, quality = codec.partition(":")
+    if name not in _CODEC_CODES or (quality and name not in IMAGE_CODECS):
+        raise FrameError(f"codec must be one of {', '.join(CODECS.values())} (an image codec optionally with "
+                         f":QUALITY, e.g. jpeg:75), found {codec!r}")
+    if name not in IMAGE_CODECS:
+        return name, None
+    if quality and not (quality.isdigit() and 1 <= int(quality) <= 100):
+        raise FrameError(f"{name} quality must be 1..100, found {quality!r}")
+    return name, int(quality) if quality else DEFAULT_QUALITY
+
+
 def encode(frame: Frame, codec: str = "raw", level: int = 1, key: bytes | None = None) -> bytes:
-    """The frame as bytes; `codec` 'zlib' compresses each tensor payload; `key` signs it (HMAC-SHA256 trailer)."""
+    """The frame as bytes; `codec` 'zlib' compresses each tensor payload (at `level`), 'jpeg:Q' or 'webp:Q' sends
+    each (uint8 1,C,H,W image) tensor as an image at quality Q; `key` signs it (HMAC-SHA256 trailer)."""
     if len(frame.request_id) != 16:
         raise FrameError(f"request id must be 16 bytes, found {len(frame.request_id)}")
     if len(frame.tensors) > MAX_TENSORS:
         raise FrameError(f"a frame carries at most {MAX_TENSORS} tensors, found {len(frame.tensors)}")
-    code = _CODEC_CODES.get(codec)
-    if code is None:
-        raise FrameError(f"codec must be one of {', '.join(CODECS.values())}, found {codec!r}")
+    name, quality = codec_quality(codec)
+    code = _CODEC_CODES[name]
     kind = _KIND_CODES.get(frame.kind)
     if kind is None:
         raise FrameError(f"frame kind must be one of {', '.join(KINDS.values())}, found {frame.kind!r}")
@@ -169,9 +194,11 @@ def encode(frame: Frame, codec: str = "raw", level: int = 1, key: bytes | None =
             raise FrameError(f"tensor '{tensor.name}': {array.dtype} {array.shape} cannot be framed "
                              f"(dtypes {', '.join(str(np.dtype(t)) for t in DTYPES.values())}; <= {MAX_DIMS} dims; "
                              f"<= {MAX_TENSOR_BYTES:,} bytes)")
-        payload = array.tobytes()
-        if code == 1:
-            payload = zlib.compress(payload, level)
+        if quality is not None:
+            _check_image(tensor.name, array.dtype, array.shape, name)
+            payload = encode_image(np.ascontiguousarray(array[0].transpose(1, 2, 0)), name, quality)
+        else:
+            payload = zlib.compress(array.tobytes(), level) if code == 1 else array.tobytes()
         parts += [_short_text(tensor.name, "tensor name"), _TENSOR.pack(dtype, code, array.ndim),
                   struct.pack(f"<{array.ndim}I", *array.shape),
                   _QUANT.pack(tensor.scale, tensor.zero_point, len(payload)), payload]
@@ -278,6 +305,8 @@ def _tensor_header(reader: _Reader, max_tensor_bytes: int) -> TensorHeader:
     expected = math.prod(shape) * dtype.itemsize
     if expected > max_tensor_bytes:
         raise FrameError(f"tensor '{name}' {shape} is {expected:,} bytes; the limit is {max_tensor_bytes:,}")
+    if CODECS[codec] in IMAGE_CODECS:
+        _check_image(name, dtype, shape, CODECS[codec])
     if not math.isfinite(scale):
         raise FrameError(f"tensor '{name}': scale {scale} is not finite")
     payload = reader.take(length, f"tensor '{name}' payload")
@@ -294,3 +323,10 @@ def _inflate(payload: bytes, expected: int, name: str) -> bytes:
     if inflater.unconsumed_tail or not inflater.eof:
         raise FrameError(f"tensor '{name}': compressed payload does not inflate to {expected:,} bytes")
     return out
+
+
+def _check_image(name: str, dtype: np.dtype, shape: tuple[int, ...], codec: str) -> None:
+    """FrameError unless a tensor sent as an image is uint8 1,C,H,W with C 1 or 3."""
+    if dtype != np.uint8 or len(shape) != 4 or shape[0] != 1 or shape[1] not in (1, 3):
+        raise FrameError(f"tensor '{name}': a {codec} image is a uint8 1,C,H,W tensor with C 1 or 3, found "
+                         f"{dtype} {tuple(shape)}")

@@ -176,7 +176,8 @@ class OffloadClient:
         self.request_topic = self.topics.request(model_id, self.device_id)
         self.response_topic = self.topics.response(self.device_id)
         self.chunk_topic = self.topics.chunks(model_id, self.device_id)
-        if (fallback_reserve_s or 0) < 0 or max_in_flight < 1 or breaker_after < 1 or codec not in CODECS.values():
+        if (fallback_reserve_s or 0) < 0 or max_in_flight < 1 or breaker_after < 1 or \
+                codec.partition(":")[0] not in CODECS.values():
             raise OffloadError(f"fallback_reserve_s must be >= 0, max_in_flight and breaker_after >= 1 and codec one "
                                f"of {', '.join(CODECS.values())}; found {fallback_reserve_s}, {max_in_flight}, "
                                f"{breaker_after}, {codec!r}")

@@ -5,14 +5,19 @@ execution order, so a residual branch that is still open crosses too (DAG-aware:
 every live tensor, not one layer's output). For each cut: device time for the head + uplink of the
 crossing tensors (int8 by default) + server time for the tail + downlink of the result. Cuts whose
 message exceeds the link's maximum payload, or whose head does not fit the device's memory, are
-invalid. `plan_split` is a pure function: graph + profiles in, frozen `SplitPlan` out.
+invalid. Beside the cuts, the plan can weigh sending the input compressed (JPEG or WebP, all on the server):
+each from `cost.codec.CodecFigures` measured beforehand (bytes, encode and decode time, top-1 agreement), and
+refused when its top-1 drop exceeds `max_drop_points`. `plan_split` is a pure function: graph + profiles +
+figures in, frozen `SplitPlan` out.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
+from edgekit.cost.codec import CodecFigures
 from edgekit.cost.model import LATENCY_SOURCES, Cost, invocation_cost, layer_cost, layer_seconds, transfer_cost
 from edgekit.errors import SplitError
 from edgekit.formats.frame import PROTOCOL_OVERHEAD_BYTES
@@ -38,6 +43,13 @@ class SplitCandidate:
     device_joules: float
     valid: bool
     why_invalid: str = ""
+    input_codec: str = ""  # all on the server with the input sent compressed, e.g. "jpeg q75"; "" for a cut
+    drop_points: float | None = None  # measured top-1 drop of a compressed input (points); None: not measured
+
+    @property
+    def name(self) -> str:
+        """The cut's key in decision maps: its last device layer, or the codec of a compressed input."""
+        return self.input_codec or self.last_device_layer or "(all on server)"
 
     @property
     def total_seconds(self) -> float:
@@ -57,6 +69,9 @@ class SplitVerdict:
     ratio_to_best: float | None
     ratio_to_all_device: float | None
     ratio_to_all_server: float | None
+    figure: str = "seconds end to end"  # what `value` is: the objective's figure per frame
+    best_name: str = ""  # the best option's key (SplitCandidate.name): a cut's last layer or a codec
+    compared: int = 0  # how many valid options (cuts and compressed inputs) the best was chosen from
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,10 @@ class SplitPlan:
     jpeg: SplitCandidate | None = None  # all on the server, sending a JPEG of the input (encode time not modelled)
     requested: bool = False  # `chosen` is the user's cut (`--split LAYER`), not the planner's
     warnings: tuple[str, ...] = ()  # what the plan could not use, e.g. a calibration for another dtype
+    compressed: tuple[SplitCandidate, ...] = ()  # all on the server, input sent compressed (measured codecs)
+    max_drop_points: float | None = None  # the top-1 drop a compressed input may cost; None without codecs
+    choice_map: tuple[tuple[float, float, str], ...] = ()  # with codecs: (from, to, SplitCandidate.name) over all
+    codec_frames: str = ""  # with codecs: what their figures were measured on, e.g. "64 held-out frames"
 
     @property
     def all_device(self) -> SplitCandidate:
@@ -86,22 +105,28 @@ class SplitPlan:
         return self.candidates[0]
 
     @property
+    def options(self) -> tuple[SplitCandidate, ...]:
+        """Everything the planner chooses among: every cut, then every compressed input."""
+        return self.candidates + self.compressed
+
+    @property
     def best(self) -> SplitCandidate:
-        """The planner's best valid cut at this bandwidth, whatever `chosen` is."""
-        return min((c for c in self.candidates if c.valid), key=lambda c: _rank(c, self.objective))
+        """The planner's best valid option (cut or compressed input) at this bandwidth, whatever `chosen` is."""
+        return min((c for c in self.options if c.valid), key=lambda c: _rank(c, self.objective))
 
     @property
     def verdict(self) -> SplitVerdict:
-        """The chosen cut against the best cut and both baselines, on the objective's figure."""
+        """The chosen option against the best one and both baselines, on the objective's figure."""
         value, best = objective_value(self.chosen, self.objective), self.best
 
         def ratio(other: SplitCandidate) -> float | None:
             figure = objective_value(other, self.objective)
             return value / figure if other.valid and figure > 0 else None
 
+        figure = "seconds end to end" if self.objective == "latency" else "device joules"
         return SplitVerdict("your cut" if self.requested else "chosen", value, best.device_layers,
                             objective_value(best, self.objective), ratio(best), ratio(self.all_device),
-                            ratio(self.all_server))
+                            ratio(self.all_server), figure, best.name, sum(c.valid for c in self.options))
 
     def to_dict(self) -> dict:
         """The plan's fields, and its `verdict` (derived: `from_dict` ignores it)."""
@@ -110,13 +135,18 @@ class SplitPlan:
     @classmethod
     def from_dict(cls, data: dict) -> SplitPlan:
         data = {k: v for k, v in data.items() if k != "verdict"}
-        candidates = tuple(SplitCandidate(**{**c, "tensors": tuple(c["tensors"])}) for c in data["candidates"])
-        chosen = SplitCandidate(**{**data["chosen"], "tensors": tuple(data["chosen"]["tensors"])})
-        return cls(**{**data, "candidates": candidates, "chosen": chosen,
+
+        def candidate(c: dict) -> SplitCandidate:
+            return SplitCandidate(**{**c, "tensors": tuple(c["tensors"])})
+
+        return cls(**{**data, "candidates": tuple(map(candidate, data["candidates"])),
+                      "chosen": candidate(data["chosen"]),
                       "decision_map": tuple(tuple(r) for r in data["decision_map"]),
                       "figures": tuple(data.get("figures", ("estimate", "estimate"))),
-                      "jpeg": SplitCandidate(**{**data["jpeg"], "tensors": tuple(data["jpeg"]["tensors"])})
-                      if data.get("jpeg") else None, "warnings": tuple(data.get("warnings", ()))})
+                      "jpeg": candidate(data["jpeg"]) if data.get("jpeg") else None,
+                      "warnings": tuple(data.get("warnings", ())),
+                      "compressed": tuple(map(candidate, data.get("compressed", ()))),
+                      "choice_map": tuple(tuple(r) for r in data.get("choice_map", ()))})
 
 
 def objective_value(candidate: SplitCandidate, objective: str) -> float:
@@ -178,34 +208,74 @@ def _invalid(graph: Graph, device: Device, link: Link, k: int, payload: int, liv
 
 def plan_split(graph: Graph, device: Device, server: Device, link: Link, uplink_bps: float | None = None,
                objective: str = "latency", dtype: str = "int8", server_dtype: str = "fp32",
-               jpeg_bytes: int | None = None) -> SplitPlan:
-    """The best valid cut at `uplink_bps` (default: the link profile's), and the decision map.
+               jpeg_bytes: int | None = None, codecs: tuple[CodecFigures, ...] = (),
+               max_drop_points: float = 1.0) -> SplitPlan:
+    """The best valid option at `uplink_bps` (default: the link profile's), and the decision map.
 
-    With `jpeg_bytes` (the size of the device's input frame as a JPEG) the plan also reports the all-on-server
-    baseline that sends the JPEG instead of the raw input (SC2's strong baseline); encoding and decoding time
-    and the loss of a lossy codec are not modelled, so it is reported beside the choice, never chosen.
+    With `codecs` (`cost.codec.measure_codecs`) the plan also weighs sending the input compressed, all on the
+    server, and chooses among cuts and compressed inputs alike; a codec whose top-1 drop exceeds
+    `max_drop_points` is shown but refused. `decision_map` stays over cuts (what a split bundle can switch
+    between); `choice_map` is over every option. With `jpeg_bytes` (a JPEG size the user knows) the plan reports
+    the old unmeasured JPEG baseline beside the choice (its codec time and accuracy unknown, never chosen).
     """
     if objective not in OBJECTIVES:
         raise SplitError(f"objective must be one of {', '.join(OBJECTIVES)}, found {objective!r}")
+    if max_drop_points < 0:
+        raise SplitError(f"max_drop_points must be >= 0, found {max_drop_points}")
     link = _with_uplink(link, uplink_bps) if uplink_bps else link
-    candidates = evaluate_cuts(graph, device, server, link, dtype, server_dtype)
-    chosen = _best(candidates, objective, graph, device, link)
+
+    def options(at: Link) -> tuple[tuple[SplitCandidate, ...], tuple[SplitCandidate, ...]]:
+        cuts = evaluate_cuts(graph, device, server, at, dtype, server_dtype)
+        return cuts, tuple(compressed_input(cuts[0], f, at, device, max_drop_points) for f in codecs)
+
+    candidates, compressed = options(link)
+    chosen = _best(candidates, objective, graph, device, link, compressed)
     grid = [10 ** (3 + 6 * i / 120) for i in range(121)]  # 1 kbit/s .. 1 Gbit/s
-    winners = []
+    cut_winners, winners = [], []
     for bps in grid:
-        at = evaluate_cuts(graph, device, server, _with_uplink(link, bps), dtype, server_dtype)
-        winners.append(_best(at, objective, graph, device, link).device_layers)
-    ranges: list[tuple[float, float, int]] = []
-    for bps, winner in zip(grid, winners):
-        if ranges and ranges[-1][2] == winner:
-            ranges[-1] = (ranges[-1][0], bps, winner)
-        else:
-            ranges.append((bps, bps, winner))
+        cuts, inputs = options(_with_uplink(link, bps))
+        if any(c.valid for c in cuts):
+            cut_winners.append((bps, _best(cuts, objective, graph, device, link).device_layers))
+        winners.append((bps, _best(cuts, objective, graph, device, link, inputs).name))
     figures = (_figures(graph, device, dtype), _figures(graph, server, server_dtype))
     jpeg = _jpeg_baseline(candidates[0], jpeg_bytes, link, device) if jpeg_bytes is not None else None
     unused = (_unused_calibration(device, "device", dtype), _unused_calibration(server, "server", server_dtype))
     return SplitPlan(graph.name, device.name, server.name, link.name, link.uplink.value, objective, candidates,
-                     chosen, tuple(ranges), figures, jpeg, warnings=tuple(w for w in unused if w))
+                     chosen, _ranges(cut_winners), figures, jpeg, warnings=tuple(w for w in unused if w),
+                     compressed=compressed, max_drop_points=max_drop_points if codecs else None,
+                     choice_map=_ranges(winners) if codecs else (),
+                     codec_frames=f"{codecs[0].frames} {codecs[0].data} frames" if codecs else "")
+
+
+def _ranges(winners: list[tuple[float, Any]]) -> tuple[tuple[float, float, Any], ...]:
+    """(bandwidth, winner) points merged into (from, to, winner) ranges."""
+    ranges: list[tuple[float, float, Any]] = []
+    for bps, winner in winners:
+        if ranges and ranges[-1][2] == winner:
+            ranges[-1] = (ranges[-1][0], bps, winner)
+        else:
+            ranges.append((bps, bps, winner))
+    return tuple(ranges)
+
+
+def compressed_input(all_server: SplitCandidate, figures: CodecFigures, link: Link, device: Device,
+                     max_drop_points: float) -> SplitCandidate:
+    """The all-on-server candidate with the input encoded on the device, sent as `figures` measured, decoded on
+    the server; invalid when its frames exceed the link's payload or its top-1 drop exceeds the limit."""
+    raw, sent = transfer_cost(all_server.payload_bytes, link, device), transfer_cost(figures.payload_bytes, link,
+                                                                                    device)
+    power = device.power_active.value if device.power_active else 0.0
+    why = ""
+    if figures.max_payload_bytes + PROTOCOL_OVERHEAD_BYTES > link.max_payload.value:
+        why = f"{figures.max_payload_bytes:,} B frames exceed {link.name}'s maximum payload"
+    elif figures.drop_points > max_drop_points:
+        why = (f"top-1 drops {figures.drop_points:.2f} points on {figures.frames} {figures.data} frames, "
+               f"over the {max_drop_points:g}-point limit")
+    return replace(all_server, payload_bytes=figures.payload_bytes, device_seconds=figures.encode_seconds,
+                   transfer_seconds=all_server.transfer_seconds - raw.seconds + sent.seconds,
+                   server_seconds=all_server.server_seconds + figures.decode_seconds,
+                   device_joules=all_server.device_joules - raw.joules + sent.joules + figures.encode_seconds * power,
+                   valid=not why, why_invalid=why, input_codec=figures.label, drop_points=figures.drop_points)
 
 
 def _unused_calibration(profile: Device, side: str, dtype: str) -> str:
@@ -238,8 +308,8 @@ def _figures(graph: Graph, device: Device, dtype: str) -> str:
 
 
 def _best(candidates: tuple[SplitCandidate, ...], objective: str, graph: Graph, device: Device,
-          link: Link) -> SplitCandidate:
-    valid = [c for c in candidates if c.valid]
+          link: Link, compressed: tuple[SplitCandidate, ...] = ()) -> SplitCandidate:
+    valid = [c for c in candidates + compressed if c.valid]
     if not valid:
         sent = min(candidates[:-1], key=lambda c: c.payload_bytes)
         where = f"after '{sent.last_device_layer}'" if sent.last_device_layer else "the raw input"

@@ -48,14 +48,25 @@ def _bps(bps: float) -> str:
     return f"{bps:.3g} bit/s"
 
 
+def _head(c: SplitCandidate) -> str:
+    """What the device runs: up to a layer, nothing (the raw input is sent), or an image encoder."""
+    return f"({c.input_codec} encoder)" if c.input_codec else c.last_device_layer or "(raw input)"
+
+
+def _drop(c: SplitCandidate) -> str:
+    return "-" if c.drop_points is None else f"{c.drop_points:.2f}"
+
+
 def _split_row(label: str, c: SplitCandidate) -> tuple:
-    return (label, c.last_device_layer or "(raw input)", c.device_layers, f"{c.payload_bytes:,}",
+    return (label, _head(c), c.device_layers, f"{c.payload_bytes:,}",
             f"{1000 * c.device_seconds:.2f}", f"{1000 * c.transfer_seconds:.2f}", f"{1000 * c.server_seconds:.2f}",
-            f"{1000 * c.total_seconds:.2f}", f"{1000 * c.device_joules:.1f}" if c.device_joules else "-",
+            f"{1000 * c.total_seconds:.2f}", f"{1000 * c.device_joules:.1f}" if c.device_joules else "-", _drop(c),
             "" if c.valid else c.why_invalid)
 
 
 def _cut_name(plan: SplitPlan, c: SplitCandidate) -> str:
+    if c.input_codec:
+        return f"all server, input as {c.input_codec}"
     if c.device_layers == len(plan.candidates) - 1:
         return "all device"
     return f"cut after '{c.last_device_layer}'" if c.device_layers else "all server"
@@ -88,22 +99,30 @@ def split_verdict(plan: SplitPlan) -> str:
                  (("all device", plan.all_device, v.ratio_to_all_device),
                   ("all server", plan.all_server, v.ratio_to_all_server)) if other != c]
         parts += [] if best == c else [best_text]
-    return f"{head}: {_per_frame(plan, c)} per frame, {', '.join(parts)} at {_bps(plan.uplink_bps)}"
+    line = f"{head}: {_per_frame(plan, c)} per frame, {', '.join(parts)} at {_bps(plan.uplink_bps)}"
+    if plan.compressed:
+        line += (f"; compared on {v.figure} per frame among {v.compared} valid options (cuts and compressed inputs "
+                 f"within the {plan.max_drop_points:g}-point top-1 drop limit)")
+    return line
 
 
 def render_split_plan(plan: SplitPlan) -> str:
     """The chosen cut beside the all-device and all-server baselines, and the bandwidth decision map."""
     headers = ("", "head ends at", "device layers", "payload B", "device ms", "link ms", "server ms", "total ms",
-               "device mJ", "invalid because")
+               "device mJ", "top-1 drop", "invalid because")
     rows = [_split_row(plan.verdict.label, plan.chosen), _split_row("all device", plan.all_device),
             _split_row("all server", plan.all_server)]
     if plan.best not in (plan.chosen, plan.all_device, plan.all_server):
         rows.insert(1, _split_row("best plan", plan.best))
+    rows += [_split_row("compressed input", c) for c in plan.compressed if c != plan.chosen]
     if plan.jpeg is not None:  # SC2's baseline: not chosen, since its codec time and accuracy loss are unmodelled
         rows.append(_split_row("all server, JPEG*", plan.jpeg)[:1] + ("(JPEG of the input)",)
                     + _split_row("", plan.jpeg)[2:])
-    names = {c.device_layers: c.last_device_layer or "(all on server)" for c in plan.candidates}
+    names = {c.device_layers: c.name for c in plan.candidates}
     ranges = [(f"{_bps(lo)} .. {_bps(hi)}", names[k], k) for lo, hi, k in plan.decision_map]
+    layers = {c.name: c.device_layers for c in plan.options}
+    if plan.choice_map:  # every option, compressed inputs included
+        ranges = [(f"{_bps(lo)} .. {_bps(hi)}", name, layers[name]) for lo, hi, name in plan.choice_map]
     return "\n".join([
         f"{plan.model}: {plan.device} -> {plan.link} ({_bps(plan.uplink_bps)} up) -> {plan.server}; "
         f"objective {plan.objective}; layer times: device {plan.figures[0]}, server {plan.figures[1]} "
@@ -111,6 +130,10 @@ def render_split_plan(plan: SplitPlan) -> str:
         *(f"warning: {w}" for w in plan.warnings),
         "", table(headers, rows), *([] if plan.jpeg is None else [
             "* JPEG: encoding and decoding time and the lossy codec's accuracy cost are not modelled"]),
+        *([] if not plan.compressed else [
+            "compressed inputs: bytes and top-1 drop (against the float model on the original frames) measured on "
+            f"{plan.codec_frames}; encode/decode times measured "
+            "on this host with Pillow, scaled by per-core fp32 MAC/s (cost.codec)"]),
         split_verdict(plan), "",
         "decision map (which cut wins as the uplink changes):",
         table(("uplink", "head ends at", "device layers"), ranges),
