@@ -232,6 +232,7 @@ def test_compile_deploys_the_compressed_input_when_it_wins(compressed_bundle: di
     head, tail = manifest.stages
     assert head.outputs[0].dtype == "uint8" and head.outputs[0].scale == pytest.approx(1 / 255)
     assert tail.inputs[0].shape == (1, 3, 32, 32) and manifest.plan.figures.requested == "auto"
+    assert manifest.plan.input_codec == report.codec  # what the device's transport reads from the bundle
     assert "the device's transport must send with codec" in report.render()
 
 
@@ -284,13 +285,15 @@ def test_the_server_refuses_a_wrong_image_with_an_error_answer(compressed_bundle
 
 @needs_mosquitto()
 def test_a_real_broker_carries_the_compressed_frames(compressed_bundle: dict, broker: Broker) -> None:
+    from edgekit.formats.bundle import load_bundle
     from edgekit.offload.client import OffloadClient
     from edgekit.offload.server import OffloadServer
     from edgekit.runtime import load
 
     report, bundle = compressed_bundle["report"], compressed_bundle["bundle"]
     with OffloadServer(bundle, broker.url), \
-            OffloadClient(broker.url, "TinyNet", "cam-1", codec=report.codec) as client:
+            OffloadClient.for_bundle(load_bundle(bundle), broker.url, device_id="cam-1") as client:  # as `run` does
+        assert client.codec == report.codec
         session = load(bundle, transport=client, local_tail=False, deadline_s=10)
         frame = smooth_frames(1)
         got = session.run(frame)

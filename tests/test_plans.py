@@ -283,3 +283,14 @@ def test_the_plan_must_fit_the_manifest(plan: Any, stages: tuple[Stage, ...], me
     files = {name: FileEntry("0" * 64, 1) for name in [s.file for s in stages] + ["patch_rest.tflite"]}
     with pytest.raises(BundleError, match=f"^m: .*{message}"):
         parse_plan(copy.deepcopy(plan), "m", stages, files)
+
+
+def test_a_split_plan_s_input_codec_round_trips_and_is_checked() -> None:
+    from edgekit.formats.plans import SplitSchedule
+
+    plan = SplitSchedule(("head",), ("tail",), "m", "1", input_codec="jpeg:75")
+    assert SplitSchedule.from_dict(plan.to_dict(), "m.json").input_codec == "jpeg:75"
+    assert "input_codec" not in SplitSchedule(("head",), ("tail",), "m", "1").to_dict()  # older bundles load as before
+    for bad in ("png:75", "jpeg", "jpeg:0", "jpeg:101", 75):
+        with pytest.raises(BundleError, match="'plan.input_codec' must be (CODEC:QUALITY|a non-empty string)"):
+            SplitSchedule.from_dict({**plan.to_dict(), "input_codec": bad}, "m.json")

@@ -129,7 +129,8 @@ def describe(build: _Compressed) -> None:
                            build.requested, cut(chosen), cut(plan.all_device), cut(plan.all_server), ())
     digest = hashlib.sha256(build.head.read_bytes() + build.tail.read_bytes()).hexdigest()
     boundary = SplitBoundary(pixels, "pixels", chosen.payload_bytes, int(np.prod(pixels.shape)) * 4)
-    schedule = SplitSchedule(("head",), ("tail",), build.name, f"sha256:{digest[:16]}", boundary, figures)
+    schedule = SplitSchedule(("head",), ("tail",), build.name, f"sha256:{digest[:16]}", boundary, figures,
+                             frame_codec(chosen))
     stages = (Stage("head", "onnxruntime", build.head.name, head_in, (pixels,)),
               Stage("tail", "onnxruntime", build.tail.name, (replace(tail_in, layout="NCHW"),), tail_out))
     build.manifest = Manifest(build.name, plan.device, stages, plan=schedule, preprocessing=build.preprocessing,

@@ -37,8 +37,11 @@ PATCH_KEYS = ("window", "tile", "valid")
 PATCH_SCHEDULE_KEYS = ("kind", "version", "layout", "stage_model", "rest_model", "stage_end", "grid", "input",
                        "stage", "outputs", "window", "tile", "masks", "patches", "macs", "flash_bytes", "rest_arena",
                        "planner")
-SPLIT_KEYS = ("kind", "device_stages", "server_stages", "boundary", "split", "model_id", "model_version")
-SPLIT_OPTIONAL_KEYS = ("boundary", "split")  # absent in a hand-made split plan: no boundary record, no re-split
+SPLIT_KEYS = ("kind", "device_stages", "server_stages", "boundary", "split", "model_id", "model_version",
+              "input_codec")
+# absent in a hand-made split plan (no boundary record, no re-split) or one that sends its boundary as it is
+SPLIT_OPTIONAL_KEYS = ("boundary", "split", "input_codec")
+INPUT_CODECS = ("jpeg", "webp")  # frame codecs a compressed-input bundle's device may send its pixels with
 BOUNDARY_EXTRA_KEYS = ("tensor", "payload_bytes", "fp32_bytes")
 FIGURES_KEYS = ("device", "server", "link", "uplink_bps", "objective", "server_dtype", "requested", "chosen",
                 "all_device", "all_server", "decision_map")
@@ -477,6 +480,7 @@ class SplitSchedule:
     model_version: str
     boundary: SplitBoundary | None = None
     figures: SplitFigures | None = None  # JSON key `split`
+    input_codec: str | None = None  # "jpeg:75": the device sends its boundary (8-bit pixels) image-coded so
 
     @classmethod
     def of(cls, manifest: Manifest) -> SplitSchedule | None:
@@ -491,6 +495,8 @@ class SplitSchedule:
             data["boundary"] = self.boundary.to_dict()
         if self.figures is not None:
             data["split"] = self.figures.to_dict()
+        if self.input_codec is not None:
+            data["input_codec"] = self.input_codec
         return {**data, "model_id": self.model_id, "model_version": self.model_version}
 
     @classmethod
@@ -502,10 +508,11 @@ class SplitSchedule:
         boundary = None if "boundary" in absent else SplitBoundary.from_dict(data["boundary"], where,
                                                                              f"{key}.boundary")
         figures = None if "split" in absent else SplitFigures.from_dict(data["split"], where, f"{key}.split")
+        codec = None if "input_codec" in absent else _input_codec(data["input_codec"], where, f"{key}.input_codec")
         return cls(_names(data["device_stages"], where, f"{key}.device_stages"),
                    _names(data["server_stages"], where, f"{key}.server_stages"),
                    _string(data["model_id"], where, f"{key}.model_id"),
-                   _string(data["model_version"], where, f"{key}.model_version"), boundary, figures)
+                   _string(data["model_version"], where, f"{key}.model_version"), boundary, figures, codec)
 
     def check_manifest(self, stages: tuple[Stage, ...], files: dict[str, FileEntry], where: str,
                        key: str = "plan") -> None:
@@ -515,6 +522,16 @@ class SplitSchedule:
             raise BundleError(f"{where}: the split plan ('{key}.device_stages', '{key}.server_stages') runs "
                               f"{list(self.device_stages)} on the device and {list(self.server_stages)} on the "
                               f"server, but the stages are {list(names)}; it must run them all, in order")
+
+
+def _input_codec(value: Any, where: str, key: str) -> str:
+    """'jpeg:75' or 'webp:50': one of INPUT_CODECS and a quality 1..100."""
+    text = _string(value, where, key)
+    codec, _, quality = text.partition(":")
+    if codec not in INPUT_CODECS or not quality.isdigit() or not 1 <= int(quality) <= 100:
+        raise BundleError(f"{where}: '{key}' must be CODEC:QUALITY with CODEC one of {', '.join(INPUT_CODECS)} and "
+                          f"QUALITY 1..100, found {text!r}")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- the manifest's plan

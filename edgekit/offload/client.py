@@ -220,7 +220,8 @@ class OffloadClient:
     @classmethod
     def for_bundle(cls, bundle: Bundle, broker: str | BrokerConfig, **options: Any) -> OffloadClient:
         """A client for a split bundle's tail, named by the model id and version its plan records; its
-        `answer_key` defaults to the fleet key serve keeps beside the bundle (auth.bundle_key), if there is one; the
+        `answer_key` defaults to the fleet key serve keeps beside the bundle (auth.bundle_key), if there is one, and
+        `codec` to the plan's input codec (a compressed-input bundle); the
         keep-alive is derived from the plan's boundary bytes and link bandwidth (or a slower `slowest_uplink_bps`),
         and answers are bounded by the tail's outputs."""
         layout = SplitSchedule.of(bundle.manifest)
@@ -229,6 +230,8 @@ class OffloadClient:
                               "whole on the device")
         if "answer_key" not in options:
             options["answer_key"] = bundle_key(bundle.path)
+        if layout.input_codec is not None:  # a compressed-input bundle: its pixels go image-coded
+            options.setdefault("codec", layout.input_codec)
         if layout.boundary is not None:
             options.setdefault("largest_frame_bytes",
                                layout.boundary.payload_bytes + PROTOCOL_OVERHEAD_BYTES + TAG_BYTES)
