@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.capture import Captured, user_stderr, user_stdout
@@ -80,8 +81,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
+    report = _compile(args)
+    _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
+
+
+def _compile(args: argparse.Namespace) -> Any:
+    """What `compile` does for one model, as its report (`compile` and `compile-batch` print it)."""
     from dataclasses import replace
-    from pathlib import Path
 
     from edgekit.convert.compile import compile_int8
     from edgekit.convert.compile_file import MODEL_FILES, compile_file, quantized_tflite
@@ -138,7 +144,93 @@ def cmd_compile(args: argparse.Namespace) -> None:
         else:
             report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
                                   mean=args.mean, std=args.std)
-    _emit(args, report.to_dict(), report.render() + f"\nwritten to {args.output}/")
+    return report
+
+
+def cmd_compile_batch(args: argparse.Namespace) -> None:
+    """Several compiles in one process, so torch and the converters are imported once: each `[[model]]` table of
+    the TOML file holds `compile`'s options (`model = "digits_cnn"`, `target = "rpi4"`, `pretrained = true`,
+    ...), over the `[defaults]` table. A model that fails is reported and the others still run."""
+    import time
+
+    from edgekit.report.table import table
+
+    parser, entries = build_parser(), _batch_entries(Path(args.batch))
+    results: list[dict[str, Any]] = []
+    for number, (label, argv) in enumerate(entries, 1):
+        start, where = time.perf_counter(), f"{args.batch}: model {number} ({label})"
+        try:
+            entry = _batch_args(parser, argv, where)
+            with Captured(show=args.verbose):  # each model's third-party logs: kept only when it fails
+                report = _compile(entry)
+        except EdgekitError as exc:
+            error = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+            results.append({"model": label, "error": error, "seconds": time.perf_counter() - start})
+            if not args.json:
+                print(f"[{number}/{len(entries)}] edgekit: error: {error}", file=user_stdout())
+            continue
+        seconds = time.perf_counter() - start
+        results.append({"model": label, "output": entry.output, "seconds": seconds, "report": report.to_dict()})
+        if not args.json:
+            print(f"[{number}/{len(entries)}] {label} -> {entry.output} ({seconds:.1f} s)\n{report.render()}\n",
+                  file=user_stdout())
+    failed = [str(r["model"]) for r in results if "error" in r]
+    rows = [(r["model"], r.get("output", "-"), f"{r['seconds']:.1f}", "failed" if "error" in r else "written")
+            for r in results]
+    total = float(sum(r["seconds"] for r in results))
+    _emit(args, {"models": results, "seconds": total, "failed": failed},
+          table(("model", "output", "seconds", "result"), rows) + f"\n{len(results)} models in {total:.1f} s")
+    if failed:
+        raise EdgekitError(f"{len(failed)} of {len(results)} models failed: {', '.join(failed)}")
+
+
+def _batch_entries(path: Path) -> list[tuple[str, list[str]]]:
+    """(label, compile argv) per `[[model]]` table of a batch file, its `[defaults]` under each."""
+    from edgekit.targets import tomllib  # the standard library's, or tomli before Python 3.11
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgekitError(f"{path}: cannot read the batch file ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgekitError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"defaults", "model"})
+    defaults, models = data.get("defaults", {}), data.get("model", [])
+    if unknown or not isinstance(defaults, dict) or not isinstance(models, list) or not models:
+        raise EdgekitError(f"{path}: a batch file holds an optional [defaults] table and one [[model]] table per "
+                           f"model{f'; found {unknown}' if unknown else ''}")
+    entries = []
+    for number, table in enumerate(models, 1):
+        options = {**defaults, **table}
+        if not isinstance(options.get("model"), str):
+            raise EdgekitError(f"{path}: model {number} has no `model = \"NAME\"` (a registry name, "
+                               "module:factory or a model file)")
+        argv = [options.pop("model")]
+        label = f"{argv[0]} for {options['target']}" if isinstance(options.get("target"), str) else argv[0]
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not False:
+                argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+        entries.append((label, argv))
+    return entries
+
+
+def _batch_args(parser: argparse.ArgumentParser, argv: list[str], where: str) -> argparse.Namespace:
+    """`compile`'s options of one batch entry, checked as the command line would be; EdgekitError naming it."""
+    import io
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = parser.parse_args(["compile", *argv])
+    except SystemExit:
+        message = (errors.getvalue().strip().splitlines() or ["invalid options"])[-1]
+        raise EdgekitError(f"{where}: {message.split(' error: ', 1)[-1]}") from None
+    if args.json:
+        raise EdgekitError(f"{where}: `json` belongs to compile-batch itself (edgekit compile-batch FILE --json)")
+    return args
 
 
 def cmd_codegen(args: argparse.Namespace) -> None:
@@ -483,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "its .tflite after '=')")
     p.add_argument("--out", metavar="PROFILE.toml", help="write the calibrated profile (plan split --device reads it)")
 
+    p = command(commands, "compile-batch", cmd_compile_batch, "several compiles in one process (torch and the "
+                "converters imported once), from a TOML file of [[model]] tables holding compile's options")
+    p.add_argument("batch", help="TOML file: an optional [defaults] table and one [[model]] table per model, e.g. "
+                                 "model = \"digits_cnn\", target = \"rpi4\", int8 = true, data_free = true, "
+                                 "output = \"out/digits\"")
     p = command(commands, "compile", cmd_compile, "INT8 post-training quantization for a target, with a report")
     p.add_argument("model", help="reference model name, package.module:factory, or a float .tflite / .onnx file")
     p.add_argument("--target", required=True, help="device profile name or .toml path")

@@ -172,6 +172,49 @@ def test_compile_refuses_to_replace_a_foreign_folder(capsys: pytest.CaptureFixtu
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_compile_batch_compiles_each_model_in_one_process_and_names_the_one_that_failed(
+        capsys: pytest.CaptureFixture, tmp_path: Path, digits_data) -> None:  # type: ignore[no-untyped-def]
+    calib, _ = digits_data
+    batch = tmp_path / "batch.toml"
+    batch.write_text(f"""[defaults]
+int8 = true
+pretrained = true
+calib = "{calib}"
+
+[[model]]
+model = "digits_cnn"
+target = "rpi4"
+output = "{tmp_path / 'pi'}"
+
+[[model]]
+model = "digits_cnn"
+target = "stm32f746"
+max_samples = 0
+output = "{tmp_path / 'mcu'}"
+""")
+    code, out, err = run(capsys, "compile-batch", str(batch), "--json")
+    report = json.loads(out)  # JSON only on stdout, even with a failed model
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last == "edgekit: error: 1 of 2 models failed: digits_cnn for stm32f746"
+    written, failed = report["models"]
+    assert written["output"] == str(tmp_path / "pi") and (tmp_path / "pi" / "manifest.json").is_file()
+    assert written["report"]["target"] == "rpi4" and failed["model"] == "digits_cnn for stm32f746"
+    assert failed["error"].endswith("model 2 (digits_cnn for stm32f746): Int8Config.max_samples must be >= 1, found 0")
+    assert not (tmp_path / "mcu").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[model]]\ntarget = 'rpi4'\n", "model 1 has no `model = \"NAME\"`"),
+    ("[models]\n", "a batch file holds an optional [defaults] table and one [[model]] table per model"),
+    ("[[model]\n", "not valid TOML"),
+])
+def test_compile_batch_refuses_a_malformed_file(capsys: pytest.CaptureFixture, tmp_path: Path, text: str,
+                                                message: str) -> None:
+    (tmp_path / "b.toml").write_text(text)
+    code, _, err = run(capsys, "compile-batch", str(tmp_path / "b.toml"))
+    assert code == 2 and message in err
+
+
 def test_plan_patch_json_and_plot(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     png = tmp_path / "patch.png"
     code, out, _ = run(capsys, "plan", "patch", "mobilenet_v2", "--target", "stm32f412", "--inplace-residual",
