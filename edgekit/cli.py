@@ -236,11 +236,13 @@ def _batch_args(parser: argparse.ArgumentParser, argv: list[str], where: str) ->
 def cmd_codegen(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from edgekit.mcu.deploy import codegen
+    from edgekit.mcu.deploy import codegen, patch_plan
     from edgekit.report.table import table
     from edgekit.targets import load_target
 
-    report = codegen(Path(args.model), Path(args.output), load_target(args.target), args.build, args.check)
+    target = load_target(args.target)
+    plan = patch_plan(Path(args.model), target, args.patch == "resident") if args.patch else None
+    report = codegen(Path(args.model), Path(args.output), target, args.build, args.check, patch=plan)
     _emit(args, report.to_dict(), table(("codegen", "result"), report.rows()))
     if report.firmware is not None and not report.firmware.fits and not args.force:
         raise EdgekitError(f"the firmware does not fit {report.target}: {report.firmware.verdict} (from the linker); "
@@ -629,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", type=_positive, default=0, metavar="N", help="run N random inputs against "
                    "tflite-micro on the host build (and under QEMU when qemu-system-arm is installed)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the firmware does not fit the board")
+    p.add_argument("--patch", nargs="?", const="streamed", choices=("streamed", "resident"),
+                   help="compile in edgekit's patch schedule (MCUNetV2) for the board: the first stage patch by "
+                   "patch, the rest layer by layer, one static arena; the image streamed window by window "
+                   "(ek_model_read_window, the default) or resident in the arena")
 
     plan = commands.add_parser("plan", help="plan patch-based execution").add_subparsers(dest="plan_command",
                                                                                      required=True)

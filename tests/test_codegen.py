@@ -1,5 +1,6 @@
 """Generated C: the host build (and the Cortex-M7 firmware under QEMU) equals the tflite-micro interpreter to the
-bit; every activation sits in one arena with no two live tensors overlapping; what the C cannot take is refused."""
+bit, layer by layer and with a patch schedule compiled in; every activation sits in one arena with no two live
+tensors overlapping; what the C cannot take is refused."""
 
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ from torch import nn
 
 from edgekit.convert.config import Int8Config
 from edgekit.convert.quantize import quantize
-from edgekit.errors import UnsupportedOpError
+from edgekit.errors import PlanError, UnsupportedOpError
 from edgekit.formats import quant
 from edgekit.formats.tflite import op_name, pack_model, parse_model
+from edgekit.graph.from_tflite import from_tflite
 from edgekit.mcu.arena import overlapping, plan_buffers
 from edgekit.mcu.board import QEMU_STACK_BYTES
 from edgekit.mcu.build import build_host, build_qemu, elf_sizes, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.deploy import tflm_outputs
 from edgekit.mcu.fixedpoint import mean_multiplier, quantize_multiplier
+from edgekit.mcu.patched import generate_patched, image_kept_bytes
+from edgekit.memory import activation_memory
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
+from edgekit.plan.patch import PatchPlan, fixed_plan, plan_patches
 from edgekit.runtime.backends import TflmAdapter
 
 
@@ -103,6 +108,12 @@ def mbv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
     path = tmp_path_factory.mktemp("codegen") / "mbv2_int8.tflite"
     return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=True))
+
+
+@pytest.fixture(scope="module")
+def residual_nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The residual net with NHWC int8 I/O, so a patch stage can start at the image."""
+    return _int8(trained_like(ResidualAvgPoolNet()), tmp_path_factory.mktemp("codegen") / "residual_nhwc.tflite")
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +266,69 @@ def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.F
     got = run_records(qemu_command(elf), x, int(np.prod(generated.output_shape)), timeout_s=120)
     np.testing.assert_array_equal(got.outputs, _tflm(path, x))
     assert got.stack_bytes is not None and 64 < got.stack_bytes < QEMU_STACK_BYTES  # painted, then partly used
+
+
+def _plan(name: str, path: Path, resident: bool = True) -> PatchPlan:
+    """MobileNetV2: the planner's choice, the image resident (held whole in the arena) or streamed. The residual
+    net: a 3x3 grid through the ADD and the SAME 3x3 average pool (which TF Lite averages over the pixels inside)."""
+    graph = from_tflite(path)
+    if name == "mbv2":
+        return plan_patches(graph, input_resident=resident)
+    return fixed_plan(graph, "wrapped.pools.1:average_pool_2d", 3, input_resident=resident)
+
+
+@pytest.mark.parametrize(("name", "resident"), [("mbv2", True), ("mbv2", False), ("residual_nhwc", True)],
+                         ids=["mbv2-resident", "mbv2-streamed", "residual-resident"])
+def test_patched_c_equals_layer_by_layer_c_and_tflite_micro(name: str, resident: bool,
+                                                             request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    path = request.getfixturevalue(name)
+    plan = _plan(name, path, resident)
+    assert plan.chosen is not None and len(plan.tiles) >= 9
+    patched = generate_patched(path, plan, tmp_path / "patched")
+    layered = generate(path.read_bytes(), tmp_path / "layered", path.name)
+    source = (tmp_path / "patched" / "ek_model.c").read_text()
+    assert source.count("static int8_t arena[") == 1 and f"/* patch {len(plan.tiles) - 1}:" in source
+    x = np.random.default_rng(2).integers(-128, 128, (3, *patched.input_shape), dtype=np.int8)
+    want = _tflm(path, x)
+    assert len({row.tobytes() for row in want}) == len(x)
+    out_bytes = int(np.prod(patched.output_shape))
+    got = run_records([str(build_host(patched, tmp_path / "patched.exe"))], x, out_bytes, timeout_s=60)
+    layer_by_layer = run_records([str(build_host(layered, tmp_path / "layered.exe"))], x, out_bytes, timeout_s=60)
+    np.testing.assert_array_equal(got.outputs, want)
+    np.testing.assert_array_equal(got.outputs, layer_by_layer.outputs)
+    assert patched.arena_lower_bound_bytes <= patched.arena_bytes < layered.arena_bytes
+    # the planner's accounting (pads folded, depthwise in place), the patched image kept through the stage
+    assert layered.arena_bytes == activation_memory(from_tflite(path)).peak_bytes
+    assert patched.arena_bytes == image_kept_bytes(path, plan)  # streamed: the plan's peak itself
+    assert ("ek_model_read_window(" in source) != resident
+    assert patched.weight_flash_bytes == layered.weight_flash_bytes  # every patch calls the same constants
+
+
+def test_a_stage_operator_without_a_patched_kernel_is_refused(se_net: Path, tmp_path: Path) -> None:
+    plan = fixed_plan(from_tflite(se_net), "wrapped.stem.2:hard_swish", 2, input_resident=True)
+    with pytest.raises(UnsupportedOpError, match=r"operator 2 \(HARD_SWISH\) in the patch stage"):
+        generate_patched(se_net, plan, tmp_path)
+
+
+def test_a_plan_made_on_another_model_is_refused(mbv2: Path, residual_nhwc: Path, tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="not this model's first layers"):
+        generate_patched(mbv2, _plan("residual_nhwc", residual_nhwc), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
+def test_patched_firmware_under_qemu_is_bit_exact_and_counts_the_recompute(mbv2: Path, tmp_path: Path) -> None:
+    plans = {"patched": _plan("mbv2", mbv2), "streamed": _plan("mbv2", mbv2, resident=False)}
+    x = np.random.default_rng(3).integers(-128, 128, (2, 1, 96, 96, 3), dtype=np.int8)
+    runs, want = {}, _tflm(mbv2, x)
+    for kind, generated in (("layered", generate(mbv2.read_bytes(), tmp_path / "layered", "mbv2")),
+                            *((k, generate_patched(mbv2, plan, tmp_path / k)) for k, plan in plans.items())):
+        elf = build_qemu(generated, tmp_path / f"{kind}.elf")
+        runs[kind] = run_records(qemu_command(elf), x, int(np.prod(generated.output_shape)), timeout_s=120)
+        np.testing.assert_array_equal(runs[kind].outputs, want)
+    layered = runs["layered"].instructions
+    assert layered is not None
+    for kind, plan in plans.items():
+        patched = runs[kind].instructions
+        assert plan.chosen is not None and patched is not None
+        assert layered + plan.chosen.extra_macs < patched < layered * 1.5  # a recomputed MAC: an instruction or more

@@ -76,7 +76,7 @@ def test_codegen_builds_a_firmware_that_fits_and_is_bit_exact(digits: Path, tmp_
 @needs_arm
 def test_a_firmware_short_of_flash_and_sram_is_refused_with_the_linkers_numbers(
         digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    board = _board(tmp_path, "16 KiB", "2 KiB")
+    board = _board(tmp_path, "16 KiB", "1 KiB")
     argv = ("codegen", str(digits), "-o", str(tmp_path / "out"), "--target", str(board))
     code, stdout, err = run(capsys, *argv)
     assert code == 2 and "does not fit small-board" in err and "--force" in err
@@ -84,7 +84,7 @@ def test_a_firmware_short_of_flash_and_sram_is_refused_with_the_linkers_numbers(
     report = json.loads(stdout)
     assert code == 0 and not report["fits"]
     assert report["firmware"]["short_bytes"] == {"flash": report["deployable_flash_bytes"] - 16384,
-                                                 "SRAM": report["deployable_sram_bytes"] - 2048}
+                                                 "SRAM": report["deployable_sram_bytes"] - 1024}
     assert not (tmp_path / "out" / "firmware.elf").exists()  # `make` must not find a firmware that does not fit
 
 
@@ -105,3 +105,34 @@ def test_host_build_checks_without_a_board(digits: Path, tmp_path: Path, capsys:
     assert code == 0
     assert "bit-exact, host" in stdout and "yes (2 random inputs)" in stdout and "not measured (--build host)" in stdout
     assert "-mcpu=cortex-m4" in (tmp_path / "Makefile").read_text()  # written for a later `make`
+
+
+@pytest.fixture(scope="module")
+def digits_nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN quantized for the board (NHWC int8 I/O), so a patch stage can start at the image."""
+    x_train, *_ = load_digits_split()
+    path = tmp_path_factory.mktemp("codegen_cli") / "digits_nhwc_int8.tflite"
+    return quantize(create_model("digits_cnn", pretrained=True), x_train[:100], path,
+                    Int8Config.for_target(load_target("stm32f746")))
+
+
+def test_patch_compiles_the_planners_schedule_in(digits_nhwc: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    reports = {}
+    for flags in ((), ("--patch",)):
+        code, stdout, err = run(capsys, "codegen", str(digits_nhwc), "-o", str(tmp_path / str(len(flags))),
+                                "--target", "stm32f746", "--build", "host", "--check", "2", "--json", *flags)
+        assert code == 0, err
+        reports[flags] = json.loads(stdout)
+    layered, patched = reports[()], reports[("--patch",)]
+    assert layered["patch"] is None and patched["patch"]["patches"] == patched["patch"]["grid"] ** 2 > 1
+    assert [c["exact"] for c in patched["checks"]] == [True]
+    assert patched["arena_bytes"] < layered["arena_bytes"]
+    assert "/* patch 1:" in (tmp_path / "1" / "ek_model.c").read_text()
+
+
+def test_patch_on_a_model_no_stage_can_start_is_refused(digits: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run(capsys, "codegen", str(digits), "-o", str(tmp_path), "--target", "stm32f746", "--build",
+                       "host", "--patch")
+    assert code == 2 and "no layer can end a patch stage" in err  # NCHW input: a RESHAPE comes first

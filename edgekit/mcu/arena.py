@@ -3,16 +3,18 @@
 A buffer lives from the operator that writes it (graph inputs: from the first) to the last one that reads it
 (graph outputs: to the end); an operator's inputs and outputs are all live during it, so no kernel writes over
 what it reads. A RESHAPE output is its input's buffer under another shape (one buffer, the union of both
-lifetimes). Offsets are edgekit's first-fit (`edgekit.convert.arena_plan`) in the better of its two orders.
+lifetimes). Offsets are edgekit's first-fit (`edgekit.convert.arena_plan`) in the best of several orders.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from edgekit.convert.arena_plan import first_fit
 from edgekit.errors import ConversionError
 
+SHUFFLES = 200
 ALIGNMENT = 4  # int8 kernels need none; word alignment keeps a later 32-bit SIMD path possible
 Lifetime = tuple[int, int, int]  # (bytes, first op, last op)
 
@@ -27,13 +29,27 @@ class Arena:
 
 
 def plan_buffers(lifetimes: dict[int, Lifetime]) -> dict[int, int]:
-    """First-fit offsets of buffers (id -> (bytes, first op, last op)): the smaller arena of two orders,
-    largest first and largest bytes x lifetime first (as `arena_plan.plan_arena`)."""
+    """First-fit offsets of buffers (id -> (bytes, first op, last op)): the smallest arena of two orders, largest
+    first and largest bytes x lifetime first (as `arena_plan.plan_arena`), then of up to SHUFFLES seeded random
+    orders until one reaches the live-bytes lower bound (the fixed orders leave a patched stage's arena up to 17%
+    above it)."""
     aligned = {b: (-(-size // ALIGNMENT) * ALIGNMENT, first, last) for b, (size, first, last) in lifetimes.items()}
-    orders = (sorted(aligned, key=lambda b: (-aligned[b][0], aligned[b][1])),
-              sorted(aligned, key=lambda b: (-aligned[b][0] * (aligned[b][2] - aligned[b][1] + 1), aligned[b][1])))
-    plans = [first_fit(aligned, order, {}) for order in orders]
-    return min(plans, key=lambda placed: max((placed[b] + aligned[b][0] for b in placed), default=0))
+
+    def top(placed: dict[int, int]) -> int:
+        return max((placed[b] + aligned[b][0] for b in placed), default=0)
+
+    steps = {s for _, first, last in aligned.values() for s in range(first, last + 1)}
+    lower = max((sum(n for n, a, z in aligned.values() if a <= s <= z) for s in steps), default=0)
+    orders = [sorted(aligned, key=lambda b: (-aligned[b][0], aligned[b][1])),
+              sorted(aligned, key=lambda b: (-aligned[b][0] * (aligned[b][2] - aligned[b][1] + 1), aligned[b][1]))]
+    best = min((first_fit(aligned, order, {}) for order in orders), key=top)
+    shuffled, rng = list(orders[0]), random.Random(0)
+    for _ in range(SHUFFLES):
+        if top(best) <= lower:
+            break
+        rng.shuffle(shuffled)
+        best = min(best, first_fit(aligned, shuffled, {}), key=top)
+    return best
 
 
 def overlapping(lifetimes: dict[int, Lifetime], offsets: dict[int, int]) -> list[tuple[int, int]]:

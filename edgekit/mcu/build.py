@@ -3,7 +3,9 @@
 The host build (gcc, C99, every warning an error) checks the C against the tflite-micro interpreter on x86; the
 Cortex-M build (arm-none-eabi-gcc, newlib with semihosting) runs the same C under QEMU's MPS2 board for its core
 (`mps2-an500` for a Cortex-M7, `mps2-an386` for a Cortex-M4), where the harness's fopen/fread/fwrite reach the
-host's files through semihosting and it reports the stack bytes the run touched (painted at reset).
+host's files through semihosting and it reports the stack bytes the run touched (painted at reset) and, QEMU
+counting instructions (`-icount shift=0`: its virtual clock advances 1 ns per instruction), the instructions spent
+in ek_model_invoke, read from the board's 25 MHz timer (40 instructions a tick).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from edgekit.mcu.codegen import GeneratedC
 CORTEX_M7 = Core("cortex-m7", "fpv5-d16")  # QEMU's mps2-an500
 QEMU_FLAGS = ("-DEK_SEMIHOSTING", "-ffunction-sections", "-fdata-sections", "-nostartfiles", "--specs=rdimon.specs",
               "-Wl,--gc-sections")
-QEMU_ARGS = ("-nographic", "-monitor", "none", "-serial", "none", "-semihosting-config", "enable=on,target=native")
+QEMU_ARGS = ("-nographic", "-monitor", "none", "-serial", "none", "-semihosting-config", "enable=on,target=native",
+             "-icount", "shift=0")
+INSTRUCTIONS_PER_TICK = 1_000_000_000 // 25_000_000  # 1 ns per instruction at shift=0; MPS2's timer clock 25 MHz
 
 
 def harness_file(name: str) -> Path:
@@ -78,15 +82,17 @@ def qemu_command(elf: Path, core: Core = CORTEX_M7) -> list[str]:
 
 @dataclass(frozen=True)
 class Run:
-    """What a harness run gave: one int8 output row per input, and (under QEMU) the stack bytes it touched."""
+    """What a harness run gave: one int8 output row per input, and (under QEMU) the stack bytes it touched and
+    the instructions one inference took (the mean over the inputs, to the timer's 40-instruction tick)."""
 
     outputs: np.ndarray
     stack_bytes: int | None
+    instructions: int | None = None
 
 
 def run_records(command: list[str], inputs: np.ndarray, output_bytes: int, timeout_s: float) -> Run:
     """Run a harness build on int8 `inputs` (one record per row) in a fresh temporary working directory, where
-    it reads input.bin and writes output.bin (and under semihosting stack.txt)."""
+    it reads input.bin and writes output.bin (and under semihosting stack.txt and ticks.txt)."""
     records = np.ascontiguousarray(inputs, np.int8).reshape(len(inputs), -1)
     with tempfile.TemporaryDirectory(prefix="ek_run_") as folder:
         (Path(folder) / "input.bin").write_bytes(records.tobytes())
@@ -97,9 +103,12 @@ def run_records(command: list[str], inputs: np.ndarray, output_bytes: int, timeo
         out, stack = Path(folder) / "output.bin", Path(folder) / "stack.txt"
         data = out.read_bytes() if out.exists() else b""
         stack_text = stack.read_text().strip() if stack.exists() else ""
+        ticks = Path(folder) / "ticks.txt"
+        ticks_text = ticks.read_text().strip() if ticks.exists() else ""
     if done.returncode != 0 or len(data) != len(records) * output_bytes:
         message = done.stderr.decode(errors="replace")[-2000:]
         raise BackendError(f"{command[0]} exited {done.returncode} with {len(data)} of "
                            f"{len(records) * output_bytes} output bytes: {message}")
     outputs = np.frombuffer(data, np.int8).reshape(len(records), output_bytes)
-    return Run(outputs, int(stack_text) if stack_text.isdigit() else None)
+    instructions = int(ticks_text) * INSTRUCTIONS_PER_TICK // len(records) if ticks_text.isdigit() else None
+    return Run(outputs, int(stack_text) if stack_text.isdigit() else None, instructions)

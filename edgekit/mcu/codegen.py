@@ -2,23 +2,22 @@
 
 `generate` writes ek_model.c (weights as const arrays, one kernel call per operator, every activation at a fixed
 offset of one static arena), ek_model.h (the entry points and sizes) and the portable kernels (ek_kernels.c/h),
-which follow TF Lite's reference integer arithmetic so the output equals the tflite-micro interpreter's.
+which follow TF Lite's reference integer arithmetic so the output equals the tflite-micro interpreter's. PADs
+before a convolution are folded into it and depthwise convolutions run in place (`edgekit.mcu.memory`), so the
+arena follows edgekit's default memory accounting; `edgekit.mcu.patched` compiles a patch schedule in.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
-from edgekit.errors import UnsupportedOpError
-from edgekit.formats.tflite import TENSOR_TYPES, is_constant, op_name, parse_model, tensor_name
-from edgekit.mcu.arena import plan_arena
-from edgekit.mcu.layers import KERNELS, Layer
+from edgekit.mcu.arena import Arena
+from edgekit.mcu.layers import KERNELS, Layer, nhwc
+from edgekit.mcu.memory import steps
+from edgekit.mcu.operators import Operators, comment, read_operators
 
 KERNEL_FILES = ("ek_kernels.c", "ek_kernels.h")
 
@@ -36,69 +35,56 @@ class GeneratedC:
 
 
 def generate(tflite: bytes, out_dir: Path, where: str = "the model") -> GeneratedC:
-    """Write the C sources of full-integer INT8 model `tflite` into `out_dir`; UnsupportedOpError naming any
-    operator or tensor type the kernels do not take, ModelLoadError when it is not a TFLite model."""
-    model = parse_model(tflite, where)
-    sub = model.subgraphs[0]
-    if len(model.subgraphs) != 1 or len(sub.inputs) != 1 or len(sub.outputs) != 1:
-        raise UnsupportedOpError(f"{where}: {len(model.subgraphs)} subgraphs, {len(sub.inputs)} inputs and "
-                                 f"{len(sub.outputs)} outputs (the C generator takes one of each)")
-    names = [op_name(model, op) for op in sub.operators]
-    missing = sorted(set(names) - set(KERNELS))
-    if missing:
-        raise UnsupportedOpError(f"{where}: the C generator has no kernel for {', '.join(missing)} "
-                                 f"(it takes {', '.join(sorted(KERNELS))})")
-    reads = [[int(t) for t in op.inputs if t >= 0 and not is_constant(model, int(t))] for op in sub.operators]
-    writes = [[int(t) for t in op.outputs] for op in sub.operators]
-    sizes = {t: _int8_bytes(sub.tensors[t], where) for ts in (*reads, *writes) for t in ts}
-    shared = [i for i, name in enumerate(names) if KERNELS[name].alias]
-    if any(not reads[i] for i in shared):
-        raise UnsupportedOpError(f"{where}: a {names[shared[0]]} of a constant (fold it into the constant)")
-    aliases = {writes[i][0]: reads[i][0] for i in shared}
-    io = [int(sub.inputs[0])], [int(sub.outputs[0])]
-    arena = plan_arena(sizes, reads, writes, *io, aliases)
+    """Write the C sources of full-integer INT8 model `tflite` into `out_dir`, layer by layer; UnsupportedOpError
+    naming any operator or tensor type the kernels do not take, ModelLoadError when it is not a TFLite model."""
+    ops = read_operators(tflite, where)
+    run = steps(ops)
+    scratch = {i: plane(ops, run.reads[i][0]) + plane(ops, ops.writes[i][0]) for i in run.inplace}
+    arena = run.arena(ops, ops.sizes, scratch, [ops.input])
 
     def place(tensor: int) -> str:
         return f"(arena + {arena.offsets[tensor]})"
 
-    layers = [Layer(model, index, place) for index in range(len(names))]
-    calls = [f"    /* {i} {name}: {_comment(tensor_name(sub.tensors[writes[i][0]]))} */\n    {_call(name, layer)}"
-             for i, (name, layer) in enumerate(zip(names, layers))]
+    layers = [run.layer(ops, index, place=place) for index in run.reads]
+    calls = [f"{ops.comment(layer.index)}\n    {call(ops.names[layer.index], layer)}" for layer in layers]
+    return write_sources(out_dir, where, ops, arena, layers, calls)
+
+
+def plane(ops: Operators, tensor: int) -> int:
+    """Bytes of one channel of an NHWC tensor: H x W."""
+    shape = ops.shape(tensor)
+    return shape[1] * shape[2]
+
+
+def write_sources(out_dir: Path, where: str, ops: Operators, arena: Arena, layers: list[Layer],
+                  calls: list[str], streamed: bool = False) -> GeneratedC:
+    """Write ek_model.c (the layers' constants, `calls` as the body of ek_model_invoke), ek_model.h and the
+    kernels into `out_dir`; what was written. `streamed`: no ek_model_input(); the calls read the image window by
+    window through ek_model_read_window, which the application provides."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_c, model_h = out_dir / "ek_model.c", out_dir / "ek_model.h"
     flash = sum(layer.flash_bytes for layer in layers)
     model_c.write_text(_MODEL_C.format(
-        where=_comment(where), ops=len(names), arena=arena.size_bytes, flash=flash,
+        where=comment(where), ops=len(ops.names), arena=arena.size_bytes, flash=flash,
         arrays="\n".join(a for layer in layers for a in layer.arrays), calls="\n".join(calls),
-        input=arena.offsets[io[0][0]], output=arena.offsets[io[1][0]]))
-    model_h.write_text(_MODEL_H.format(arena=arena.size_bytes, input=sizes[io[0][0]], output=sizes[io[1][0]]))
+        input="" if streamed else _INPUT_C.format(arena.offsets[ops.input]), output=arena.offsets[ops.output]))
+    _, height, width, channels = nhwc(ops.shape(ops.input))
+    model_h.write_text(_MODEL_H.format(arena=arena.size_bytes, input=ops.sizes[ops.input], height=height,
+                                       width=width, channels=channels, output=ops.sizes[ops.output],
+                                       entry=_STREAMED_H if streamed else "int8_t *ek_model_input(void);"))
     kernels = resources.files("edgekit.mcu") / "kernels"
     for name in KERNEL_FILES:
         with resources.as_file(kernels / name) as source:
             shutil.copyfile(source, out_dir / name)
     return GeneratedC((model_c, model_h, *(out_dir / n for n in KERNEL_FILES)), arena.size_bytes,
-                      arena.lower_bound_bytes, flash, tuple(int(d) for d in sub.tensors[io[0][0]].shape),
-                      tuple(int(d) for d in sub.tensors[io[1][0]].shape))
+                      arena.lower_bound_bytes, flash, ops.shape(ops.input), ops.shape(ops.output))
 
 
-def _comment(text: str) -> str:
-    """`text` safe inside a C comment: names come from the model file, so no '*' (no '*/') and no line breaks."""
-    return re.sub(r"[^\w.:;,/ ()\[\]-]", "_", text)[:200]
-
-
-def _call(name: str, layer: Layer) -> str:
-    """The C statement of one operator (a comment for an alias, which needs no code)."""
+def call(name: str, layer: Layer) -> str:
+    """The C statement of one operator (a comment for an alias, which needs no code), in a block of its own: the
+    compound literals of its arguments live only there, so the compiler reuses their stack for the next call."""
     emit = KERNELS[name].emit
-    return emit(layer) if emit is not None else "/* alias of its input: no code */"
-
-
-def _int8_bytes(tensor: object, where: str) -> int:
-    """Bytes of an int8 activation; UnsupportedOpError for any other type (the model is not full-integer)."""
-    dtype = TENSOR_TYPES.get(tensor.type, str(tensor.type))  # type: ignore[attr-defined]
-    if dtype != "int8":
-        raise UnsupportedOpError(f"{where}: activation {tensor_name(tensor)!r} is {dtype}; the C generator takes "
-                                 "full-integer INT8 models (edgekit compile --int8)")
-    return int(np.prod(tensor.shape))  # type: ignore[attr-defined]
+    return f"{{ {emit(layer)} }}" if emit is not None else "/* alias of its input: no code */"
 
 
 _MODEL_C = """\
@@ -109,9 +95,7 @@ _MODEL_C = """\
 static int8_t arena[EK_ARENA_BYTES];
 
 {arrays}
-
-int8_t *ek_model_input(void) {{ return arena + {input}; }}
-
+{input}
 const int8_t *ek_model_output(void) {{ return arena + {output}; }}
 
 void ek_model_invoke(void) {{
@@ -119,9 +103,20 @@ void ek_model_invoke(void) {{
 }}
 """
 
+_INPUT_C = """
+int8_t *ek_model_input(void) {{ return arena + {}; }}
+"""
+
+_STREAMED_H = """\
+/* The image is streamed: ek_model_invoke() asks the application for each patch's window of the int8 NHWC image,
+ * rows [y, y + h) and cols [x, x + w), written row after row (w * EK_INPUT_C bytes each) to `dst`. */
+#define EK_STREAMED_INPUT 1
+void ek_model_read_window(int y, int x, int h, int w, int8_t *dst);"""
+
 _MODEL_H = """\
-/* Generated by edgekit: the model's entry points. Fill ek_model_input(), call ek_model_invoke(), read
- * ek_model_output(); all activations live in one static arena of EK_ARENA_BYTES. */
+/* Generated by edgekit: the model's entry points. Fill ek_model_input() (or provide ek_model_read_window when
+ * EK_STREAMED_INPUT), call ek_model_invoke(), read ek_model_output(); all activations live in one static arena
+ * of EK_ARENA_BYTES. */
 #ifndef EK_MODEL_H
 #define EK_MODEL_H
 
@@ -129,9 +124,12 @@ _MODEL_H = """\
 
 #define EK_ARENA_BYTES {arena}
 #define EK_INPUT_BYTES {input}
+#define EK_INPUT_H {height}
+#define EK_INPUT_W {width}
+#define EK_INPUT_C {channels}
 #define EK_OUTPUT_BYTES {output}
 
-int8_t *ek_model_input(void);
+{entry}
 const int8_t *ek_model_output(void);
 void ek_model_invoke(void);
 

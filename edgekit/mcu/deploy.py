@@ -3,7 +3,9 @@ its real sizes against the board, its measured stack and, on request, a bit-exac
 
 The check runs random int8 inputs through the host build and (when qemu-system-arm is installed) the firmware under
 QEMU's MPS2 board for the core; the QEMU run also measures the stack high-water mark that the board's linker script
-then reserves, so the linker's verdict covers arena, .data, .bss and stack together.
+then reserves, so the linker's verdict covers arena, .data, .bss and stack together, and counts the instructions of
+one inference. With a patch plan (`patch_plan`: edgekit's planner under the board's budget) the stage is compiled
+in patch by patch (`edgekit.mcu.patched`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import numpy as np
 
 from edgekit.convert.mcu import generous_arena_bytes
 from edgekit.errors import BackendError, ModelLoadError, ProfileError
+from edgekit.graph.from_tflite import from_tflite
 from edgekit.mcu.board import core_of
 from edgekit.mcu.build import build_host, build_qemu, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.firmware import DEFAULT_STACK_BYTES, Firmware, build_firmware, write_board
+from edgekit.mcu.patched import generate_patched
+from edgekit.plan.patch import PatchPlan, plan_patches
 from edgekit.targets import Device
 
 BUILDS = ("cortex-m", "host")
@@ -51,6 +56,8 @@ class CodegenReport:
     stack_bytes: int | None  # measured under QEMU (the harness's painted stack); None when not run
     firmware: Firmware | None  # None for --build host
     checks: tuple[Check, ...]
+    instructions: int | None = None  # per inference under QEMU (-icount shift=0); None when not run
+    patch: PatchPlan | None = None  # the schedule compiled in; None: layer by layer
 
     @property
     def fits(self) -> bool:
@@ -68,7 +75,9 @@ class CodegenReport:
                     "stack_reserved_bytes": fw.stack_bytes, "short_bytes": fw.short_bytes, "verdict": fw.verdict},
                 "deployable_flash_bytes": None if fw is None else fw.deployable_flash_bytes,
                 "deployable_sram_bytes": None if fw is None else fw.deployable_sram_bytes,
-                "fits": self.fits, "checks": [vars(c) for c in self.checks]}
+                "fits": self.fits, "checks": [vars(c) for c in self.checks],
+                "instructions_per_inference": self.instructions,
+                "patch": None if self.patch is None else _patch(self.patch)}
 
     def rows(self) -> list[tuple[str, str]]:
         """(what, value) lines of the text report."""
@@ -85,9 +94,33 @@ class CodegenReport:
                       ("deployable flash", f"{fw.deployable_flash_bytes:,} B of {self.board_flash_bytes:,} B"),
                       ("deployable SRAM", f"{fw.deployable_sram_bytes:,} B of {self.board_sram_bytes:,} B"),
                       ("board (linker)", fw.verdict)]
+        if self.patch is not None and self.patch.chosen is not None:
+            chosen = self.patch.chosen
+            image = "resident" if self.patch.input_resident else "streamed"
+            lines.insert(2, ("patch schedule", f"{len(self.patch.tiles)} patches ({chosen.grid}x{chosen.grid}) up to "
+                                               f"{chosen.stage_end}, image {image}; planner peak "
+                                               f"{chosen.peak_bytes:,} B"))
+        if self.instructions is not None:
+            lines.append(("instructions per inference (QEMU)", f"{self.instructions:,}"))
         lines += [(f"bit-exact, {c.build}", f"{'yes' if c.exact else 'NO'} ({c.inputs} random inputs)")
                   for c in self.checks]
         return lines + [("written to", f"{self.out_dir}/")]
+
+
+def _patch(plan: PatchPlan) -> dict[str, Any]:
+    chosen = plan.chosen
+    assert chosen is not None  # generate_patched refuses a plan without a schedule
+    return {"stage_end": chosen.stage_end, "grid": chosen.grid, "patches": len(plan.tiles),
+            "planner_peak_bytes": chosen.peak_bytes, "planner_extra_macs": chosen.extra_macs,
+            "input_resident": plan.input_resident}
+
+
+def patch_plan(tflite_path: Path, target: Device, resident: bool = False) -> PatchPlan:
+    """edgekit's patch plan for the generated C on `target`: the smallest peak within the planner's recompute
+    budget, patched even when layer by layer fits; the image streamed window by window (the planner's default),
+    or `resident`, held whole in the arena."""
+    return plan_patches(from_tflite(tflite_path), target.activation_budget_bytes, input_resident=resident,
+                        force_patch=True)
 
 
 def tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
@@ -106,9 +139,10 @@ def tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
 
 
 def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cortex-m", check: int = 0,
-            seed: int = 0) -> CodegenReport:
-    """Generate the C of `tflite_path` into `out_dir` with the board's Makefile and linker script, build it
-    (`build` "cortex-m": the board firmware; "host": gcc only) and check `check` random inputs bit-exact."""
+            seed: int = 0, patch: PatchPlan | None = None) -> CodegenReport:
+    """Generate the C of `tflite_path` into `out_dir` (with `patch`'s stage patch by patch) with the board's
+    Makefile and linker script, build it (`build` "cortex-m": the board firmware; "host": gcc only) and check
+    `check` random inputs bit-exact."""
     if build not in BUILDS:
         raise BackendError(f"build must be one of {', '.join(BUILDS)}, found {build!r}")
     core = core_of(target)
@@ -117,11 +151,12 @@ def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cort
     if not tflite_path.is_file():
         raise ModelLoadError(f"{tflite_path}: no such model file (a full-integer INT8 .tflite)")
     data = tflite_path.read_bytes()
-    generated = generate(data, out_dir, tflite_path.name)
+    generated = generate(data, out_dir, tflite_path.name) if patch is None else generate_patched(tflite_path, patch,
+                                                                                                 out_dir)
     out_bytes = int(np.prod(generated.output_shape))
     x = np.random.default_rng(seed).integers(-128, 128, (max(check, 1), *generated.input_shape), dtype=np.int8)
     want = tflm_outputs(data, x) if check else x[:0]
-    checks, stack = [], None
+    checks, stack, instructions = [], None, None
     with tempfile.TemporaryDirectory(prefix="ek_codegen_") as folder:
         if check:
             host = run_records([str(build_host(generated, Path(folder) / "host"))], x, out_bytes, RUN_TIMEOUT_S)
@@ -129,11 +164,11 @@ def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cort
         if build == "cortex-m" and shutil.which("qemu-system-arm") and core.qemu_machine:
             elf = build_qemu(generated, Path(folder) / "qemu.elf", core)
             emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S)
-            stack = emulated.stack_bytes
+            stack, instructions = emulated.stack_bytes, emulated.instructions
             if check:
                 checks.append(Check(f"qemu {core.qemu_machine}", check, bool(np.array_equal(emulated.outputs, want))))
     if build == "host":  # the board files still, for a later `make` where the Arm toolchain is
         write_board(generated, target, DEFAULT_STACK_BYTES)
     firmware = build_firmware(generated, target, stack) if build == "cortex-m" else None
     return CodegenReport(tflite_path.name, target.name, str(out_dir), core.cpu, generated, int(target.flash.value),
-                         int(target.sram.value), stack, firmware, tuple(checks))
+                         int(target.sram.value), stack, firmware, tuple(checks), instructions, patch)

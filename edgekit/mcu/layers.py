@@ -18,17 +18,32 @@ from edgekit.mcu import fixedpoint as fp
 
 SAME, VALID = 0, 1  # the schema's Padding enum
 _CTYPES = {"int8": "int8_t", "int32": "int32_t"}
+Rect = tuple[int, int, int, int, int]  # ek_rect: y, x, h, w, row (pixels from one buffer row to the next)
+
+
+def _whole(_tensor: int) -> Rect | None:
+    return None  # layer by layer: every buffer holds its whole tensor
 
 
 @dataclass
 class Layer:
-    """One operator being emitted: its tensors, and the const arrays (flash) its call refers to."""
+    """One operator being emitted: its tensors, and the const arrays (flash) its call refers to.
+
+    A patched stage emits one operator once per patch: `rect` then gives the part of each tensor the patch's
+    buffer holds (and, for the output, computes), `tag` names the patch's own structs, and `pad_in` folds a PAD
+    into the convolution after it (source tensor, rows and cols padded ahead), which reads the zero point there.
+    """
 
     model: Any
     index: int
     place: Callable[[int], str]  # activation tensor index -> its C pointer into the arena
+    rect: Callable[[int], Rect | None] = _whole  # activation tensor index -> the part its buffer holds
+    tag: str = ""
+    pad_in: tuple[int, int, int] | None = None
+    scratch: int | None = None  # a depthwise convolution in place: the tensor id of its scratch planes
     arrays: list[str] = field(default_factory=list)
     flash_bytes: int = 0
+    _defined: set[str] = field(default_factory=set)
 
     @property
     def op(self) -> Any:
@@ -38,12 +53,23 @@ class Layer:
     def where(self) -> str:
         return f"operator {self.index} ({op_name(self.model, self.op)})"
 
+    def source(self, position: int, outputs: bool = False) -> int:
+        """The tensor index of an input (or output): for input 0 of a folded PAD's reader, the PAD's input."""
+        if position == 0 and not outputs and self.pad_in is not None:
+            return self.pad_in[0]
+        return int((self.op.outputs if outputs else self.op.inputs)[position])
+
     def tensor(self, position: int, outputs: bool = False) -> Any:
-        return self.model.subgraphs[0].tensors[(self.op.outputs if outputs else self.op.inputs)[position]]
+        return self.model.subgraphs[0].tensors[self.source(position, outputs)]
 
     def pointer(self, position: int, outputs: bool = False) -> str:
         """The C pointer of an activation input (or output) in the arena."""
-        return self.place(int((self.op.outputs if outputs else self.op.inputs)[position]))
+        return self.place(self.source(position, outputs))
+
+    def part(self, position: int, shape: tuple[int, int, int, int], outputs: bool = False) -> Rect:
+        """The part of an input (or output) of kernel shape `shape` its buffer holds: the whole unless patched."""
+        held = self.rect(self.source(position, outputs))
+        return (0, 0, shape[1], shape[2], shape[2]) if held is None else held
 
     def operand(self, position: int) -> str:
         """The C pointer of an int8 input: into the arena, or a const array in flash when it is a constant."""
@@ -69,6 +95,9 @@ class Layer:
     def array(self, kind: str, values: np.ndarray) -> str:
         """Define `values` as a const C array in flash; its name."""
         name = f"{kind}{self.index}"
+        if name in self._defined:  # a patched stage emits the operator once per patch: its constants once
+            return name
+        self._defined.add(name)
         flat = np.asarray(values).reshape(-1)
         body = ",".join(str(int(v)) for v in flat)
         self.arrays.append(f"static const {_CTYPES[flat.dtype.name]} {name}[{flat.size}] = {{{body}}};")
@@ -76,8 +105,10 @@ class Layer:
         return name
 
     def params(self, ctype: str, fields: str, kind: str = "p") -> str:
-        """Define a const parameter struct; a pointer to it."""
-        self.arrays.append(f"static const {ctype} {kind}{self.index} = {{{fields}}};")
+        """Define a const parameter struct (once); a pointer to it."""
+        if f"{kind}{self.index}" not in self._defined:
+            self._defined.add(f"{kind}{self.index}")
+            self.arrays.append(f"static const {ctype} {kind}{self.index} = {{{fields}}};")
         return f"&{kind}{self.index}"
 
 
@@ -93,12 +124,44 @@ def c_shape(shape: tuple[int, ...]) -> str:
     return "(ek_shape){{{}, {}, {}, {}}}".format(*shape)
 
 
+def c_rect(rect: Rect) -> str:
+    return "(ek_rect){{{}, {}, {}, {}, {}}}".format(*rect)
+
+
 def _padding(kind: int, in_size: int, out_size: int, kernel: int, stride: int, dilation: int) -> int:
     """TF Lite's ComputePadding: SAME pads (total - 1) // 2 ahead (the reference kernels bound-check the rest)."""
     if kind == VALID:
         return 0
     effective = (kernel - 1) * dilation + 1
     return max(((out_size - 1) * stride + effective - in_size) // 2, 0)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The sliding window of a convolution or pool: (rows, cols) of its kernel, stride, dilation and the padding
+    ahead (TF Lite's; a folded PAD's rows and cols ahead included)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pads: tuple[int, int]
+
+
+def window(layer: Layer) -> Window:
+    """The window of a CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D or MAX_POOL_2D."""
+    opts = layer.op.builtinOptions
+    if op_name(layer.model, layer.op) in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        dims = layer.model.subgraphs[0].tensors[int(layer.op.inputs[1])].shape
+        kernel, dilation = (int(dims[1]), int(dims[2])), (opts.dilationHFactor, opts.dilationWFactor)
+    else:
+        kernel, dilation = (opts.filterHeight, opts.filterWidth), (1, 1)
+    stride = (opts.strideH, opts.strideW)
+    padded = nhwc(layer.model.subgraphs[0].tensors[int(layer.op.inputs[0])].shape)  # a folded PAD's output
+    out = nhwc(layer.tensor(0, outputs=True).shape)
+    ahead = (0, 0) if layer.pad_in is None else layer.pad_in[1:]
+    pads = tuple(_padding(opts.padding, padded[a], out[a], kernel[a - 1], stride[a - 1], dilation[a - 1]) + ahead[a - 1]
+                 for a in (1, 2))
+    return Window(kernel, stride, dilation, pads)  # type: ignore[arg-type]
 
 
 def _requant(layer: Layer, channels: int, filter_scales: np.ndarray, activation: int) -> str:
@@ -131,9 +194,8 @@ def _conv(layer: Layer) -> str:
             weights, groups = weights.transpose(3, 1, 2, 0), in_shape[3]
         else:
             groups = in_shape[3] // weights.shape[3]
-        stride, dilation = (opts.strideH, opts.strideW), (opts.dilationHFactor, opts.dilationWFactor)
-        pads = (_padding(opts.padding, in_shape[1], out_shape[1], weights.shape[1], stride[0], dilation[0]),
-                _padding(opts.padding, in_shape[2], out_shape[2], weights.shape[2], stride[1], dilation[1]))
+        sliding = window(layer)
+        stride, dilation, pads = sliding.stride, sliding.dilation, sliding.pads
     bias = layer.array("b", layer.constant(2)) if len(layer.op.inputs) > 2 and layer.op.inputs[2] >= 0 else "0"
     filt = layer.array("w", weights)
     _, in_zp = layer.quant(0)
@@ -142,8 +204,12 @@ def _conv(layer: Layer) -> str:
               f".pad_left = {pads[1]}, .groups = {groups}, .in_offset = {-in_zp}, "
               + _requant(layer, out_shape[3], wq.scale, opts.fusedActivationFunction))
     params = layer.params("ek_conv_params", fields)
-    return (f"ek_conv({layer.pointer(0)}, {c_shape(in_shape)}, {filt}, {bias}, {layer.pointer(0, True)}, "
-            f"{c_shape(out_shape)}, {params});")
+    if layer.scratch is not None:  # in place: the output over the input's buffer
+        return (f"ek_depthwise_inplace({layer.pointer(0)}, {c_shape(in_shape)}, {c_rect(layer.part(0, in_shape))}, "
+                f"{filt}, {bias}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, "
+                f"{layer.place(layer.scratch)}, {params});")
+    return (f"ek_conv({layer.pointer(0)}, {c_shape(in_shape)}, {c_rect(layer.part(0, in_shape))}, {filt}, {bias}, "
+            f"{layer.pointer(0, True)}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, {params});")
 
 
 def _pool(layer: Layer) -> str:
@@ -152,26 +218,38 @@ def _pool(layer: Layer) -> str:
     in_shape, out_shape = nhwc(layer.tensor(0).shape), nhwc(layer.tensor(0, outputs=True).shape)
     scale, zp = layer.quant(0, outputs=True)
     low, high = fp.activation_range(opts.fusedActivationFunction, scale, zp, layer.where)
-    kernel, stride = (opts.filterHeight, opts.filterWidth), (opts.strideH, opts.strideW)
-    pads = [_padding(opts.padding, in_shape[a], out_shape[a], kernel[a - 1], stride[a - 1], 1) for a in (1, 2)]
+    sliding = window(layer)
+    kernel, stride, pads = sliding.kernel, sliding.stride, sliding.pads
     is_max = int(op_name(layer.model, layer.op) == "MAX_POOL_2D")
     params = layer.params("ek_pool_params", f"{is_max}, {kernel[0]}, {kernel[1]}, {stride[0]}, {stride[1]}, "
                                             f"{pads[0]}, {pads[1]}, {low}, {high}")
-    return (f"ek_pool({layer.pointer(0)}, {c_shape(in_shape)}, {layer.pointer(0, True)}, {c_shape(out_shape)}, "
-            f"{params});")
+    return (f"ek_pool({layer.pointer(0)}, {c_shape(in_shape)}, {c_rect(layer.part(0, in_shape))}, "
+            f"{layer.pointer(0, True)}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, {params});")
 
 
-def _broadcast(layer: Layer) -> str:
-    """The ek_broadcast of a binary elementwise operator: output shape, per input the strides (0 where repeated)."""
-    out = nhwc(layer.tensor(0, outputs=True).shape)
-    strides = []
+def _broadcast(layer: Layer) -> tuple[str, tuple[int, int]]:
+    """The ek_broadcast of a binary elementwise operator over the output part it computes (the whole tensor
+    unless patched): the part's shape, per input and the output the strides (0 where an input repeats), and
+    where each input's part starts in its buffer."""
+    whole = nhwc(layer.tensor(0, outputs=True).shape)
+    y, x, h, w, row = layer.part(0, whole, outputs=True)
+    strides, starts = [], []
     for position in (0, 1):
         dims = nhwc(layer.tensor(position).shape)
-        if any(d not in (1, o) for d, o in zip(dims, out)):
-            raise UnsupportedOpError(f"{layer.where}: input {position} of shape {dims} does not broadcast to {out}")
-        natural = (dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1)
-        strides.append(", ".join(str(0 if d == 1 and o != 1 else n) for d, o, n in zip(dims, out, natural)))
-    return layer.params("ek_broadcast", f"{c_shape(out)}, {{{{{strides[0]}}}, {{{strides[1]}}}}}", kind="bc")
+        if any(d not in (1, o) for d, o in zip(dims, whole)):
+            raise UnsupportedOpError(f"{layer.where}: input {position} of shape {dims} does not broadcast to {whole}")
+        top, left, held_h, _, held_row = layer.part(position, dims)
+        natural = (held_h * held_row * dims[3], held_row * dims[3], dims[3], 1)
+        strides.append(", ".join(str(0 if d == 1 and o != 1 else n) for d, o, n in zip(dims, whole, natural)))
+        rows, cols = (y - top if dims[1] != 1 else 0), (x - left if dims[2] != 1 else 0)
+        starts.append((rows * held_row + cols) * dims[3])
+    out = f"{h * row * whole[3]}, {row * whole[3]}, {whole[3]}, 1"
+    fields = f"{c_shape((whole[0], h, w, whole[3]))}, {{{{{strides[0]}}}, {{{strides[1]}}}, {{{out}}}}}"
+    return layer.params("ek_broadcast", fields, kind=f"bc{layer.tag}"), (starts[0], starts[1])
+
+
+def _at(pointer: str, start: int) -> str:
+    return f"{pointer} + {start}" if start else pointer
 
 
 def _binary(layer: Layer) -> str:
@@ -186,8 +264,9 @@ def _binary(layer: Layer) -> str:
         multiplier, shift = fp.mul_multiplier(s1, s2, so)
         kernel, params = "ek_mul", layer.params("ek_mul_params", f"{-z1}, {-z2}, {multiplier}, {shift}, {zo}, "
                                                                  f"{low}, {high}")
-    return (f"{kernel}({layer.operand(0)}, {layer.operand(1)}, {layer.pointer(0, True)}, {_broadcast(layer)}, "
-            f"{params});")
+    broadcast, starts = _broadcast(layer)
+    return (f"{kernel}({_at(layer.operand(0), starts[0])}, {_at(layer.operand(1), starts[1])}, "
+            f"{layer.pointer(0, True)}, {broadcast}, {params});")
 
 
 def _mean(layer: Layer) -> str:
@@ -271,12 +350,15 @@ class Kernel:
 
     emit: Callable[[Layer], str] | None
     alias: bool = False
+    stage: str | None = None  # in a patched stage: "window" (conv, pool), "pointwise", "pad" (folded); None: not
 
 
 KERNELS = {
-    "CONV_2D": Kernel(_conv), "DEPTHWISE_CONV_2D": Kernel(_conv), "FULLY_CONNECTED": Kernel(_conv),
-    "AVERAGE_POOL_2D": Kernel(_pool), "MAX_POOL_2D": Kernel(_pool), "ADD": Kernel(_binary), "MUL": Kernel(_binary),
-    "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut), "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax),
-    "CONCATENATION": Kernel(_concat), "PAD": Kernel(_pad), "TRANSPOSE": Kernel(_transpose),
+    "CONV_2D": Kernel(_conv, stage="window"), "DEPTHWISE_CONV_2D": Kernel(_conv, stage="window"),
+    "FULLY_CONNECTED": Kernel(_conv), "AVERAGE_POOL_2D": Kernel(_pool, stage="window"),
+    "MAX_POOL_2D": Kernel(_pool, stage="window"), "ADD": Kernel(_binary, stage="pointwise"),
+    "MUL": Kernel(_binary, stage="pointwise"), "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut),
+    "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax), "CONCATENATION": Kernel(_concat),
+    "PAD": Kernel(_pad, stage="pad"), "TRANSPOSE": Kernel(_transpose),
     "RESHAPE": Kernel(None, alias=True),
 }

@@ -30,14 +30,15 @@ static int8_t ek_clamp(int32_t x, int32_t low, int32_t high) {
     return (int8_t)(x < low ? low : x > high ? high : x);
 }
 
-void ek_conv(const int8_t *in, ek_shape is, const int8_t *filter, const int32_t *bias,
-             int8_t *out, ek_shape os, const ek_conv_params *p) {
+void ek_conv(const int8_t *in, ek_shape is, ek_rect ir, const int8_t *filter, const int32_t *bias,
+             int8_t *out, ek_shape os, ek_rect orr, const ek_conv_params *p) {
     const int in_per_group = is.c / p->groups, out_per_group = os.c / p->groups;
     for (int b = 0; b < os.n; ++b) {
-        for (int oy = 0; oy < os.h; ++oy) {
+        for (int oy = orr.y; oy < orr.y + orr.h; ++oy) {
             const int y0 = oy * p->stride_h - p->pad_top;
-            for (int ox = 0; ox < os.w; ++ox) {
+            for (int ox = orr.x; ox < orr.x + orr.w; ++ox) {
                 const int x0 = ox * p->stride_w - p->pad_left;
+                int8_t *dst = out + ((b * orr.h + oy - orr.y) * orr.row + ox - orr.x) * os.c;
                 for (int oc = 0; oc < os.c; ++oc) {
                     const int first_in = (oc / out_per_group) * in_per_group;
                     int32_t acc = 0;
@@ -47,39 +48,60 @@ void ek_conv(const int8_t *in, ek_shape is, const int8_t *filter, const int32_t 
                         for (int kx = 0; kx < p->kw; ++kx) {
                             const int x = x0 + kx * p->dilation_w;
                             if (x < 0 || x >= is.w) continue;
-                            const int8_t *src = in + ((b * is.h + y) * is.w + x) * is.c + first_in;
+                            const int8_t *src = in + ((b * ir.h + y - ir.y) * ir.row + x - ir.x) * is.c + first_in;
                             const int8_t *k = filter + ((oc * p->kh + ky) * p->kw + kx) * in_per_group;
                             for (int ic = 0; ic < in_per_group; ++ic) acc += k[ic] * (src[ic] + p->in_offset);
                         }
                     }
                     if (bias) acc += bias[oc];
                     acc = ek_scale(acc, p->rq.multiplier[oc], p->rq.shift[oc]) + p->rq.out_offset;
-                    out[((b * os.h + oy) * os.w + ox) * os.c + oc] = ek_clamp(acc, p->rq.act_min, p->rq.act_max);
+                    dst[oc] = ek_clamp(acc, p->rq.act_min, p->rq.act_max);
                 }
             }
         }
     }
 }
 
-void ek_pool(const int8_t *in, ek_shape is, int8_t *out, ek_shape os, const ek_pool_params *p) {
+void ek_depthwise_inplace(int8_t *buf, ek_shape is, ek_rect ir, const int8_t *filter, const int32_t *bias,
+                          ek_shape os, ek_rect orr, int8_t *scratch, const ek_conv_params *p) {
+    int8_t *plane_in = scratch, *plane_out = scratch + ir.h * ir.w;
+    const ek_shape one_in = {1, is.h, is.w, 1}, one_out = {1, os.h, os.w, 1};
+    const ek_rect in_plane = {ir.y, ir.x, ir.h, ir.w, ir.w}, out_plane = {orr.y, orr.x, orr.h, orr.w, orr.w};
+    for (int c = 0; c < is.c; ++c) {
+        for (int y = 0; y < ir.h; ++y)
+            for (int x = 0; x < ir.w; ++x) plane_in[y * ir.w + x] = buf[(y * ir.row + x) * is.c + c];
+        ek_conv_params one = *p;
+        one.groups = 1;
+        one.rq.multiplier += c;
+        one.rq.shift += c;
+        ek_conv(plane_in, one_in, in_plane, filter + c * p->kh * p->kw, bias ? bias + c : 0, plane_out, one_out,
+                out_plane, &one);
+        for (int y = 0; y < orr.h; ++y)
+            for (int x = 0; x < orr.w; ++x) buf[(y * orr.row + x) * os.c + c] = plane_out[y * orr.w + x];
+    }
+}
+
+void ek_pool(const int8_t *in, ek_shape is, ek_rect ir, int8_t *out, ek_shape os, ek_rect orr,
+             const ek_pool_params *p) {
     for (int b = 0; b < os.n; ++b) {
-        for (int oy = 0; oy < os.h; ++oy) {
+        for (int oy = orr.y; oy < orr.y + orr.h; ++oy) {
             const int y0 = oy * p->stride_h - p->pad_top;
             const int ky0 = y0 < 0 ? -y0 : 0, ky1 = p->kh < is.h - y0 ? p->kh : is.h - y0;
-            for (int ox = 0; ox < os.w; ++ox) {
+            for (int ox = orr.x; ox < orr.x + orr.w; ++ox) {
                 const int x0 = ox * p->stride_w - p->pad_left;
                 const int kx0 = x0 < 0 ? -x0 : 0, kx1 = p->kw < is.w - x0 ? p->kw : is.w - x0;
+                int8_t *dst = out + ((b * orr.h + oy - orr.y) * orr.row + ox - orr.x) * os.c;
                 for (int c = 0; c < os.c; ++c) {
                     int32_t acc = p->is_max ? INT8_MIN : 0, count = 0;
                     for (int ky = ky0; ky < ky1; ++ky) {
                         for (int kx = kx0; kx < kx1; ++kx) {
-                            const int32_t v = in[((b * is.h + y0 + ky) * is.w + x0 + kx) * is.c + c];
+                            const int32_t v = in[((b * ir.h + y0 + ky - ir.y) * ir.row + x0 + kx - ir.x) * is.c + c];
                             acc = p->is_max ? (v > acc ? v : acc) : acc + v;
                             ++count;
                         }
                     }
                     if (!p->is_max && count > 0) acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
-                    out[((b * os.h + oy) * os.w + ox) * os.c + c] = ek_clamp(acc, p->act_min, p->act_max);
+                    dst[c] = ek_clamp(acc, p->act_min, p->act_max);
                 }
             }
         }
@@ -91,13 +113,14 @@ typedef int8_t (*ek_binary_op)(int32_t a, int32_t b, const void *params);
 /* One loop for every elementwise binary operator: broadcast indexing, the arithmetic in `op`. */
 static void ek_binary(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *bc, ek_binary_op op,
                       const void *params) {
-    const int *s1 = bc->stride[0], *s2 = bc->stride[1];
+    const int *s1 = bc->stride[0], *s2 = bc->stride[1], *so = bc->stride[2];
     for (int n = 0; n < bc->out.n; ++n)
         for (int y = 0; y < bc->out.h; ++y)
             for (int x = 0; x < bc->out.w; ++x)
                 for (int c = 0; c < bc->out.c; ++c)
-                    *out++ = op(in1[n * s1[0] + y * s1[1] + x * s1[2] + c * s1[3]],
-                                in2[n * s2[0] + y * s2[1] + x * s2[2] + c * s2[3]], params);
+                    out[n * so[0] + y * so[1] + x * so[2] + c * so[3]] =
+                        op(in1[n * s1[0] + y * s1[1] + x * s1[2] + c * s1[3]],
+                           in2[n * s2[0] + y * s2[1] + x * s2[2] + c * s2[3]], params);
 }
 
 static int8_t ek_add_one(int32_t x1, int32_t x2, const void *params) {

@@ -7,6 +7,12 @@
 
 typedef struct { int n, h, w, c; } ek_shape;
 
+/* The part of a tensor's H x W that a buffer holds (an input) or a kernel computes (an output): rows [y, y + h),
+ * cols [x, x + w), `row` pixels from one buffer row to the next (the tensor's W for a whole tensor or a tile
+ * of the stage buffer, w for a patch's own buffer). Coordinates are the tensor's own, so a kernel tells the
+ * tensor's true border (its padding) from the part's edge exactly as the layer-by-layer kernel does. */
+typedef struct { int y, x, h, w, row; } ek_rect;
+
 /* Requantization of an int32 accumulator to the output: per output channel multiplier and shift
  * (TF Lite's QuantizeMultiplier), output zero point, activation clamp (from the fused activation). */
 typedef struct {
@@ -16,29 +22,39 @@ typedef struct {
 } ek_requant;
 
 /* Grouped convolution: CONV_2D (groups 1), DEPTHWISE_CONV_2D (groups = input channels, filter
- * reordered to [out_c][kh][kw][1]) and FULLY_CONNECTED (a 1x1 convolution). Filter [out_c][kh][kw][in_c / groups]. */
+ * reordered to [out_c][kh][kw][1]) and FULLY_CONNECTED (a 1x1 convolution). Filter [out_c][kh][kw][in_c / groups].
+ * `in` holds part `in_part` of the input (shape `in_shape`), `out` receives part `out_part` of the output. */
 typedef struct {
     int kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups;
     int32_t in_offset;
     ek_requant rq;
 } ek_conv_params;
 
-void ek_conv(const int8_t *in, ek_shape in_shape, const int8_t *filter, const int32_t *bias,
-             int8_t *out, ek_shape out_shape, const ek_conv_params *p);
+void ek_conv(const int8_t *in, ek_shape in_shape, ek_rect in_part, const int8_t *filter, const int32_t *bias,
+             int8_t *out, ek_shape out_shape, ek_rect out_part, const ek_conv_params *p);
 
-/* AVERAGE_POOL_2D and MAX_POOL_2D (input and output share scale and zero point). */
+/* DEPTHWISE_CONV_2D in place (batch 1, one output channel per input channel): `buf` holds part `in_part` of the
+ * input and receives part `out_part` of the output. Channel by channel, the input channel is copied to the front of
+ * `scratch`, ek_conv computes the output channel behind it, and the result is written back over the channel: in NHWC
+ * no other channel shares those bytes. `scratch` holds in_part.h x in_part.w + out_part.h x out_part.w bytes. */
+void ek_depthwise_inplace(int8_t *buf, ek_shape in_shape, ek_rect in_part, const int8_t *filter, const int32_t *bias,
+                          ek_shape out_shape, ek_rect out_part, int8_t *scratch, const ek_conv_params *p);
+
+/* AVERAGE_POOL_2D and MAX_POOL_2D (input and output share scale and zero point); parts as ek_conv's. */
 typedef struct {
     int is_max, kh, kw, stride_h, stride_w, pad_top, pad_left;
     int32_t act_min, act_max;
 } ek_pool_params;
 
-void ek_pool(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape, const ek_pool_params *p);
+void ek_pool(const int8_t *in, ek_shape in_shape, ek_rect in_part, int8_t *out, ek_shape out_shape, ek_rect out_part,
+             const ek_pool_params *p);
 
 /* Elementwise ADD and MUL with broadcasting: output index (n, h, w, c) reads input k at
- * n * stride[k][0] + h * stride[k][1] + w * stride[k][2] + c * stride[k][3] (a stride of 0 repeats an axis). */
+ * n * stride[k][0] + h * stride[k][1] + w * stride[k][2] + c * stride[k][3] (a stride of 0 repeats an axis) and
+ * is written at the same sum over stride[2] (a patch's part of a larger buffer). */
 typedef struct {
     ek_shape out;
-    int stride[2][4];
+    int stride[3][4];
 } ek_broadcast;
 
 /* ADD: both inputs rescaled to a common scale (left shift 20), summed, requantized. */
