@@ -82,10 +82,10 @@ class SqueezeExciteNet(nn.Module):
         return torch.softmax(8.0 * self.fc(torch.cat([y, x], 1).mean((2, 3))), -1)
 
 
-def _int8(model: nn.Module, path: Path) -> Path:
-    """`model` as a full-integer .tflite with NHWC int8 I/O (the MCU preset), calibrated on 4 random inputs."""
+def _int8(model: nn.Module, path: Path, channels_last: bool = True) -> Path:
+    """`model` as a full-integer .tflite with int8 I/O (NHWC input: the MCU preset), calibrated on 4 random inputs."""
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
-    return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=True))
+    return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=channels_last))
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mbv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MobileNetV2-0.35@96 INT8 with NHWC int8 I/O (the MCU preset) and trained-like batch norms: conftest's
     mbv2_int8_tflite answers -128 everywhere for every input, which no bit-exact check could tell from a bug."""
-    model = trained_like(create_model("mobilenet_v2_035_96"))
-    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
     path = tmp_path_factory.mktemp("codegen") / "mbv2_int8.tflite"
-    return quantize(model, calibration, path, Int8Config(format="tflite", channels_last_io=True))
+    return _int8(trained_like(create_model("mobilenet_v2_035_96")), path)
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +116,8 @@ def residual_nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def residual(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = trained_like(ResidualAvgPoolNet())
-    calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
     path = tmp_path_factory.mktemp("codegen") / "residual_avgpool_int8.tflite"
-    return quantize(model, calibration, path, Int8Config(format="tflite"))
+    return _int8(trained_like(ResidualAvgPoolNet()), path, channels_last=False)
 
 
 def _inputs(path: Path, generated: GeneratedC) -> np.ndarray:

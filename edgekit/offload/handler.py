@@ -149,9 +149,10 @@ class TailHandler:
         """An unsigned error answer telling a device without the right key why it is not served: signing it would
         hand any sender a signed frame, and a device holding the key drops it unread."""
         text = f"this server serves only requests signed with its fleet key (edgekit run --fleet-key FILE): {reason}"
-        return encode(Frame(request_id, 0, self.model_id, self.model_version, (), kind="error", error=text))
+        return self.error_answer(request_id, 0, text, signed=False)
 
-    def error_answer(self, request_id: bytes, deadline_ms: int, text: str) -> bytes:
-        """An error answer (signed with the fleet key, when there is one) telling the device why it got no output."""
+    def error_answer(self, request_id: bytes, deadline_ms: int, text: str, signed: bool = True) -> bytes:
+        """An error answer (signed with the fleet key, when there is one and `signed`) telling the device why it got
+        no output."""
         return encode(Frame(request_id, deadline_ms, self.model_id, self.model_version, (), kind="error",
-                            error=text), key=self.key)
+                            error=text), key=self.key if signed else None)
