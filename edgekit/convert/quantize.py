@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit.convert.config import Int8Config
 from edgekit.convert.fidelity import ArrayReader
+from edgekit.convert.tflite_layout import fold_layout_round_trips
 from edgekit.convert.threads import bounded_threads
 from edgekit.convert.torch_model import TorchModel, model_label
 from edgekit.errors import ConversionError, EdgekitError
@@ -252,6 +253,7 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
     edge = litert_torch.convert(quantized, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     if not config.int8_io:
         edge.export(str(out_path))
+        fold_layout_round_trips(out_path)
         return
     from ai_edge_litert._pywrap_modify_model_interface import modify_model_interface
 
@@ -261,6 +263,7 @@ def _tflite(model: Any, calibration: np.ndarray, out_path: Path, config: Int8Con
         status = modify_model_interface(str(float_io), str(out_path), _TFLITE_INT8, _TFLITE_INT8)
     if status != 0:
         raise ConversionError(f"{out_path}: LiteRT could not switch the model interface to int8 (status {status})")
+    fold_layout_round_trips(out_path)
 
 
 def _prepared(model: Any, calibration: np.ndarray, quantizer: Any) -> tuple[Any, int]:
