@@ -51,6 +51,7 @@ COLUMNS = {  # column -> table heading
     "onnx": f"compile ONNX QDQ ({ONNX_TARGET})",
     "mcu": f"MCU fit ({MCU_TARGET}, tflite-micro)",
     "patch": f"plan patch ({MCU_TARGET}) + emit, bit-exact",
+    "codegen": f"C code generation ({MCU_TARGET}), bit-exact",
     "split": f"split compile ({TFLITE_TARGET} -> {SPLIT_SERVER}, {SPLIT_LINK})",
     "run": "edgekit run",
 }
@@ -88,6 +89,10 @@ Columns (calibration: {CALIB_SAMPLES} generated uniform samples in the model's i
   `--stage-end/--grid` (both marked "forced"); then the bundle runs one random int8
   frame through `edgekit.runtime` and every output must equal the full INT8 model's, under
   {" and ".join(BIT_EXACT_BACKENDS)}.
+- **C code generation**: `edgekit codegen INT8.tflite --target {MCU_TARGET} --check 1 --force` on the same INT8
+  file: generated C99 with one static arena, built for the board with arm-none-eabi-gcc; the linker's SRAM and
+  flash against the board, one random input through the host build and under QEMU equal to tflite-micro's, and
+  the instructions QEMU counted for one inference.
 - **split compile**: `--split auto --server {SPLIT_SERVER} --link {SPLIT_LINK}`: the planner's cut and payload;
   where the planner keeps the whole model on one side ("nothing to split"), the valid one-tensor cut with the
   smallest payload from `edgekit plan split --json` is forced with `--split LAYER` (marked "forced").
@@ -259,6 +264,16 @@ def patch_figure(d: dict) -> str:
     peak, before = format_bytes(chosen["peak_bytes"]), format_bytes(d["layer_by_layer_peak_bytes"])
     return (f"{chosen['grid']}x{chosen['grid']} to '{chosen['stage_end']}': peak {peak} (layer by layer {before}), "
             f"{d['emitted']['patches']} patches")
+
+
+def codegen_figure(d: dict) -> str:
+    checks = [c["build"] for c in d["checks"] if c["exact"]]
+    if len(checks) != len(d["checks"]) or not checks:
+        raise WrongResult(f"not bit-exact against tflite-micro: {d['checks']}")
+    instructions = d.get("instructions_per_inference")
+    counted = f"; {format_count(instructions)} instructions" if instructions else ""
+    return (f"{'fits' if d['fits'] else d['firmware']['verdict']}: SRAM {format_bytes(d['deployable_sram_bytes'])}, "
+            f"flash {format_bytes(d['deployable_flash_bytes'])}; bit-exact ({', '.join(checks)}){counted}")
 
 
 def split_figure(d: dict) -> str:
@@ -467,6 +482,12 @@ def run_subject(subject: Subject, work: Path, timeout: float, report: Callable[[
         done(_skip("patch", f"needs a ✓ in {COLUMNS['tflite']}"))
     else:
         done(patch_cell(int8_model, folder / "patch", timeout))
+
+    if int8_model is None:
+        done(_skip("codegen", f"needs a ✓ in {COLUMNS['tflite']}"))
+    else:
+        done(run_cell("codegen", cli("codegen", str(int8_model), "--target", MCU_TARGET, "--check", "1", "--force",
+                                     "-o", str(folder / "codegen")), timeout, codegen_figure))
 
     if subject.make is None:
         done(split_cell(compile_cell, model, shape_args, timeout))
