@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.convert.config import Int8Config
+from edgekit.convert.export_rewrites import covering_pools_as_means
 from edgekit.convert.fidelity import ArrayReader
 from edgekit.convert.tflite_layout import fold_layout_round_trips
 from edgekit.convert.threads import bounded_threads
@@ -280,10 +281,17 @@ def _prepared(model: Any, calibration: np.ndarray, quantizer: Any) -> tuple[Any,
         shapes[pair] = {0: torch.export.Dim("batch")}
         try:
             exported = torch.export.export(model, (pair,), dynamic_shapes=shapes.dynamic_shapes(model, (pair,)))
-            return prepare_pt2e(exported.module(), quantizer), CALIBRATION_BATCH
+            return prepare_pt2e(_rewritten(exported.module()), quantizer), CALIBRATION_BATCH
         except Exception:  # a model that fixes its batch (a view to (1, -1), say) exports at batch 1 only
             pass
-    return prepare_pt2e(torch.export.export(model, (torch.from_numpy(calibration[:1]),)).module(), quantizer), 1
+    exported = torch.export.export(model, (torch.from_numpy(calibration[:1]),))
+    return prepare_pt2e(_rewritten(exported.module()), quantizer), 1
+
+
+def _rewritten(module: Any) -> Any:
+    """The exported module with the float-exact rewrites of `export_rewrites` applied."""
+    covering_pools_as_means(module)
+    return module
 
 
 def _batch_independent(model: Any, pair: Any) -> bool:
