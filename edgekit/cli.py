@@ -411,8 +411,8 @@ def cmd_stream(args: argparse.Namespace) -> None:
                                                                args.frame_id))
         summary = stream(session, args.source, [r.report for r in reporters.values()], args.pace == "realtime",
                          args.max_frames).to_dict()
-        if "mqtt" in reporters:
-            reporters["mqtt"].flush()  # what is still queued goes out before its counts are read
+        for reporter in reporters.values():
+            reporter.flush()  # what is still queued goes out before its counts are read
         summary.update((key, reporter.health()) for key, reporter in reporters.items())
     _emit(args, summary, render_stream(summary))
 

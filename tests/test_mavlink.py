@@ -113,8 +113,10 @@ def test_an_endpoint_that_is_not_there_keeps_running_and_says_so() -> None:
     with MavlinkReporter(f"udpout:127.0.0.1:{closed}", CAMERA) as reporter:
         for _ in range(3):
             assert reporter.report(_face()).vehicle is None
+        assert reporter.flush(5.0)
         health = reporter.health()
     assert health["open"] and not health["vehicle_seen"] and health["sent"]["camera_tracking_image_status"] == 3
+    assert health["frames"] == {"queued": 3, "handled": 3, "dropped": 0, "failed": 0}
     with MavlinkReporter(f"tcp:127.0.0.1:{closed}", CAMERA, reconnect_s=0.1) as reporter:
         reporter.report(_face())
         wait_for(lambda: reporter.health()["sent"]["connect_errors"] >= 3, 5.0, "reconnect attempts")

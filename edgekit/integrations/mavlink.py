@@ -8,6 +8,10 @@ NaN fields when there is none); LANDING_TARGET (MAV_FRAME_BODY_FRD) when the bes
 STATUSTEXT when a target is acquired or lost, at most one per `statustext_interval_s`. Received: the vehicle's
 HEARTBEAT and GLOBAL_POSITION_INT, which stamp each reported frame (`Stamped`).
 
+`report()` stamps the frame and queues it (`sender.SendQueue`, drop-oldest when `queue_size` frames wait): a sender
+thread packs and sends its messages in order, so the frame loop pays microseconds, not pymavlink's packing.
+`flush()` waits until every queued frame is sent.
+
 An endpoint that cannot be reached never stops the caller: UDP sends to nowhere are dropped, a connection that
 cannot be opened is retried every `reconnect_s`, and `health()` says what is wrong (no vehicle heartbeat, the
 last connection error). Only a malformed endpoint or a missing pymavlink is an IntegrationError.
@@ -23,12 +27,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from edgekit.errors import IntegrationError
+from edgekit.integrations.sender import DEFAULT_QUEUE, SendQueue
 from edgekit.runtime.detections import Detections
 
 SCHEMES = ("udpout:", "udpin:", "udp:", "tcp:", "tcpin:")  # or a serial device: /dev/ttyX[,baud]
 COMPANION_COMPONENT = 191  # MAV_COMP_ID_ONBOARD_COMPUTER
 STATUSTEXT_CHARS = 50
 VEHICLE_TIMEOUT_S = 3.0  # no vehicle heartbeat for this long: health() reports the vehicle lost
+NAN = math.nan  # a CAMERA_TRACKING_IMAGE_STATUS field with no value
 
 
 def _mavutil() -> Any:
@@ -116,7 +122,7 @@ class MavlinkReporter:
 
     def __init__(self, endpoint: str, camera: Camera, landing_labels: tuple[str, ...] = (), *,
                  system_id: int = 1, component_id: int = COMPANION_COMPONENT, heartbeat_hz: float = 1.0,
-                 statustext_interval_s: float = 5.0, reconnect_s: float = 2.0) -> None:
+                 statustext_interval_s: float = 5.0, reconnect_s: float = 2.0, queue_size: int = DEFAULT_QUEUE) -> None:
         self.endpoint, self.camera, self.landing_labels = check_endpoint(endpoint), camera, landing_labels
         self._mavutil = _mavutil()
         self._ids = (system_id, component_id)
@@ -134,6 +140,7 @@ class MavlinkReporter:
         self._connect()
         self._thread = threading.Thread(target=self._service, name="mavlink-companion", daemon=True)
         self._thread.start()
+        self._frames: SendQueue[Stamped] = SendQueue(self._send_frame, "mavlink-frames", queue_size)
 
     def _connect(self) -> None:
         """Open the endpoint; a failure is counted and kept for health(), and retried by the service thread."""
@@ -205,29 +212,34 @@ class MavlinkReporter:
         return self._vehicle
 
     def report(self, detections: Detections) -> Stamped:
-        """Tell the vehicle about one frame (see the module docstring) and give it back stamped."""
+        """Stamp one frame and queue its messages for the vehicle (see the module docstring); never blocks."""
+        stamped = Stamped(detections, time.time(), self._vehicle)
+        self._frames.put(stamped)
+        return stamped
+
+    def _send_frame(self, stamped: Stamped) -> None:
+        """One frame's messages, on the sender thread: the tracking status, the landing target, events."""
         m = self._mavutil.mavlink
-        nan = math.nan
+        detections = stamped.detections
         if len(detections):
-            x0, y0, x1, y1 = (float(v) for v in detections.boxes[0])
+            x0, y0, x1, y1 = detections.boxes[0].tolist()
             self._send("camera_tracking_image_status", m.CAMERA_TRACKING_STATUS_FLAGS_ACTIVE,
-                       m.CAMERA_TRACKING_MODE_RECTANGLE, m.CAMERA_TRACKING_TARGET_DATA_IN_STATUS, nan, nan, nan,
+                       m.CAMERA_TRACKING_MODE_RECTANGLE, m.CAMERA_TRACKING_TARGET_DATA_IN_STATUS, NAN, NAN, NAN,
                        x0, y0, x1, y1, 0)
         else:
             self._send("camera_tracking_image_status", m.CAMERA_TRACKING_STATUS_FLAGS_IDLE,
-                       m.CAMERA_TRACKING_MODE_NONE, 0, nan, nan, nan, nan, nan, nan, nan, 0)
+                       m.CAMERA_TRACKING_MODE_NONE, 0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0)
         landing = [i for i, label in enumerate(detections.labels) if label in self.landing_labels]
         if landing:
-            self._landing_target(detections.boxes[landing[0]])
+            self._landing_target(detections.boxes[landing[0]], stamped.time_s)
         self._events(detections)
-        return Stamped(detections, time.time(), self._vehicle)
 
-    def _landing_target(self, box: Any) -> None:
+    def _landing_target(self, box: Any, time_s: float) -> None:
         m = self._mavutil.mavlink
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = box.tolist()
         angle_x, angle_y = self.camera.angles((x0 + x1) / 2, (y0 + y1) / 2)
         (left, top), (right, bottom) = self.camera.angles(x0, y0), self.camera.angles(x1, y1)
-        self._send("landing_target", int(time.time() * 1e6), 0, m.MAV_FRAME_BODY_FRD, angle_x, angle_y, 0.0,
+        self._send("landing_target", int(time_s * 1e6), 0, m.MAV_FRAME_BODY_FRD, angle_x, angle_y, 0.0,
                    right - left, bottom - top, 0.0, 0.0, 0.0, [1.0, 0.0, 0.0, 0.0], m.LANDING_TARGET_TYPE_VISION_OTHER,
                    0)
 
@@ -251,10 +263,15 @@ class MavlinkReporter:
         age = None if vehicle is None else time.monotonic() - vehicle.heartbeat_time_s
         return {"endpoint": self.endpoint, "open": self._conn is not None, "vehicle_heartbeat_age_s": age,
                 "vehicle_seen": age is not None and age < VEHICLE_TIMEOUT_S, "sent": dict(self.counts),
-                "last_error": self.last_error}
+                "frames": self._frames.counts(), "last_error": self.last_error or self._frames.last_error}
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued frame's messages are sent (True) or `timeout_s` passes (False)."""
+        return self._frames.flush(timeout_s)
 
     def close(self) -> None:
-        """Stop the heartbeat thread and close the endpoint."""
+        """Send the queued frames (for up to 2 s), stop the threads and close the endpoint."""
+        self._frames.close()
         self._stop.set()
         self._thread.join(timeout=2.0)
         with self._lock:

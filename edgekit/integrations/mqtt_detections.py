@@ -5,8 +5,10 @@ normalised x_min, y_min, x_max, y_max). It goes through the offload side's Broke
 logins work as they do there; QoS 0 by default (a late detection is worth less than the next frame's).
 
 `report()` never waits on the network: it puts the message in a bounded queue, dropping the oldest when full
-(counted in `health()`), and a sender thread hands messages to paho while connected, with at most `window` of
-them not yet written to the socket, so a dead or stalled broker holds at most `queue_size + window` messages.
+(counted in `health()`), and a sender thread, polling the queue every few milliseconds as the other reporters'
+does (`sender.DRAIN_INTERVAL_S`; no wake-up per frame), encodes the JSON and hands messages to paho while
+connected, with at most `window` of them not yet written to the socket, so a dead or stalled broker holds at most
+`queue_size + window` messages.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uuid
 from typing import Any
 
 from edgekit.errors import IntegrationError
+from edgekit.integrations.sender import DRAIN_INTERVAL_S
 from edgekit.offload.connection import BrokerConfig
 from edgekit.offload.protocol import Topics
 from edgekit.runtime.detections import Detections
@@ -47,7 +50,7 @@ class MqttDetections:
         self.counts = {"queued": 0, "published": 0, "dropped": 0}
         self.last_error: str | None = None
         self._frame = 0
-        self._queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
+        self._queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=queue_size)
         self._wake = threading.Condition()
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -80,13 +83,11 @@ class MqttDetections:
         message = {"device_id": self.device_id, "frame": self._frame, "time_s": time.time(),
                    "detections": detections.to_list()}
         self._frame += 1
-        payload = json.dumps(message, separators=(",", ":")).encode()
         with self._wake:
             if len(self._queue) == self._queue.maxlen:
                 self.counts["dropped"] += 1
-            self._queue.append(payload)
+            self._queue.append(message)
             self.counts["queued"] += 1
-            self._wake.notify_all()
         return message
 
     def _send(self) -> None:
@@ -102,9 +103,10 @@ class MqttDetections:
             with self._wake:
                 ready = self._connected.is_set() and len(unwritten) < self.window and self._queue
                 if not ready:
-                    self._wake.wait(0.005 if unwritten else 0.1)
+                    self._wake.wait(DRAIN_INTERVAL_S)
                     continue
-                payload = self._queue.popleft()
+                message = self._queue.popleft()
+            payload = json.dumps(message, separators=(",", ":")).encode()
             info = self._mqtt.publish(self.topic, payload, qos=self.qos)
             if info.rc:  # not connected after all, or paho's own queue full: the message is lost
                 self.counts["dropped"] += 1
