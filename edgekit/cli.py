@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from edgekit.convert.compile_split import SplitCompileReport
     from edgekit.offload.connection import BrokerConfig
 
+DEADLINE_MS = 1000  # `run`/`stream --broker`: each frame answered within this, by the server or the local tail
+
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
@@ -111,8 +113,12 @@ def _compile(args: argparse.Namespace) -> Any:
     if overrides.get("format") == "onnx":
         config = replace(config, channels_last_io=False)
     config = replace(config, **overrides)
-    if (args.split or args.pretrained) and file_format:
-        raise EdgekitError(f"{args.model}: --split and --pretrained take a torch model, not a model file")
+    if args.pretrained and file_format:
+        raise EdgekitError(f"{args.model}: --pretrained takes a registry model, not a model file")
+    if args.codecs and file_format:
+        raise EdgekitError(f"{args.model}: --codecs measures compressed inputs through a torch model, not a file")
+    if args.split and file_format == "onnx":
+        raise EdgekitError(f"{args.model}: --split takes a torch model or a .tflite file, not an .onnx file")
     if (args.server or args.link or args.bandwidth) and not args.split:
         raise EdgekitError("--server, --link and --bandwidth describe a split: pass them with --split auto|LAYER")
     if args.split and not (args.server and args.link):
@@ -120,8 +126,11 @@ def _compile(args: argparse.Namespace) -> Any:
                            "server), e.g. --server x86-server --link wifi")
     report: CompileReport | SplitCompileReport | CompressedCompileReport
     if file_format:
+        layout = args.io_layout.upper() if args.io_layout else None
+        if args.split:
+            return _split_file(args, target, config, layout)
         report = compile_file(args.model, target, args.output, args.calib, args.eval, config, args.max_drop,
-                              args.mean, args.std, args.input_shape, args.io_layout.upper() if args.io_layout else None)
+                              args.mean, args.std, args.input_shape, layout)
     else:
         model = as_torch_model(resolve_module(args.model, **({"pretrained": True} if args.pretrained else {})),
                                args.input_shape, args.calib)
@@ -145,6 +154,22 @@ def _compile(args: argparse.Namespace) -> Any:
             report = compile_int8(model, name, target, args.output, args.calib, args.eval, config, args.max_drop,
                                   mean=args.mean, std=args.std)
     return report
+
+
+def _split_file(args: argparse.Namespace, target: Any, config: Any, layout: str | None) -> Any:
+    """`compile FILE.tflite --split`: the file compiled (or packaged) for the device as usual, then cut in two."""
+    import tempfile
+
+    from edgekit.convert.compile_file import compile_file
+    from edgekit.convert.split_tflite import split_tflite_bundle
+    from edgekit.targets import load_link, load_target
+
+    server, link = load_target(args.server), load_link(args.link)  # checked before the compile's minutes
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled = compile_file(args.model, target, Path(tmp) / "bundle", args.calib, args.eval, config,
+                                args.max_drop, args.mean, args.std, args.input_shape, layout)
+        return split_tflite_bundle(Path(tmp) / "bundle", args.output, server, link, args.split, args.bandwidth,
+                                   compiled=compiled)
 
 
 def cmd_compile_batch(args: argparse.Namespace) -> None:
@@ -350,6 +375,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from edgekit.report.runtime import render_prediction
     from edgekit.runtime.tasks import predict
 
+    deadline_s = _deadline_s(args)
     bundle = load_bundle(args.bundle)
     if args.broker is None:
         result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target,
@@ -361,7 +387,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         keyed = {} if args.fleet_key is None else {"answer_key": load_key(args.fleet_key)}
         with OffloadClient.for_bundle(bundle, _device_broker(args), **keyed) as client:
             result = predict(bundle, args.input, args.backend, args.top, args.threads, args.target, client,
-                             args.deadline_ms / 1000, args.annotate)
+                             deadline_s, args.annotate)
     _emit(args, result, render_prediction(result))
 
 
@@ -370,6 +396,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
     from edgekit.runtime import load
     from edgekit.runtime.stream import stream
 
+    deadline_s = _deadline_s(args)
     with contextlib.ExitStack() as stack:
         if args.broker is None:
             session = load(args.bundle, args.backend, args.target, threads=args.threads)
@@ -382,7 +409,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
             keyed = {} if args.fleet_key is None else {"answer_key": load_key(args.fleet_key)}
             client = stack.enter_context(OffloadClient.for_bundle(bundle, _device_broker(args), **keyed))
             session = load(bundle, args.backend, args.target, threads=args.threads, transport=client,
-                           deadline_s=args.deadline_ms / 1000)
+                           deadline_s=deadline_s, resplit=not args.always_offload)
         reporters: dict[str, Any] = {}  # summary key -> reporter: report() per frame, health() for the summary
         if args.mavlink is not None:
             from edgekit.integrations.mavlink import Camera, MavlinkReporter
@@ -415,6 +442,15 @@ def cmd_stream(args: argparse.Namespace) -> None:
             reporter.flush()  # what is still queued goes out before its counts are read
         summary.update((key, reporter.health()) for key, reporter in reporters.items())
     _emit(args, summary, render_stream(summary))
+
+
+def _deadline_s(args: argparse.Namespace) -> float:
+    """`--deadline-ms` in seconds, refused without `--broker`, as are the other options of an offloading run."""
+    given = [flag for flag, value in (("--deadline-ms", args.deadline_ms), ("--fleet-key", args.fleet_key),
+                                      ("--always-offload", getattr(args, "always_offload", False))) if value]
+    if args.broker is None and given:
+        raise EdgekitError(f"{', '.join(given)} only mean something with --broker (a split bundle's tail on a server)")
+    return (args.deadline_ms or DEADLINE_MS) / 1000
 
 
 def _device_broker(args: argparse.Namespace) -> str | BrokerConfig:
@@ -507,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "boxes, labels and scores drawn")
     p.add_argument("--broker", help="split bundle: run the tail on the edge server behind this MQTT broker "
                                     "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
-    p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
-                                                                       "this many ms (default 1000)")
+    p.add_argument("--deadline-ms", type=_positive, help="with --broker: answer each frame within this many ms "
+                                                         f"(default {DEADLINE_MS})")
     p.add_argument("--credentials", metavar="FILE", help="with --broker: the login file `edgekit serve --listen` "
                                                          "wrote for this device (username=/password= lines or JSON)")
     p.add_argument("--fleet-key", metavar="FILE", help="with --broker: the fleet key file `edgekit serve` uses: sign "
@@ -544,11 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-id", default="camera", help="with --ros2/--record: the header frame_id (default camera)")
     p.add_argument("--broker", help="split detector bundle: run the tail on the edge server behind this MQTT broker "
                                     "(mqtt[s]://host:port, as `edgekit serve` prints); the local tail is the fallback")
-    p.add_argument("--deadline-ms", type=_positive, default=1000, help="with --broker: answer each frame within "
-                                                                       "this many ms (default 1000)")
+    p.add_argument("--deadline-ms", type=_positive, help="with --broker: answer each frame within this many ms "
+                                                         f"(default {DEADLINE_MS})")
     p.add_argument("--fleet-key", metavar="FILE", help="with --broker: the fleet key file `edgekit serve` uses "
                                                        "(default: BUNDLE.secrets/fleet.key beside the bundle, if "
                                                        "there)")
+    p.add_argument("--always-offload", action="store_true", help="with --broker: send every frame to the server "
+                   "(no re-split to the device when the plan says the device is faster; the local tail still "
+                   "answers a frame the server misses)")
     p.add_argument("--backend", choices=backends, help="override the manifest's backend for every stage")
     p.add_argument("--threads", type=_positive, help="backend threads (default: the backend's own)")
     p.add_argument("--target", help="refuse a bundle built for another target profile")
@@ -611,8 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: the model's cfg, else 1)")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
     p.add_argument("--split", metavar="auto|LAYER|CODEC:Q", help="split computing: INT8 head for --target up to "
-                   "LAYER (or the planner's choice), fp32 ONNX tail for --server; CODEC:Q (one of --codecs): the "
-                   "input sent compressed, the whole model on the server")
+                   "LAYER (or the planner's choice), fp32 ONNX tail for --server (a .tflite file: both halves cut "
+                   "from the compiled file, the tail on LiteRT); CODEC:Q (one of --codecs): the input sent "
+                   "compressed, the whole model on the server")
     p.add_argument("--codecs", metavar="CODEC:Q[,...]", help="with --split: also weigh sending the input compressed "
                    "(e.g. jpeg:50,jpeg:75,webp:50), measured on --eval (else --calib) within --max-drop")
     p.add_argument("--server", help="with --split: server profile that runs the tail")

@@ -9,12 +9,12 @@ import pytest
 import torch
 from helpers import run, tiny_net
 
-from edgekit.convert.compile_split import choose_cut, compile_split
+from edgekit.convert.compile_split import compile_split
 from edgekit.convert.split_export import split_model
 from edgekit.errors import SplitError
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
-from edgekit.plan.split import SplitCandidate, SplitPlan
+from edgekit.plan.split import SplitCandidate, SplitPlan, choose_cut
 from edgekit.runtime import load
 from edgekit.targets import load_link, load_target
 

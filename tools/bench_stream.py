@@ -5,7 +5,9 @@ can be processed, with the mean boxes per frame.
 Rows: the tiny detector (models/detector.py, untrained: its boxes are noise, its cost is real) as an FP32 ONNX bundle
 and as a split bundle (INT8 head to backbone.13.add, FP32 tail) run all here and with the tail over MQTT (a
 Mosquitto and an OffloadServer of the tail on loopback, every frame offloaded: resplit off); BlazeFace short-range
-FP32 and INT8 (tools/blazeface_bundle.py; vtest has no faces near the camera, so few boxes); and OpenCV's built-in
+FP32 and INT8 (tools/blazeface_bundle.py; vtest has no faces near the camera, so few boxes), and the INT8 one cut in
+two after `blazeface_bundle.SPLIT_AT` (edgekit.convert.split_tflite), run all here and with the tail over MQTT as
+the tiny detector's; and OpenCV's built-in
 HOG people detector (`HOGDescriptor_getDefaultPeopleDetector`, detectMultiScale at winStride 8) as the classical
 reference, timed on the same frames, its people per frame counted.
 
@@ -164,9 +166,15 @@ def measure(source: Path, frames: int) -> list[dict[str, Any]]:
                              frames)]
         with offloaded(tiny["split"]) as session:
             rows.append(detector_row("tiny detector split, tail over MQTT (loopback)", session, source, frames))
+        bf_int8 = blazeface_bundle.int8_bundle(root / "bf_int8")
+        bf_split = blazeface_bundle.split(bf_int8, root / "bf_split")
         rows += [detector_row("BlazeFace FP32", load(blazeface_bundle.bundle(root / "bf_fp32")), source, frames),
-                 detector_row("BlazeFace INT8", load(blazeface_bundle.int8_bundle(root / "bf_int8")), source, frames),
-                 hog_row(source, frames)]
+                 detector_row("BlazeFace INT8", load(bf_int8), source, frames),
+                 detector_row(f"BlazeFace INT8 split after {blazeface_bundle.SPLIT_AT}, all here", load(bf_split),
+                              source, frames)]
+        with offloaded(bf_split) as session:
+            rows.append(detector_row("BlazeFace INT8 split, tail over MQTT (loopback)", session, source, frames))
+        rows.append(hog_row(source, frames))
     return rows
 
 

@@ -1,8 +1,11 @@
 """BlazeFace short-range (tools/blazeface.py's float .tflite, real MediaPipe weights) as a detector bundle, FP32 or
 INT8: pixels to [-1, 1], one label 'face', and the decoder of MediaPipe's face_detection_short_range graph.
 
-    python tools/blazeface_bundle.py OUT [--target rpi4] [--int8 [--calib FOLDER]]
+    python tools/blazeface_bundle.py OUT [--target rpi4] [--int8 [--calib FOLDER]] [--split [LAYER]]
     then: edgekit run OUT --input face.png --annotate a.png
+
+`--split` cuts the bundle in two (`edgekit.convert.split_tflite`): the head up to LAYER (default `SPLIT_AT`) for the
+device, the tail for an edge server (`edgekit serve OUT`), and `edgekit stream OUT --broker URL` offloads the tail.
 
 INT8 goes through the float-.tflite compile path (`compile_file`: ai-edge-quantizer, full integer, int8 input and
 outputs), calibrated on a folder of images, by default the offline ones of `blazeface.calibration_images`.
@@ -18,16 +21,18 @@ import blazeface
 
 from edgekit.convert.compile_file import compile_file
 from edgekit.convert.float_bundle import bundle_float_file
+from edgekit.convert.split_tflite import split_tflite_bundle
 from edgekit.formats.bundle import InputPreprocessing
 from edgekit.formats.detection import DetectionSpec
 from edgekit.runtime.anchors import BLAZEFACE_SHORT_RANGE
-from edgekit.targets import load_target
+from edgekit.targets import load_link, load_target
 
 DETECTION = DetectionSpec("ssd_anchors", ("regressors", "classificators"), score_threshold=blazeface.SCORE_THRESHOLD,
                           iou_threshold=blazeface.NMS_IOU, nms="weighted", max_detections=100,
                           anchors=BLAZEFACE_SHORT_RANGE)
 PREPROCESSING = InputPreprocessing("NHWC", 3, blazeface.INPUT_SIZE, blazeface.INPUT_SIZE, 1 / 127.5, (1.0,), (1.0,))
 CALIBRATION_IMAGES = 130  # all of blazeface.calibration_images: mirrored and cropped faces, other scenes, LFW 50+
+SPLIT_AT = "add_31"  # the smallest single-tensor cut: 16x16x48 (12 KB in int8), before the two heads branch off
 
 
 def bundle(out: str | Path, target: str = "rpi4", detection: DetectionSpec | None = DETECTION) -> Path:
@@ -57,6 +62,13 @@ def int8_bundle(out: str | Path, calibration: str | Path | None = None, target: 
     return Path(out)
 
 
+def split(source: str | Path, out: str | Path, layer: str = SPLIT_AT, server: str = "x86-server",
+          link: str = "wifi") -> Path:
+    """The bundle `source` cut after `layer` into a split bundle at `out` (head here, tail on `server`)."""
+    split_tflite_bundle(source, out, load_target(server), load_link(link), layer)
+    return Path(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="bundle folder or .ekb file to write")
@@ -64,11 +76,18 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="quantize to full integer (the float-.tflite compile)")
     parser.add_argument("--calib", metavar="FOLDER", help="with --int8: calibration images (default: the "
                                                           f"{CALIBRATION_IMAGES} offline ones of tools/blazeface.py)")
+    parser.add_argument("--split", nargs="?", const=SPLIT_AT, metavar="LAYER",
+                        help=f"a split bundle: head up to LAYER (default {SPLIT_AT}) here, the tail on a server")
     args = parser.parse_args()
     if args.calib is not None and not args.int8:
         parser.error("--calib goes with --int8")
-    written = int8_bundle(args.out, args.calib, args.target) if args.int8 else bundle(args.out, args.target)
-    print(f"BlazeFace {'INT8' if args.int8 else 'FP32'} detector bundle written to {written}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "whole" if args.split else args.out
+        written = int8_bundle(out, args.calib, args.target) if args.int8 else bundle(out, args.target)
+        if args.split:
+            written = split(written, args.out, args.split)
+    print(f"BlazeFace {'INT8' if args.int8 else 'FP32'} {'split ' if args.split else ''}detector bundle written to "
+          f"{written}")
 
 
 if __name__ == "__main__":

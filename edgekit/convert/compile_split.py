@@ -47,7 +47,7 @@ from edgekit.errors import ConversionError, SplitError
 from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
 from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
 from edgekit.graph.from_torch import from_torch
-from edgekit.plan.split import SplitCandidate, SplitPlan, check_cut, deployable_cut, plan_split
+from edgekit.plan.split import SplitCandidate, SplitPlan, choose_cut, plan_split
 from edgekit.report.fidelity import render_fidelity, render_warnings
 from edgekit.runtime.backends import FloatRunner, open_model
 from edgekit.targets import Device, Link
@@ -108,25 +108,6 @@ class SplitCompileReport:
         if self.mcu is not None:
             lines.append(f"head on tflite-micro: arena {self.mcu.arena_bytes:,} B measured; {self.mcu.verdict}")
         return "\n".join(lines + render_warnings(self.warnings))
-
-
-def choose_cut(plan: SplitPlan, split: str) -> SplitCandidate:
-    """The cut to deploy: the planner's best single-tensor cut (`auto`) or the one after layer `split`.
-
-    All-device and all-server are refused with the plain compile that fits them: a split bundle has
-    one stage on each side.
-    """
-    cut = deployable_cut(plan) if split == "auto" else check_cut(plan, split)
-    layers = len(plan.candidates) - 1
-    baseline = f"{'all on the device' if cut.device_layers else 'all on the server'} " \
-               f"({1000 * cut.total_seconds:.1f} ms)"
-    if cut.device_layers in (0, layers):
-        chosen = "the planner's best is" if split == "auto" else f"cutting after '{split}' means"
-        target = plan.device if cut.device_layers else plan.server
-        raise SplitError(f"{plan.model}: {chosen} {baseline}, so there is nothing to split; compile a single-stage "
-                         f"bundle with `edgekit compile {plan.model} --target {target} --int8 ...`, or pass "
-                         "--split LAYER to force a cut")
-    return cut
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ artifacts, arena plans, latency prefixes) alike.
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,38 @@ def pack_model(model: Any) -> bytes:
     builder = Builder(1024 * 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def extract_model(model: Any, ops: list[int], inputs: list[int], outputs: list[int]) -> Any:
+    """A model of its own made of subgraph 0's operators `ops` (indices, run in that order), taking the tensors
+    `inputs` and giving `outputs`: only the tensors and buffers they use, renumbered; operator codes as they are."""
+    sub = model.subgraphs[0]
+    tensors: list[Any] = []
+    remap: dict[int, int] = {}
+
+    def index(t: int) -> int:
+        if t < 0:  # an optional input left out
+            return t
+        if t not in remap:
+            remap[t] = len(tensors)
+            tensors.append(copy.deepcopy(sub.tensors[t]))
+        return remap[t]
+
+    part = schema().SubGraphT()
+    part.inputs = np.array([index(int(t)) for t in inputs], np.int32)
+    part.operators = []
+    for i in ops:
+        op = copy.deepcopy(sub.operators[i])
+        op.inputs = np.array([index(int(t)) for t in op.inputs], np.int32)
+        op.outputs = np.array([index(int(t)) for t in op.outputs], np.int32)
+        part.operators.append(op)
+    part.outputs = np.array([index(int(t)) for t in outputs], np.int32)
+    part.tensors, part.name = tensors, sub.name
+    used = sorted({0} | {int(t.buffer) for t in tensors})  # buffer 0 is the schema's empty sentinel
+    renumber = {b: i for i, b in enumerate(used)}
+    for t in tensors:
+        t.buffer = renumber[int(t.buffer)]
+    out = copy.copy(model)
+    out.subgraphs, out.buffers = [part], [model.buffers[b] for b in used]
+    out.signatureDefs, out.metadata, out.metadataBuffer = None, None, None
+    return out

@@ -330,6 +330,25 @@ def deployable_cut(plan: SplitPlan) -> SplitCandidate:
     return min(usable, key=lambda c: _rank(c, plan.objective))
 
 
+def choose_cut(plan: SplitPlan, split: str) -> SplitCandidate:
+    """The cut to deploy: the planner's best single-tensor cut (`auto`) or the one after layer `split`.
+
+    All-device and all-server are refused with the plain compile that fits them: a split bundle has
+    one stage on each side.
+    """
+    cut = deployable_cut(plan) if split == "auto" else check_cut(plan, split)
+    layers = len(plan.candidates) - 1
+    baseline = f"{'all on the device' if cut.device_layers else 'all on the server'} " \
+               f"({1000 * cut.total_seconds:.1f} ms)"
+    if cut.device_layers in (0, layers):
+        chosen = "the planner's best is" if split == "auto" else f"cutting after '{split}' means"
+        target = plan.device if cut.device_layers else plan.server
+        raise SplitError(f"{plan.model}: {chosen} {baseline}, so there is nothing to split; compile a single-stage "
+                         f"bundle with `edgekit compile {plan.model} --target {target} --int8 ...`, or pass "
+                         "--split LAYER to force a cut")
+    return cut
+
+
 def _with_uplink(link: Link, bps: float) -> Link:
     return replace(link, uplink=Quantity(bps, _format_bps(bps), estimate="what-if bandwidth"))
 
