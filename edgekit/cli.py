@@ -115,6 +115,9 @@ def _compile(args: argparse.Namespace) -> Any:
     config = replace(config, **overrides)
     if args.pretrained and file_format:
         raise EdgekitError(f"{args.model}: --pretrained takes a registry model, not a model file")
+    if (args.labels or args.detection) and not file_format:
+        raise EdgekitError(f"{args.model}: --labels and --detection describe a model file; a registry model's "
+                           "labels come from its cfg")
     if args.codecs and file_format:
         raise EdgekitError(f"{args.model}: --codecs measures compressed inputs through a torch model, not a file")
     if args.split and file_format == "onnx":
@@ -130,7 +133,7 @@ def _compile(args: argparse.Namespace) -> Any:
         if args.split:
             return _split_file(args, target, config, layout)
         report = compile_file(args.model, target, args.output, args.calib, args.eval, config, args.max_drop,
-                              args.mean, args.std, args.input_shape, layout)
+                              args.mean, args.std, args.input_shape, layout, *_file_metadata(args))
     else:
         model = as_torch_model(resolve_module(args.model, **({"pretrained": True} if args.pretrained else {})),
                                args.input_shape, args.calib)
@@ -156,6 +159,33 @@ def _compile(args: argparse.Namespace) -> Any:
     return report
 
 
+def _file_metadata(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, Any]:
+    """`--labels` (one name per line) and `--detection` (a DetectionSpec as JSON, validated; never evaluated)."""
+    from edgekit.formats.detection import DetectionSpec
+
+    labels = detection = None
+    if args.labels:
+        labels = tuple(line.strip() for line in _text(args.labels).splitlines() if line.strip())
+        if not labels:
+            raise EdgekitError(f"{args.labels}: no labels in the file (one class name per line)")
+    if args.detection:
+        try:
+            data = json.loads(_text(args.detection))
+        except json.JSONDecodeError as exc:
+            raise EdgekitError(f"{args.detection}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        detection = DetectionSpec.from_dict(data, args.detection)
+    return labels, detection
+
+
+def _text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgekitError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{path}: not UTF-8 text") from None
+
+
 def _split_file(args: argparse.Namespace, target: Any, config: Any, layout: str | None) -> Any:
     """`compile FILE.tflite --split`: the file compiled (or packaged) for the device as usual, then cut in two."""
     import tempfile
@@ -167,7 +197,7 @@ def _split_file(args: argparse.Namespace, target: Any, config: Any, layout: str 
     server, link = load_target(args.server), load_link(args.link)  # checked before the compile's minutes
     with tempfile.TemporaryDirectory() as tmp:
         compiled = compile_file(args.model, target, Path(tmp) / "bundle", args.calib, args.eval, config,
-                                args.max_drop, args.mean, args.std, args.input_shape, layout)
+                                args.max_drop, args.mean, args.std, args.input_shape, layout, *_file_metadata(args))
         return split_tflite_bundle(Path(tmp) / "bundle", args.output, server, link, args.split, args.bandwidth,
                                    compiled=compiled)
 
@@ -648,6 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: the model's cfg, else 0)")
     p.add_argument("--std", type=_floats, help="image preprocessing: per-channel std after scaling to [0, 1] "
                                                "(default: the model's cfg, else 1)")
+    p.add_argument("--labels", metavar="FILE", help="a model file: its class names, one per line (a registry "
+                                                    "model's come from its cfg)")
+    p.add_argument("--detection", metavar="FILE.json", help="a model file: how its outputs decode into boxes, the "
+                   "manifest's 'detection' record as JSON (decoder, outputs, thresholds, anchors or grid)")
     p.add_argument("--pretrained", action="store_true", help="registry models: load bundled weights")
     p.add_argument("--split", metavar="auto|LAYER|CODEC:Q", help="split computing: INT8 head for --target up to "
                    "LAYER (or the planner's choice), fp32 ONNX tail for --server (a .tflite file: both halves cut "

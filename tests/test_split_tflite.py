@@ -77,16 +77,32 @@ def test_a_cut_that_two_tensors_cross_is_refused_by_name(bundles: dict[str, Path
         cut_tflite(model, int(graph.inputs[0].name[1:]))
 
 
-def test_compile_splits_a_float_tflite_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+def test_compile_splits_a_float_tflite_file_with_its_labels_and_decoder(capsys: pytest.CaptureFixture,
+                                                                         tmp_path: Path) -> None:
+    from PIL import Image
+
     calib = blazeface_bundle.save_calibration(tmp_path / "calib", 20)
+    (tmp_path / "labels.txt").write_text("face\n")
+    (tmp_path / "detection.json").write_text(json.dumps(blazeface_bundle.DETECTION.to_dict()))
     code, out, err = run(capsys, "compile", str(blazeface.model_path()), "--target", "rpi4", "--int8", "--calib",
-                         str(calib), "--split", blazeface_bundle.SPLIT_AT, "--server", "x86-server", "--link", "wifi",
-                         "-o", str(tmp_path / "split"), "--json")
+                         str(calib), "--mean", "0.5", "--std", "0.5", "--labels", str(tmp_path / "labels.txt"),
+                         "--detection", str(tmp_path / "detection.json"), "--split", blazeface_bundle.SPLIT_AT,
+                         "--server", "x86-server", "--link", "wifi", "-o", str(tmp_path / "split"), "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["compiled"]["calibration_samples"] == 20 and report["dtype"] == "int8"
     assert report["payload_bytes"] == 16 * 16 * 48 and report["checked_inputs"] >= 1
-    assert [s.name for s in load(tmp_path / "split").manifest.stages] == ["head", "tail"]
+    manifest = load(tmp_path / "split").manifest
+    assert [s.name for s in manifest.stages] == ["head", "tail"]
+    assert manifest.detection == blazeface_bundle.DETECTION and manifest.labels == ("face",)
+    Image.fromarray(blazeface.test_image("astronaut")).save(tmp_path / "astronaut.png")
+    code, out, err = run(capsys, "run", str(tmp_path / "split"), "--input", str(tmp_path / "astronaut.png"), "--json")
+    assert code == 0, err
+    assert [d["label"] for d in json.loads(out)["results"][0]["detections"]] == ["face"]
+    (tmp_path / "detection.json").write_text("{'decoder': 'grid'}")  # Python, not JSON: refused, never evaluated
+    code, out, err = run(capsys, "compile", str(blazeface.model_path()), "--target", "rpi4", "--int8", "--calib",
+                         str(calib), "--detection", str(tmp_path / "detection.json"), "-o", str(tmp_path / "bad"))
+    assert code == 2 and "detection.json: not JSON" in err and not (tmp_path / "bad").exists()
     code, _, err = run(capsys, "compile", str(tmp_path / "model.onnx"), "--target", "rpi4", "--int8", "--calib",
                        str(calib), "--split", "auto", "--server", "x86-server", "--link", "wifi", "-o",
                        str(tmp_path / "onnx_split"))

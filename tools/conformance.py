@@ -95,7 +95,9 @@ Columns (calibration: {CALIB_SAMPLES} generated uniform samples in the model's i
   the instructions QEMU counted for one inference.
 - **split compile**: `--split auto --server {SPLIT_SERVER} --link {SPLIT_LINK}`: the planner's cut and payload;
   where the planner keeps the whole model on one side ("nothing to split"), the valid one-tensor cut with the
-  smallest payload from `edgekit plan split --json` is forced with `--split LAYER` (marked "forced").
+  smallest payload from `edgekit plan split --json` is forced with `--split LAYER` (marked "forced"). A .tflite
+  file is compiled and its INT8 flatbuffer cut in two (`edgekit.convert.split_tflite`, checked bit-exact against
+  the unsplit file); its forced cut comes from the plan on that INT8 file.
 - **edgekit run**: `edgekit run BUNDLE --input x.npy` on the TFLite INT8 bundle (the MCU bundle for an INT8
   .tflite), one generated frame.
 
@@ -380,14 +382,16 @@ def _skip(column: str, why: str) -> Cell:
     return Cell(column, "skip", why)
 
 
-def split_cell(compile_cell: Callable[..., Cell], model: str, shape_args: list[str], timeout: float) -> Cell:
-    """Split compile at the planner's cut; where it keeps the model on one side, at `forced_cut` instead."""
+def split_cell(compile_cell: Callable[..., Cell], model: str, shape_args: list[str], timeout: float,
+               plan_model: str | None = None) -> Cell:
+    """Split compile at the planner's cut; where it keeps the model on one side, at `forced_cut` of the plan
+    on `plan_model` (default `model`; a .tflite file is cut in its INT8 form, so that is what names its layers)."""
     link = ("--server", SPLIT_SERVER, "--link", SPLIT_LINK)
     auto = compile_cell("split", TFLITE_TARGET, split_figure, "--split", "auto", *link)
     if auto.status == "ok" or "nothing to split" not in auto.text:
         return auto
-    plan = run_cell("split", cli("plan", "split", model, *shape_args, "--device", TFLITE_TARGET, *link), timeout,
-                    forced_cut)
+    plan = run_cell("split", cli("plan", "split", plan_model or model, *shape_args, "--device", TFLITE_TARGET, *link),
+                    timeout, forced_cut)
     if plan.status != "ok":
         return plan
     forced = compile_cell("split", TFLITE_TARGET, split_figure, "--split", plan.text, *link)
@@ -457,7 +461,8 @@ def run_subject(subject: Subject, work: Path, timeout: float, report: Callable[[
     calib = _inputs(folder / "calib.npy", shape, CALIB_SAMPLES, subject.value_range, 0)
 
     def compile_cell(column: str, target: str, figure: Callable[[Any], str], *extra: str) -> Cell:
-        argv = cli("compile", model, *shape_args, "--target", target, "--int8", "--calib", str(calib), *extra,
+        calibrated = () if subject.int8 else ("--calib", str(calib))  # an INT8 file is packaged as it is
+        argv = cli("compile", model, *shape_args, "--target", target, "--int8", *calibrated, *extra,
                    "-o", str(folder / column))
         return run_cell(column, argv, timeout, figure)
 
@@ -491,8 +496,10 @@ def run_subject(subject: Subject, work: Path, timeout: float, report: Callable[[
 
     if subject.make is None:
         done(split_cell(compile_cell, model, shape_args, timeout))
-    else:
-        done(_skip("split", "n/a: split compile takes a torch model (the tail is exported to ONNX)"))
+    elif int8_model is None:
+        done(_skip("split", f"needs a ✓ in {COLUMNS['tflite']}"))
+    else:  # the file compiled and its INT8 flatbuffer cut in two
+        done(split_cell(compile_cell, model, shape_args, timeout, str(int8_model)))
 
     bundle_cell, bundle = (mcu, folder / "mcu") if subject.int8 else (tflite, folder / "tflite")
     if bundle_cell.status != "ok":
