@@ -25,7 +25,7 @@ from edgekit.mcu.build import build_host, build_qemu, elf_sizes, qemu_command, r
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.deploy import tflm_outputs
 from edgekit.mcu.fixedpoint import mean_multiplier, quantize_multiplier
-from edgekit.mcu.patched import generate_patched, image_kept_bytes
+from edgekit.mcu.patched import generate_patched
 from edgekit.memory import activation_memory
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
@@ -293,9 +293,9 @@ def test_patched_c_equals_layer_by_layer_c_and_tflite_micro(name: str, resident:
     np.testing.assert_array_equal(got.outputs, want)
     np.testing.assert_array_equal(got.outputs, layer_by_layer.outputs)
     assert patched.arena_lower_bound_bytes <= patched.arena_bytes < layered.arena_bytes
-    # the planner's accounting (pads folded, depthwise in place), the patched image kept through the stage
+    # the planner's accounting (pads folded, depthwise in place; a resident image kept through the stage)
     assert layered.arena_bytes == activation_memory(from_tflite(path)).peak_bytes
-    assert patched.arena_bytes == image_kept_bytes(path, plan)  # streamed: the plan's peak itself
+    assert patched.arena_bytes == plan.chosen.peak_bytes
     assert ("ek_model_read_window(" in source) != resident
     assert patched.weight_flash_bytes == layered.weight_flash_bytes  # every patch calls the same constants
 

@@ -86,7 +86,8 @@ def test_bad_model_files_are_one_line_errors(capsys: pytest.CaptureFixture, tmp_
 @pytest.mark.parametrize("extra, message", [
     (["--format", "onnx"], "a .tflite file compiles to tflite, not onnx; pass --format tflite"),
     (["--input-shape", "1,3,64,64"], "fixed input shape (1, 3, 32, 32); --input-shape (1, 3, 64, 64) differs"),
-    (["--split", "auto", "--server", "x86-server", "--link", "wifi"], "--split and --pretrained take a torch model"),
+    (["--pretrained"], "--pretrained takes a registry model, not a model file"),
+    (["--labels", "missing.txt"], "cannot read missing.txt"),
     (["--data-free"], "data-free calibration needs a torch model"),
     (["--calib", "NHWC"], "calibration samples have shape (32, 32, 3), the model expects (3, 32, 32)"),
 ])

@@ -8,8 +8,7 @@ firmware under QEMU's MPS2 board for the core), and the instructions one inferen
 edgekit's patch schedule compiled in (`edgekit.mcu.deploy.patch_plan`: the planner under the board's budget,
 patched even when layer by layer fits), the image streamed window by window (the planner's default accounting,
 the paper's) or held resident in the arena. Beside each, the planner's predicted peak: layer by layer for (c),
-the plan's for (d), and for the resident image that peak with the image kept through the whole stage (the
-planner frees it after the first layer, but every later patch reads it again).
+the plan's for (d) (a resident image counted live through the whole stage, as every patch reads it again).
 
 Models are quantized for the target (full integer, NHWC int8 I/O); digits_cnn with its trained weights, the others
 with random ones (sizes do not depend on them).
@@ -33,7 +32,6 @@ from edgekit.convert.mcu import measure_arena
 from edgekit.convert.quantize import quantize
 from edgekit.errors import EdgekitError
 from edgekit.mcu.deploy import codegen, patch_plan
-from edgekit.mcu.patched import image_kept_bytes
 from edgekit.models import create_model
 from edgekit.report.table import table
 from edgekit.targets import load_target
@@ -67,8 +65,7 @@ def measure(name: str, target_name: str, workdir: Path) -> list[dict]:
         row["planner_bytes"] = streamed.layer_by_layer_peak_bytes
         if patch is not None and patch.chosen is not None:
             row |= {"build": f"{kind} {patch.chosen.grid}x{patch.chosen.grid}",
-                    "planner_bytes": patch.chosen.peak_bytes,
-                    "planner_image_kept_bytes": image_kept_bytes(path, patch) if patch.input_resident else None}
+                    "planner_bytes": patch.chosen.peak_bytes}
         rows.append(row)
     return rows
 
@@ -80,12 +77,10 @@ def render(rows: list[dict]) -> str:
             return "yes" if value else "NO"
         return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
-    keys = ("tflite_bytes", "tflm_arena_bytes", "arena_bytes", "planner_bytes", "planner_image_kept_bytes",
-            "stack_bytes", "text", "data", "bss",
+    keys = ("tflite_bytes", "tflm_arena_bytes", "arena_bytes", "planner_bytes", "stack_bytes", "text", "data", "bss",
             "deployable_flash_bytes", "deployable_sram_bytes", "instructions_per_inference", "verdict", "exact_host",
             "exact_qemu")
-    heads = ("model", "build", ".tflite B", "TFLM arena B", "C arena B", "planner peak B", "planner, image kept B",
-             "stack B (QEMU)", "text",
+    heads = ("model", "build", ".tflite B", "TFLM arena B", "C arena B", "planner peak B", "stack B (QEMU)", "text",
              "data", "bss", "deployable flash B", "deployable SRAM B", "instructions (QEMU)", "board (linker)",
              "host exact", "QEMU exact")
     done = [r for r in rows if "refused" not in r]

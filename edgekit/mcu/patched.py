@@ -17,15 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit.errors import PlanError, UnsupportedOpError
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.mcu.codegen import GeneratedC, call, plane, write_sources
 from edgekit.mcu.layers import KERNELS, Layer, Rect, window
 from edgekit.mcu.memory import Steps, steps
 from edgekit.mcu.operators import Operators, read_operators
-from edgekit.plan.patch import PatchPlan, Region, clip_region, patched_live_bytes, window_region
+from edgekit.plan.patch import PatchPlan, Region, clip_region, window_region
 
 
 def stage_tensor(tflite_path: Path, plan: PatchPlan) -> int:
@@ -37,17 +35,6 @@ def stage_tensor(tflite_path: Path, plan: PatchPlan) -> int:
         raise PlanError(f"{tflite_path}: the plan's stage ({plan.stage_layers[-1]!r} last) is not this model's first "
                         "layers; plan on from_tflite(<this file>)")
     return int(layers[-1].output[1:])
-
-
-def image_kept_bytes(tflite_path: Path, plan: PatchPlan) -> int:
-    """The plan's peak with the image live through the whole stage, as the generated C holds a resident image: the
-    planner frees it after the first layer, but every later patch reads it again (a streamed plan's own peak)."""
-    graph = from_tflite(tflite_path)
-    live = patched_live_bytes(graph, plan)
-    if not plan.input_resident:
-        return max(live)
-    image, stage = int(np.prod(graph.inputs[0].shape)), len(plan.stage_layers)
-    return max(live[0], *(b + image for b in live[1:stage]), *live[stage:])
 
 
 def _hw(ops: Operators, tensor: int) -> tuple[int, int]:

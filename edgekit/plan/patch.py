@@ -174,7 +174,8 @@ def stage_ends(graph: Graph) -> list[int]:
 
 def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], window: Region,
                 input_resident: bool, policy: MemoryPolicy) -> list[int]:
-    """Live int8 bytes at each stage layer while one patch runs (its output tile goes to the stage buffer)."""
+    """Live int8 bytes at each stage layer while one patch runs (its output tile goes to the stage buffer). A
+    resident image stays live through the whole stage: every later patch reads it again."""
     inputs = [spec.name for spec in graph.inputs]
 
     def size_of(tensor: str) -> int:
@@ -188,7 +189,7 @@ def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], wi
     def padded_of(layer: Layer) -> int:  # the patch's padded window: its input region, before clipping
         return _area(input_region(layer, regions.get(layer.output, (0, 0, 0, 0)))) * layer.input_shapes[0][1]
 
-    return live_bytes(stage, inputs, [], size_of, policy, padded_of)
+    return live_bytes(stage, inputs, inputs if input_resident else [], size_of, policy, padded_of)
 
 
 def evaluate(graph: Graph, end: int, grid: int, input_resident: bool = False,
