@@ -17,14 +17,14 @@ from edgekit.convert.config import Int8Config
 from edgekit.convert.quantize import quantize
 from edgekit.errors import PlanError, UnsupportedOpError
 from edgekit.formats import quant
-from edgekit.formats.tflite import op_name, pack_model, parse_model
+from edgekit.formats.tflite import op_name, pack_model, parse_model, schema
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.mcu.arena import overlapping, plan_buffers
 from edgekit.mcu.board import QEMU_STACK_BYTES
 from edgekit.mcu.build import build_host, build_qemu, elf_sizes, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.deploy import tflm_outputs
-from edgekit.mcu.fixedpoint import mean_multiplier, quantize_multiplier
+from edgekit.mcu.fixedpoint import mean_multiplier, nearest_indices, quantize_multiplier
 from edgekit.mcu.patched import generate_patched
 from edgekit.memory import activation_memory
 from edgekit.models import create_model
@@ -178,6 +178,138 @@ def test_lookup_tables_equal_tflite_micro_on_every_int8_value(activation: nn.Mod
     assert len(np.unique(want)) > 100  # the table's whole range, not a constant
     got = run_records([str(build_host(generated, tmp_path / "unary"))], x, 256, timeout_s=60)
     np.testing.assert_array_equal(got.outputs, want)
+
+
+class Graph:
+    """A one-subgraph .tflite built tensor by tensor (what a converter would write, with scales and zero points of
+    the test's choosing): int8 activations quantized per tensor, int8 or int32 constants."""
+
+    def __init__(self) -> None:
+        self.s = schema()
+        self.tensors: list[object] = []
+        self.buffers = [self.s.BufferT()]  # buffer 0: empty, for every activation
+        self.operators: list[object] = []
+        self.codes: list[str] = []
+
+    def tensor(self, shape: tuple[int, ...], scale: float | None = None, zero_point: int = 0,
+               data: np.ndarray | None = None) -> int:
+        t = self.s.TensorT()
+        t.name, t.shape, t.buffer = f"t{len(self.tensors)}".encode(), np.array(shape, np.int32), 0
+        t.type = self.s.TensorType.INT32 if data is not None and data.dtype == np.int32 else self.s.TensorType.INT8
+        if scale is not None:
+            t.quantization = self.s.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = np.float32([scale]), np.int64([zero_point])
+        if data is not None:
+            buffer = self.s.BufferT()
+            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+            t.buffer = len(self.buffers)
+            self.buffers.append(buffer)
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def op(self, name: str, inputs: list[int], output: int, options: object = None) -> int:
+        if name not in self.codes:
+            self.codes.append(name)
+        op = self.s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = self.codes.index(name), np.int32(inputs), np.int32([output])
+        if options is not None:
+            op.builtinOptionsType = getattr(self.s.BuiltinOptions, type(options).__name__[:-1])
+            op.builtinOptions = options
+        self.operators.append(op)
+        return output
+
+    def pack(self, path: Path, graph_input: int, graph_output: int) -> Path:
+        graph = self.s.SubGraphT()
+        graph.tensors, graph.operators = self.tensors, self.operators
+        graph.inputs, graph.outputs = np.int32([graph_input]), np.int32([graph_output])
+        codes = []
+        for name in self.codes:
+            code = self.s.OperatorCodeT()
+            code.builtinCode = getattr(self.s.BuiltinOperator, name)
+            code.deprecatedBuiltinCode, code.version = min(code.builtinCode, 127), 1
+            codes.append(code)
+        model = self.s.ModelT()
+        model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, codes, [graph], self.buffers
+        path.write_bytes(pack_model(model))
+        return path
+
+
+def _equals_tflite_micro(path: Path, x: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """Run `x` through the host build of `path`'s generated C, assert it equals tflite-micro's output; that output."""
+    generated = generate(path.read_bytes(), tmp_path / "c", path.name)
+    want = _tflm(path, x)
+    got = run_records([str(build_host(generated, tmp_path / "exe"))], x, want.shape[1], timeout_s=60)
+    np.testing.assert_array_equal(got.outputs, want)
+    return want
+
+
+# (input scale, zero point) -> (output scale, zero point): ratios of exactly 1/2 (every odd input a tie), 2 and 4
+# (the multiplier shifted up), odd ones both ways, and a zero point at the int8 edge
+REQUANTIZE = [((0.25, 3), (0.5, -7)), ((0.5, -20), (0.25, 11)), ((0.0371, -20), (0.0123, 45)),
+              ((0.02, 0), (0.0377, -128)), ((0.1, 127), (0.0625, 0))]
+
+
+@pytest.mark.parametrize(("source", "target"), REQUANTIZE)
+def test_quantize_int8_to_int8_equals_tflite_micro_on_every_int8_value(source: tuple[float, int],
+                                                                        target: tuple[float, int],
+                                                                        tmp_path: Path) -> None:
+    g = Graph()
+    x = g.tensor((1, 16, 16, 1), *source)
+    path = g.pack(tmp_path / "quantize.tflite", x, g.op("QUANTIZE", [x], g.tensor((1, 16, 16, 1), *target)))
+    ramp = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 16, 16, 1)
+    want = _equals_tflite_micro(path, np.concatenate([ramp, ramp[:, :, ::-1]]), tmp_path)
+    assert len(np.unique(want)) > 40  # a requantization, not a constant
+
+
+@pytest.mark.parametrize(("scales", "activation"), [((0.02, 0.031, 0.05, 0.017, 0.04, 0.06), 0),
+                                                    ((0.05, 0.02, 0.06, 0.01, 0.05, 0.06), 1)], ids=["none", "relu"])
+def test_sub_broadcasting_either_input_equals_tflite_micro(scales: tuple[float, ...], activation: int,
+                                                           tmp_path: Path) -> None:
+    """x - full (same shapes), then - a per-channel constant (input 2 broadcast), then a per-row constant minus it
+    (input 1 broadcast): three SUBs, each with its own scales and zero points, on seeded random inputs."""
+    rng = np.random.default_rng(4)
+    sx, sk, s1, sc, s2, sr = scales
+    g, shape = Graph(), (1, 4, 5, 8)
+
+    def constant(dims: tuple[int, ...], scale: float, zero_point: int) -> int:
+        return g.tensor(dims, scale, zero_point, rng.integers(-128, 128, dims, dtype=np.int8))
+
+    def sub(a: int, b: int, scale: float, zero_point: int) -> int:
+        options = g.s.SubOptionsT()
+        options.fusedActivationFunction = activation
+        return g.op("SUB", [a, b], g.tensor(shape, scale, zero_point), options)
+
+    x = g.tensor(shape, sx, 9)
+    first = sub(x, constant(shape, sk, -5), s1, -3)
+    second = sub(first, constant((1, 1, 1, 8), sc, 17), s2, 6)
+    path = g.pack(tmp_path / "sub.tflite", x, sub(constant((1, 4, 1, 1), sr, -30), second, s1, 2))
+    x_in = rng.integers(-128, 128, (6, *shape), dtype=np.int8)
+    want = _equals_tflite_micro(path, x_in, tmp_path)
+    assert len({row.tobytes() for row in want}) == len(x_in) and len(np.unique(want)) > 20
+
+
+@pytest.mark.parametrize(("align_corners", "half_pixel_centers"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(("size_in", "size_out"), [((5, 7), (12, 10)), ((7, 9), (3, 4))], ids=["up", "down"])
+def test_resize_nearest_equals_tflite_micro(align_corners: bool, half_pixel_centers: bool,
+                                            size_in: tuple[int, int], size_out: tuple[int, int],
+                                            tmp_path: Path) -> None:
+    g = Graph()
+    x = g.tensor((1, *size_in, 3), 0.05, -4)
+    options = g.s.ResizeNearestNeighborOptionsT()
+    options.alignCorners, options.halfPixelCenters = align_corners, half_pixel_centers
+    out = g.op("RESIZE_NEAREST_NEIGHBOR", [x, g.tensor((2,), data=np.int32(size_out))],
+               g.tensor((1, *size_out, 3), 0.05, -4), options)
+    path = g.pack(tmp_path / "resize.tflite", x, out)
+    pixels = np.arange(size_in[0] * size_in[1] * 3) % 251 - 125  # every input pixel distinct: an index off shows
+    x_in = np.stack([pixels, pixels[::-1]]).astype(np.int8).reshape(2, 1, *size_in, 3)
+    _equals_tflite_micro(path, x_in, tmp_path)
+
+
+def test_nearest_indices_follow_tflite_rounding() -> None:
+    # 3 -> 5 with align_corners: i * 0.5 rounded half away from zero (0.5 -> 1, 1.5 -> 2), not to even
+    assert nearest_indices(3, 5, True, False) == [0, 1, 1, 2, 2]
+    assert nearest_indices(3, 5, False, False) == [0, 0, 1, 1, 2]  # floor(i * 0.6)
+    assert nearest_indices(3, 5, False, True) == [0, 0, 1, 2, 2]  # floor((i + 0.5) * 0.6)
 
 
 def test_the_se_net_runs_the_mcunet_operators(se_net: Path) -> None:

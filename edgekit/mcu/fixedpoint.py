@@ -61,7 +61,9 @@ def activation_range(activation: int, scale: float, zero_point: int, where: str)
 
 
 def add_multipliers(scale1: float, scale2: float, out_scale: float) -> tuple[tuple[int, int], ...]:
-    """(multiplier, shift) of ADD's input 1, input 2 and output, as TFLM's CalculateOpDataAdd."""
+    """(multiplier, shift) of ADD's (and SUB's) input 1, input 2 and output, as TFLM's CalculateOpDataAdd: the ratios
+    in double. TFLM's SUB source takes them in float32, but the tflite-micro interpreter here computes SUB with the
+    double ones (tests/test_codegen.py has scales where the two differ in the last bit of an output)."""
     s1, s2, so = (float(np.float32(s)) for s in (scale1, scale2, out_scale))
     twice_max = 2 * max(s1, s2)
     return (quantize_multiplier(s1 / twice_max), quantize_multiplier(s2 / twice_max),
@@ -79,6 +81,28 @@ def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int,
     multiplier, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
     fold = min(count.bit_length() - 1, 32, 31 + shift)
     return (multiplier << fold) // count, shift - fold
+
+
+def requantize_table(in_scale: float, in_zp: int, out_scale: float, out_zp: int) -> list[int]:
+    """QUANTIZE int8 -> int8 for every input, as TF Lite's reference Requantize with TFLM's Prepare (input / output
+    scale in double, QuantizeMultiplier, so a shift up when the output scale is the finer)."""
+    multiplier, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    return [min(max(scale(q - in_zp, multiplier, shift) + out_zp, INT8_MIN), INT8_MAX)
+            for q in range(INT8_MIN, INT8_MAX + 1)]
+
+
+def nearest_indices(in_size: int, out_size: int, align_corners: bool, half_pixel_centers: bool) -> list[int]:
+    """The input row (or col) each output row (col) of RESIZE_NEAREST_NEIGHBOR copies, as TF Lite's reference
+    GetNearestNeighbor computes it in float32: rounded half away with align_corners, else floored."""
+    f32 = np.float32
+    ratio = f32(in_size - 1) / f32(out_size - 1) if align_corners and out_size > 1 else f32(in_size) / f32(out_size)
+    offset = f32(0.5) if half_pixel_centers else f32(0.0)
+    indices = []
+    for i in range(out_size):
+        at = float((f32(i) + offset) * ratio)
+        nearest = min(_round_half_away(at) if align_corners else math.floor(at), in_size - 1)
+        indices.append(max(nearest, 0) if half_pixel_centers else nearest)
+    return indices
 
 
 # gemmlowp's fixed-point arithmetic on int32 (fixedpoint.h), in Python ints: what TF Lite's LOGISTIC, SOFTMAX and

@@ -253,13 +253,17 @@ def _at(pointer: str, start: int) -> str:
 
 
 def _binary(layer: Layer) -> str:
-    """ADD and MUL, either input broadcast along any axis of size 1 (SE blocks: MUL of N,H,W,C by N,1,1,C)."""
+    """ADD, SUB and MUL, either input broadcast along any axis of size 1 (SE blocks: MUL of N,H,W,C by N,1,1,C)."""
     (s1, z1), (s2, z2), (so, zo) = layer.quant(0), layer.quant(1), layer.quant(0, outputs=True)
     low, high = fp.activation_range(layer.op.builtinOptions.fusedActivationFunction, so, zo, layer.where)
-    if op_name(layer.model, layer.op) == "ADD":
+    name = op_name(layer.model, layer.op)
+    if name in ("ADD", "SUB"):
+        kernel = f"ek_{name.lower()}"
         (m1, sh1), (m2, sh2), (mo, sho) = fp.add_multipliers(s1, s2, so)
-        kernel, params = "ek_add", layer.params("ek_add_params", f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, "
-                                                                 f"{sho}, {fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}")
+        if sho > 0:  # TF Lite's kernel takes a multiplier below one (MultiplyByQuantizedMultiplierSmallerThanOneExp)
+            raise UnsupportedOpError(f"{layer.where}: output scale {so} is below 2 x max(input scales) / 2^20")
+        params = layer.params("ek_add_params", f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, {sho}, "
+                                               f"{fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}")
     else:
         multiplier, shift = fp.mul_multiplier(s1, s2, so)
         kernel, params = "ek_mul", layer.params("ek_mul_params", f"{-z1}, {-z2}, {multiplier}, {shift}, {zo}, "
@@ -293,6 +297,29 @@ def _lut(layer: Layer) -> str:
         table = fp.hard_swish_table(s_in, z_in, s_out, z_out)
     count, name = int(np.prod(nhwc(layer.tensor(0).shape))), layer.array("t", np.array(table, np.int8))
     return f"ek_lut({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {name});"
+
+
+def _quantize(layer: Layer) -> str:
+    """QUANTIZE int8 -> int8 (a requantization: a concatenation's input, an output edge) as a 256-entry table."""
+    (s_in, z_in), (s_out, z_out) = layer.quant(0), layer.quant(0, outputs=True)
+    count = int(np.prod(nhwc(layer.tensor(0).shape)))
+    table = layer.array("t", np.array(fp.requantize_table(s_in, z_in, s_out, z_out), np.int8))
+    return f"ek_lut({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {table});"
+
+
+def _resize_nearest(layer: Layer) -> str:
+    """RESIZE_NEAREST_NEIGHBOR over H and W: a copy through per-axis index tables (align_corners, half_pixel_centers
+    as TF Lite's reference)."""
+    opts = layer.op.builtinOptions
+    in_shape, out_shape = nhwc(layer.tensor(0).shape), nhwc(layer.tensor(0, outputs=True).shape)
+    if [int(v) for v in layer.constant(1).reshape(-1)] != list(out_shape[1:3]):
+        raise UnsupportedOpError(f"{layer.where}: size {layer.constant(1).reshape(-1).tolist()} is not the output's "
+                                 f"H x W {out_shape[1:3]}")
+    corners, centers = bool(opts.alignCorners), bool(opts.halfPixelCenters)
+    rows, cols = (layer.array(kind, np.array(fp.nearest_indices(in_shape[a], out_shape[a], corners, centers), np.int32))
+                  for kind, a in (("r", 1), ("c", 2)))
+    return (f"ek_resize_nearest({layer.pointer(0)}, {c_shape(in_shape)}, {layer.pointer(0, True)}, "
+            f"{c_shape(out_shape)}, {rows}, {cols});")
 
 
 def _fixed_output(layer: Layer, scale: float, zero_point: int) -> None:
@@ -357,8 +384,9 @@ KERNELS = {
     "CONV_2D": Kernel(_conv, stage="window"), "DEPTHWISE_CONV_2D": Kernel(_conv, stage="window"),
     "FULLY_CONNECTED": Kernel(_conv), "AVERAGE_POOL_2D": Kernel(_pool, stage="window"),
     "MAX_POOL_2D": Kernel(_pool, stage="window"), "ADD": Kernel(_binary, stage="pointwise"),
-    "MUL": Kernel(_binary, stage="pointwise"), "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut),
+    "MUL": Kernel(_binary, stage="pointwise"), "SUB": Kernel(_binary), "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut),
     "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax), "CONCATENATION": Kernel(_concat),
     "PAD": Kernel(_pad, stage="pad"), "TRANSPOSE": Kernel(_transpose),
-    "RESHAPE": Kernel(None, alias=True),
+    "RESHAPE": Kernel(None, alias=True), "QUANTIZE": Kernel(_quantize),
+    "RESIZE_NEAREST_NEIGHBOR": Kernel(_resize_nearest),
 }

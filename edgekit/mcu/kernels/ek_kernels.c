@@ -123,16 +123,33 @@ static void ek_binary(const int8_t *in1, const int8_t *in2, int8_t *out, const e
                            in2[n * s2[0] + y * s2[1] + x * s2[2] + c * s2[3]], params);
 }
 
+/* ADD's and SUB's input rescaled to the common scale: (x - zero point) << left shift, times its multiplier. */
+static int32_t ek_rescaled(int32_t x, int32_t offset, int32_t multiplier, int shift, int left_shift) {
+    return ek_scale((int32_t)((uint32_t)(x + offset) << left_shift), multiplier, shift);
+}
+
+static int8_t ek_add_out(int32_t raw, const ek_add_params *p) {
+    return ek_clamp(ek_scale(raw, p->out_multiplier, p->out_shift) + p->out_offset, p->act_min, p->act_max);
+}
+
 static int8_t ek_add_one(int32_t x1, int32_t x2, const void *params) {
     const ek_add_params *p = params;
-    const int32_t a = (int32_t)((uint32_t)(x1 + p->in1_offset) << p->left_shift);
-    const int32_t b = (int32_t)((uint32_t)(x2 + p->in2_offset) << p->left_shift);
-    const int32_t sum = ek_scale(a, p->in1_multiplier, p->in1_shift) + ek_scale(b, p->in2_multiplier, p->in2_shift);
-    return ek_clamp(ek_scale(sum, p->out_multiplier, p->out_shift) + p->out_offset, p->act_min, p->act_max);
+    return ek_add_out(ek_rescaled(x1, p->in1_offset, p->in1_multiplier, p->in1_shift, p->left_shift) +
+                      ek_rescaled(x2, p->in2_offset, p->in2_multiplier, p->in2_shift, p->left_shift), p);
 }
 
 void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p) {
     ek_binary(in1, in2, out, b, ek_add_one, p);
+}
+
+static int8_t ek_sub_one(int32_t x1, int32_t x2, const void *params) {
+    const ek_add_params *p = params;
+    return ek_add_out(ek_rescaled(x1, p->in1_offset, p->in1_multiplier, p->in1_shift, p->left_shift) -
+                      ek_rescaled(x2, p->in2_offset, p->in2_multiplier, p->in2_shift, p->left_shift), p);
+}
+
+void ek_sub(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p) {
+    ek_binary(in1, in2, out, b, ek_sub_one, p);
 }
 
 static int8_t ek_mul_one(int32_t x1, int32_t x2, const void *params) {
@@ -238,4 +255,12 @@ void ek_transpose(const int8_t *in, const int dims[4], const int perm[4], int8_t
                 for (i[3] = 0; i[3] < out_dims[3]; ++i[3])
                     *out++ = in[i[0] * stride[perm[0]] + i[1] * stride[perm[1]] + i[2] * stride[perm[2]] +
                                 i[3] * stride[perm[3]]];
+}
+
+void ek_resize_nearest(const int8_t *in, ek_shape is, int8_t *out, ek_shape os, const int32_t *rows,
+                       const int32_t *cols) {
+    for (int b = 0; b < os.n; ++b)
+        for (int y = 0; y < os.h; ++y)
+            for (int x = 0; x < os.w; ++x, out += os.c)
+                memcpy(out, in + (((size_t)b * is.h + rows[y]) * is.w + cols[x]) * is.c, (size_t)os.c);
 }

@@ -66,6 +66,9 @@ typedef struct {
 
 void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p);
 
+/* SUB: ADD's arithmetic and parameters, input 2's rescaled value subtracted. */
+void ek_sub(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p);
+
 /* MUL: (x1 - zero point 1) x (x2 - zero point 2), requantized by in1 x in2 / out scale. */
 typedef struct {
     int32_t in1_offset, in2_offset, out_multiplier;
@@ -84,7 +87,7 @@ typedef struct {
 
 void ek_mean(const int8_t *in, const int dims[4], const int reduced[4], int8_t *out, const ek_mean_params *p);
 
-/* A function of one int8 value (LOGISTIC, HARD_SWISH): out = table[in + 128], the table made by edgekit from
+/* A function of one int8 value (LOGISTIC, HARD_SWISH, QUANTIZE int8 -> int8): out = table[in + 128], the table made by edgekit from
  * TF Lite's integer arithmetic for every input value. */
 void ek_lut(const int8_t *in, int8_t *out, int count, const int8_t table[256]);
 
@@ -101,5 +104,11 @@ void ek_pad(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape
 
 /* TRANSPOSE of a 4-D tensor (shorter ones padded with leading 1s): out axis i is in axis perm[i]. */
 void ek_transpose(const int8_t *in, const int dims[4], const int perm[4], int8_t *out);
+
+/* RESIZE_NEAREST_NEIGHBOR (input and output share quantization, a copy): output pixel (y, x) of each batch copies
+ * input pixel (rows[y], cols[x]), the indices computed by edgekit as TF Lite's reference (align_corners,
+ * half_pixel_centers). */
+void ek_resize_nearest(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape, const int32_t *rows,
+                       const int32_t *cols);
 
 #endif
