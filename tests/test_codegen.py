@@ -23,7 +23,7 @@ from edgekit.mcu.arena import overlapping, plan_buffers
 from edgekit.mcu.board import QEMU_STACK_BYTES
 from edgekit.mcu.build import build_host, build_qemu, elf_sizes, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
-from edgekit.mcu.deploy import tflm_outputs
+from edgekit.mcu.deploy import random_inputs, tflm_outputs
 from edgekit.mcu.fixedpoint import mean_multiplier, nearest_indices, quantize_multiplier
 from edgekit.mcu.patched import generate_patched
 from edgekit.memory import activation_memory
@@ -121,8 +121,9 @@ def residual(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _inputs(path: Path, generated: GeneratedC) -> np.ndarray:
-    """Four random int8 inputs, and for the digits CNN four held-out digits quantized as the model's input."""
-    x = np.random.default_rng(1).integers(-128, 128, (4, *generated.input_shape), dtype=np.int8)
+    """Four random inputs (int8, or float32 for a float input), and for the digits CNN four held-out digits
+    quantized as the model's input."""
+    x = random_inputs(generated, 4, seed=1)
     if generated.input_shape == (1, 1, 8, 8):
         *_, x_test, _ = load_digits_split()
         model_in, _ = TflmAdapter(path.read_bytes()).model_tensors()
@@ -137,7 +138,7 @@ def _tflm(path: Path, inputs: np.ndarray) -> np.ndarray:
     return tflm_outputs(path.read_bytes(), inputs)
 
 
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "float_edges"])
 def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
@@ -146,7 +147,7 @@ def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.Fi
     x = _inputs(path, generated)
     want = _tflm(path, x)
     assert len({row.tobytes() for row in want}) == len(x)  # distinct outputs: a broken kernel would show
-    got = run_records([str(exe)], x, int(np.prod(generated.output_shape)), timeout_s=60)
+    got = run_records([str(exe)], x, generated.output_bytes, timeout_s=60, output_dtype=generated.output_dtype)
     np.testing.assert_array_equal(got.outputs, want)
     assert generated.arena_bytes >= generated.arena_lower_bound_bytes
 
@@ -192,10 +193,11 @@ class Graph:
         self.codes: list[str] = []
 
     def tensor(self, shape: tuple[int, ...], scale: float | None = None, zero_point: int = 0,
-               data: np.ndarray | None = None) -> int:
+               data: np.ndarray | None = None, dtype: str = "int8") -> int:
+        """A tensor (an activation, or a constant holding `data`); quantized when `scale` is given."""
         t = self.s.TensorT()
         t.name, t.shape, t.buffer = f"t{len(self.tensors)}".encode(), np.array(shape, np.int32), 0
-        t.type = self.s.TensorType.INT32 if data is not None and data.dtype == np.int32 else self.s.TensorType.INT8
+        t.type = getattr(self.s.TensorType, (dtype if data is None else data.dtype.name).upper())
         if scale is not None:
             t.quantization = self.s.QuantizationParametersT()
             t.quantization.scale, t.quantization.zeroPoint = np.float32([scale]), np.int64([zero_point])
@@ -235,12 +237,34 @@ class Graph:
 
 
 def _equals_tflite_micro(path: Path, x: np.ndarray, tmp_path: Path) -> np.ndarray:
-    """Run `x` through the host build of `path`'s generated C, assert it equals tflite-micro's output; that output."""
+    """Run `x` through the host build of `path`'s generated C, assert it equals tflite-micro's output to the bit (a
+    float32 output too); that output."""
     generated = generate(path.read_bytes(), tmp_path / "c", path.name)
     want = _tflm(path, x)
-    got = run_records([str(build_host(generated, tmp_path / "exe"))], x, want.shape[1], timeout_s=60)
+    got = run_records([str(build_host(generated, tmp_path / "exe"))], x, generated.output_bytes, timeout_s=60,
+                      output_dtype=generated.output_dtype)
     np.testing.assert_array_equal(got.outputs, want)
+    np.testing.assert_array_equal(got.outputs.view(np.uint8), want.view(np.uint8))
     return want
+
+
+@pytest.fixture(scope="module")
+def float_edges(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every new kernel in a row: float32 in -> QUANTIZE -> SUB (a per-channel constant) -> RESIZE_NEAREST_NEIGHBOR
+    (half-pixel centers) -> QUANTIZE int8 -> int8 -> DEQUANTIZE -> float32 out."""
+    g = Graph()
+    x = g.tensor((1, 6, 5, 4), dtype="float32")
+    q = g.op("QUANTIZE", [x], g.tensor((1, 6, 5, 4), 0.03, -10))
+    k = g.tensor((1, 1, 1, 4), 0.02, 5, np.int8([-100, -7, 40, 127]))
+    options = g.s.SubOptionsT()
+    d = g.op("SUB", [q, k], g.tensor((1, 6, 5, 4), 0.04, 3), options)
+    resize = g.s.ResizeNearestNeighborOptionsT()
+    resize.halfPixelCenters = True
+    r = g.op("RESIZE_NEAREST_NEIGHBOR", [d, g.tensor((2,), data=np.int32([9, 8]))], g.tensor((1, 9, 8, 4), 0.04, 3),
+             resize)
+    requantized = g.op("QUANTIZE", [r], g.tensor((1, 9, 8, 4), 0.05, -20))
+    out = g.op("DEQUANTIZE", [requantized], g.tensor((1, 9, 8, 4), dtype="float32"))
+    return g.pack(tmp_path_factory.mktemp("codegen") / "float_edges.tflite", x, out)
 
 
 # (input scale, zero point) -> (output scale, zero point): ratios of exactly 1/2 (every odd input a tie), 2 and 4
@@ -303,6 +327,37 @@ def test_resize_nearest_equals_tflite_micro(align_corners: bool, half_pixel_cent
     pixels = np.arange(size_in[0] * size_in[1] * 3) % 251 - 125  # every input pixel distinct: an index off shows
     x_in = np.stack([pixels, pixels[::-1]]).astype(np.int8).reshape(2, 1, *size_in, 3)
     _equals_tflite_micro(path, x_in, tmp_path)
+
+
+@pytest.mark.parametrize(("scale", "zero_point"), [(0.05, 0), (0.0137, -20), (0.25, 127), (3.1e-4, -128)])
+def test_quantize_float_input_equals_tflite_micro(scale: float, zero_point: int, tmp_path: Path) -> None:
+    """x / scale exactly halfway between two integers (rounded away from zero) and its float32 neighbours (either
+    side), both signs, values beyond the int8 range, random ones."""
+    g = Graph()
+    x = g.tensor((1, 8, 8, 4), dtype="float32")
+    path = g.pack(tmp_path / "quantize.tflite", x, g.op("QUANTIZE", [x], g.tensor((1, 8, 8, 4), scale, zero_point)))
+    f32, k = np.float32, np.arange(-200, 200, dtype=np.float32)
+    halves = ((k + f32(0.5)) * f32(scale)).astype(np.float32)
+    halves = halves[halves / f32(scale) == k + f32(0.5)]
+    assert len(halves) > 100
+    values = np.concatenate([halves, np.nextafter(halves, f32(np.inf)), np.nextafter(halves, f32(-np.inf)),
+                             f32([1e3, -1e3]) * f32(scale),
+                             np.random.default_rng(5).normal(0, 80 * scale, 1024).astype(np.float32)])
+    records = np.resize(values, (-(-len(values) // 256), 1, 8, 8, 4)).astype(np.float32)
+    want = _equals_tflite_micro(path, records, tmp_path)
+    assert len(np.unique(want)) > 200
+
+
+@pytest.mark.parametrize(("scale", "zero_point"), [(0.05, 0), (0.0137, -20), (1.7e-5, 127), (12.5, -128)])
+def test_dequantize_output_equals_tflite_micro_on_every_int8_value(scale: float, zero_point: int,
+                                                                   tmp_path: Path) -> None:
+    g = Graph()
+    x = g.tensor((1, 16, 16, 1), scale, zero_point)
+    path = g.pack(tmp_path / "dequantize.tflite", x, g.op("DEQUANTIZE", [x], g.tensor((1, 16, 16, 1),
+                                                                                      dtype="float32")))
+    ramp = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 16, 16, 1)
+    want = _equals_tflite_micro(path, ramp, tmp_path)
+    assert want.dtype == np.float32 and len(np.unique(want)) == 256
 
 
 def test_nearest_indices_follow_tflite_rounding() -> None:
@@ -382,7 +437,7 @@ def _cortex_m7_missing() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "float_edges"])
 def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
@@ -391,7 +446,7 @@ def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.F
     sizes = elf_sizes(elf)
     assert sizes["text"] > generated.weight_flash_bytes and sizes["bss"] >= generated.arena_bytes + QEMU_STACK_BYTES
     x = _inputs(path, generated)
-    got = run_records(qemu_command(elf), x, int(np.prod(generated.output_shape)), timeout_s=120)
+    got = run_records(qemu_command(elf), x, generated.output_bytes, timeout_s=120, output_dtype=generated.output_dtype)
     np.testing.assert_array_equal(got.outputs, _tflm(path, x))
     assert got.stack_bytes is not None and 64 < got.stack_bytes < QEMU_STACK_BYTES  # painted, then partly used
 

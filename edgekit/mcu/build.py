@@ -82,18 +82,21 @@ def qemu_command(elf: Path, core: Core = CORTEX_M7) -> list[str]:
 
 @dataclass(frozen=True)
 class Run:
-    """What a harness run gave: one int8 output row per input, and (under QEMU) the stack bytes it touched and
-    the instructions one inference took (the mean over the inputs, to the timer's 40-instruction tick)."""
+    """What a harness run gave: one output row per input (int8, or float32 for a float output), and (under QEMU)
+    the stack bytes it touched and the instructions one inference took (the mean over the inputs, to the timer's
+    40-instruction tick)."""
 
     outputs: np.ndarray
     stack_bytes: int | None
     instructions: int | None = None
 
 
-def run_records(command: list[str], inputs: np.ndarray, output_bytes: int, timeout_s: float) -> Run:
-    """Run a harness build on int8 `inputs` (one record per row) in a fresh temporary working directory, where
-    it reads input.bin and writes output.bin (and under semihosting stack.txt and ticks.txt)."""
-    records = np.ascontiguousarray(inputs, np.int8).reshape(len(inputs), -1)
+def run_records(command: list[str], inputs: np.ndarray, output_bytes: int, timeout_s: float,
+                output_dtype: str = "int8") -> Run:
+    """Run a harness build on `inputs` (int8, or float32 for a float input; one record per row) in a fresh temporary
+    working directory, where it reads input.bin and writes output.bin (and under semihosting stack.txt and
+    ticks.txt); each output record is `output_bytes` bytes of `output_dtype`."""
+    records = np.ascontiguousarray(inputs).reshape(len(inputs), -1)
     with tempfile.TemporaryDirectory(prefix="ek_run_") as folder:
         (Path(folder) / "input.bin").write_bytes(records.tobytes())
         try:
@@ -109,6 +112,6 @@ def run_records(command: list[str], inputs: np.ndarray, output_bytes: int, timeo
         message = done.stderr.decode(errors="replace")[-2000:]
         raise BackendError(f"{command[0]} exited {done.returncode} with {len(data)} of "
                            f"{len(records) * output_bytes} output bytes: {message}")
-    outputs = np.frombuffer(data, np.int8).reshape(len(records), output_bytes)
+    outputs = np.frombuffer(data, output_dtype).reshape(len(records), -1)
     instructions = int(ticks_text) * INSTRUCTIONS_PER_TICK // len(records) if ticks_text.isdigit() else None
     return Run(outputs, int(stack_text) if stack_text.isdigit() else None, instructions)

@@ -138,6 +138,17 @@ def tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
     return np.array(rows)
 
 
+def random_inputs(generated: GeneratedC, count: int, seed: int) -> np.ndarray:
+    """`count` random inputs of the model: int8 values, or for a float32 input values spread over what its
+    quantization covers and a quarter beyond each end (clamped there), off the int8 grid."""
+    rng = np.random.default_rng(seed)
+    shape = (count, *generated.input_shape)
+    if generated.input_quantization is None:
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+    scale, zero_point = generated.input_quantization
+    return ((rng.uniform(-192, 191, shape) - zero_point) * scale).astype(np.float32)
+
+
 def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cortex-m", check: int = 0,
             seed: int = 0, patch: PatchPlan | None = None) -> CodegenReport:
     """Generate the C of `tflite_path` into `out_dir` (with `patch`'s stage patch by patch) with the board's
@@ -153,17 +164,18 @@ def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cort
     data = tflite_path.read_bytes()
     generated = generate(data, out_dir, tflite_path.name) if patch is None else generate_patched(tflite_path, patch,
                                                                                                  out_dir)
-    out_bytes = int(np.prod(generated.output_shape))
-    x = np.random.default_rng(seed).integers(-128, 128, (max(check, 1), *generated.input_shape), dtype=np.int8)
+    x = random_inputs(generated, max(check, 1), seed)
     want = tflm_outputs(data, x) if check else x[:0]
+    out_bytes, out_dtype = generated.output_bytes, generated.output_dtype
     checks, stack, instructions = [], None, None
     with tempfile.TemporaryDirectory(prefix="ek_codegen_") as folder:
         if check:
-            host = run_records([str(build_host(generated, Path(folder) / "host"))], x, out_bytes, RUN_TIMEOUT_S)
+            host = run_records([str(build_host(generated, Path(folder) / "host"))], x, out_bytes, RUN_TIMEOUT_S,
+                               out_dtype)
             checks.append(Check("host", check, bool(np.array_equal(host.outputs, want))))
         if build == "cortex-m" and shutil.which("qemu-system-arm") and core.qemu_machine:
             elf = build_qemu(generated, Path(folder) / "qemu.elf", core)
-            emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S)
+            emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S, out_dtype)
             stack, instructions = emulated.stack_bytes, emulated.instructions
             if check:
                 checks.append(Check(f"qemu {core.qemu_machine}", check, bool(np.array_equal(emulated.outputs, want))))

@@ -300,11 +300,27 @@ def _lut(layer: Layer) -> str:
 
 
 def _quantize(layer: Layer) -> str:
-    """QUANTIZE int8 -> int8 (a requantization: a concatenation's input, an output edge) as a 256-entry table."""
-    (s_in, z_in), (s_out, z_out) = layer.quant(0), layer.quant(0, outputs=True)
-    count = int(np.prod(nhwc(layer.tensor(0).shape)))
+    """QUANTIZE: float32 -> int8 at the input edge; int8 -> int8 (a requantization: a concatenation's input, an output
+    edge) as a 256-entry table."""
+    (s_out, z_out), count = layer.quant(0, outputs=True), int(np.prod(nhwc(layer.tensor(0).shape)))
+    if TENSOR_TYPES.get(layer.tensor(0).type) == "float32":
+        return f"ek_quantize_float({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {c_float(s_out)}, {z_out});"
+    s_in, z_in = layer.quant(0)
     table = layer.array("t", np.array(fp.requantize_table(s_in, z_in, s_out, z_out), np.int8))
     return f"ek_lut({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {table});"
+
+
+def _dequantize(layer: Layer) -> str:
+    """DEQUANTIZE int8 -> float32 at the output edge."""
+    if is_constant(layer.model, int(layer.op.inputs[0])):
+        raise UnsupportedOpError(f"{layer.where}: a DEQUANTIZE of constant weights (a float model)")
+    (scale, zero_point), count = layer.quant(0), int(np.prod(nhwc(layer.tensor(0).shape)))
+    return f"ek_dequantize({layer.pointer(0)}, {layer.pointer(0, True)}, {count}, {c_float(scale)}, {zero_point});"
+
+
+def c_float(value: float) -> str:
+    """A float32 value as an exact C99 literal (hexadecimal: no decimal rounding on the way)."""
+    return f"{float(np.float32(value)).hex()}f"
 
 
 def _resize_nearest(layer: Layer) -> str:
@@ -378,6 +394,7 @@ class Kernel:
     emit: Callable[[Layer], str] | None
     alias: bool = False
     stage: str | None = None  # in a patched stage: "window" (conv, pool), "pointwise", "pad" (folded); None: not
+    float_edge: str | None = None  # "input": may read the graph's float32 input; "output": may write its output
 
 
 KERNELS = {
@@ -387,6 +404,6 @@ KERNELS = {
     "MUL": Kernel(_binary, stage="pointwise"), "SUB": Kernel(_binary), "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut),
     "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax), "CONCATENATION": Kernel(_concat),
     "PAD": Kernel(_pad, stage="pad"), "TRANSPOSE": Kernel(_transpose),
-    "RESHAPE": Kernel(None, alias=True), "QUANTIZE": Kernel(_quantize),
-    "RESIZE_NEAREST_NEIGHBOR": Kernel(_resize_nearest),
+    "RESHAPE": Kernel(None, alias=True), "QUANTIZE": Kernel(_quantize, float_edge="input"),
+    "DEQUANTIZE": Kernel(_dequantize, float_edge="output"), "RESIZE_NEAREST_NEIGHBOR": Kernel(_resize_nearest),
 }

@@ -54,7 +54,8 @@ def read_operators(tflite: bytes, where: str) -> Operators:
                                  f"(it takes {', '.join(sorted(KERNELS))})")
     reads = [[int(t) for t in op.inputs if t >= 0 and not is_constant(model, int(t))] for op in sub.operators]
     writes = [[int(t) for t in op.outputs] for op in sub.operators]
-    sizes = {t: _int8_bytes(sub.tensors[t], where) for ts in (*reads, *writes) for t in ts}
+    edges = _float_edges(names, reads, writes, int(sub.inputs[0]), int(sub.outputs[0]))
+    sizes = {t: _activation_bytes(sub.tensors[t], where, t in edges) for ts in (*reads, *writes) for t in ts}
     shared = [i for i, name in enumerate(names) if KERNELS[name].alias]
     if any(not reads[i] for i in shared):
         raise UnsupportedOpError(f"{where}: a {names[shared[0]]} of a constant (fold it into the constant)")
@@ -62,13 +63,27 @@ def read_operators(tflite: bytes, where: str) -> Operators:
     return Operators(model, names, reads, writes, sizes, aliases, int(sub.inputs[0]), int(sub.outputs[0]))
 
 
-def _int8_bytes(tensor: object, where: str) -> int:
-    """Bytes of an int8 activation; UnsupportedOpError for any other type (the model is not full-integer)."""
+def _float_edges(names: list[str], reads: list[list[int]], writes: list[list[int]], graph_input: int,
+                 graph_output: int) -> set[int]:
+    """The graph input and output that may be float32: an input only QUANTIZEs read, an output a DEQUANTIZE writes."""
+    readers = [KERNELS[n].float_edge for n, ins in zip(names, reads) if graph_input in ins]
+    writer = [KERNELS[n].float_edge for n, outs in zip(names, writes) if graph_output in outs]
+    return ({graph_input} if readers and set(readers) == {"input"} else set()) | \
+        ({graph_output} if writer == ["output"] else set())
+
+
+def _activation_bytes(tensor: object, where: str, float_edge: bool) -> int:
+    """Bytes of an int8 activation (or a float32 edge); UnsupportedOpError for any other type (the model is not
+    full-integer)."""
     dtype = TENSOR_TYPES.get(tensor.type, str(tensor.type))  # type: ignore[attr-defined]
+    count = int(np.prod(tensor.shape))  # type: ignore[attr-defined]
+    if dtype == "float32" and float_edge:
+        return 4 * count
     if dtype != "int8":
         raise UnsupportedOpError(f"{where}: activation {tensor_name(tensor)!r} is {dtype}; the C generator takes "
-                                 "full-integer INT8 models (edgekit compile --int8)")
-    return int(np.prod(tensor.shape))  # type: ignore[attr-defined]
+                                 "full-integer INT8 models (edgekit compile --int8), float32 only as the input of "
+                                 "QUANTIZE or the output of DEQUANTIZE")
+    return count
 
 
 def comment(text: str) -> str:

@@ -264,3 +264,30 @@ void ek_resize_nearest(const int8_t *in, ek_shape is, int8_t *out, ek_shape os, 
             for (int x = 0; x < os.w; ++x, out += os.c)
                 memcpy(out, in + (((size_t)b * is.h + rows[y]) * is.w + cols[x]) * is.c, (size_t)os.c);
 }
+
+/* TfLiteRound (std::round: halves away from zero) of v, plus the zero point, clamped to int8. |v| below 1024 is exact
+ * (t and a - t are floats without rounding); beyond it every zero point saturates, so the sign decides (NaN: 127). */
+static int8_t ek_round_to_int8(float v, int32_t zero_point) {
+    const float a = v < 0 ? -v : v;
+    if (!(a < 1024.0f)) return v < 0 ? INT8_MIN : INT8_MAX;
+    int32_t t = (int32_t)a;
+    if (a - (float)t >= 0.5f) ++t;
+    return ek_clamp((v < 0 ? -t : t) + zero_point, INT8_MIN, INT8_MAX);
+}
+
+void ek_quantize_float(const void *in, int8_t *out, int count, float scale, int32_t zero_point) {
+    const unsigned char *src = in;
+    for (int i = 0; i < count; ++i) {
+        float x;
+        memcpy(&x, src + (size_t)i * sizeof x, sizeof x);
+        out[i] = ek_round_to_int8(x / scale, zero_point);
+    }
+}
+
+void ek_dequantize(const int8_t *in, void *out, int count, float scale, int32_t zero_point) {
+    unsigned char *dst = out;
+    for (int i = 0; i < count; ++i) {
+        const float x = scale * (float)(in[i] - zero_point);
+        memcpy(dst + (size_t)i * sizeof x, &x, sizeof x);
+    }
+}

@@ -111,4 +111,13 @@ void ek_transpose(const int8_t *in, const int dims[4], const int perm[4], int8_t
 void ek_resize_nearest(const int8_t *in, ek_shape in_shape, int8_t *out, ek_shape out_shape, const int32_t *rows,
                        const int32_t *cols);
 
+/* QUANTIZE float32 -> int8 at the input edge, as TF Lite's AffineQuantize: x / scale in float32, rounded half away
+ * from zero, plus the zero point, clamped. `in` holds `count` native float32 values at any alignment (the arena's). */
+void ek_quantize_float(const void *in, int8_t *out, int count, float scale, int32_t zero_point);
+
+/* DEQUANTIZE int8 -> float32 at the output edge: scale x (q - zero point), written at any alignment. TF Lite takes the
+ * product in double and rounds it to float; the product of a float32 scale and an int8 difference is exact in
+ * double, so one float32 multiplication rounds it the same. */
+void ek_dequantize(const int8_t *in, void *out, int count, float scale, int32_t zero_point);
+
 #endif
