@@ -82,6 +82,21 @@ class SqueezeExciteNet(nn.Module):
         return torch.softmax(8.0 * self.fc(torch.cat([y, x], 1).mean((2, 3))), -1)
 
 
+class UpsampleSubtractNet(nn.Module):
+    """A feature-pyramid step as converters see one: a stride-2 branch upsampled (nearest: litert-torch writes
+    RESIZE_NEAREST_NEIGHBOR with half-pixel centers) and subtracted from the full-resolution branch (SUB)."""
+
+    input_shape = (1, 3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full, self.coarse, self.head = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = nn.functional.interpolate(self.coarse(x), scale_factor=2, mode="nearest")
+        return self.head(torch.relu(self.full(x) - up))
+
+
 def _int8(model: nn.Module, path: Path, channels_last: bool = True) -> Path:
     """`model` as a full-integer .tflite with int8 I/O (NHWC input: the MCU preset), calibrated on 4 random inputs."""
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
@@ -91,6 +106,14 @@ def _int8(model: nn.Module, path: Path, channels_last: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def se_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _int8(trained_like(SqueezeExciteNet()), tmp_path_factory.mktemp("codegen") / "se_int8.tflite")
+
+
+@pytest.fixture(scope="module")
+def upsample_sub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = _int8(trained_like(UpsampleSubtractNet()), tmp_path_factory.mktemp("codegen") / "upsample_sub.tflite")
+    model = parse_model(path.read_bytes(), "upsample_sub")
+    assert {"RESIZE_NEAREST_NEIGHBOR", "SUB"} <= {op_name(model, op) for op in model.subgraphs[0].operators}
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +161,7 @@ def _tflm(path: Path, inputs: np.ndarray) -> np.ndarray:
     return tflm_outputs(path.read_bytes(), inputs)
 
 
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "float_edges"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "upsample_sub", "float_edges"])
 def test_host_build_is_bit_exact_with_tflite_micro(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
@@ -437,7 +460,7 @@ def _cortex_m7_missing() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
-@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "float_edges"])
+@pytest.mark.parametrize("name", ["digits", "mbv2", "residual", "se_net", "upsample_sub", "float_edges"])
 def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.FixtureRequest,
                                                     tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
