@@ -5,6 +5,7 @@ tensors overlapping; what the C cannot take is refused."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,36 @@ def test_dequantize_output_equals_tflite_micro_on_every_int8_value(scale: float,
     ramp = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 16, 16, 1)
     want = _equals_tflite_micro(path, ramp, tmp_path)
     assert want.dtype == np.float32 and len(np.unique(want)) == 256
+
+
+def _dequantize_midway(g: Graph) -> tuple[int, int]:
+    x = g.tensor((1, 4, 4, 2), 0.1, 0)
+    mid = g.op("DEQUANTIZE", [x], g.tensor((1, 4, 4, 2), dtype="float32"))
+    return x, g.op("QUANTIZE", [mid], g.tensor((1, 4, 4, 2), 0.1, 0))
+
+
+def _per_channel_quantize(g: Graph) -> tuple[int, int]:
+    x, out = g.tensor((1, 4, 4, 2), 0.1, 0), g.tensor((1, 4, 4, 2), 0.1, 0)
+    q = g.tensors[out].quantization  # type: ignore[attr-defined]
+    q.scale, q.zeroPoint, q.quantizedDimension = np.float32([0.1, 0.2]), np.int64([0, 0]), 3
+    return x, g.op("QUANTIZE", [x], out)
+
+
+def _sub_of_tiny_output_scale(g: Graph) -> tuple[int, int]:
+    x, k = g.tensor((1, 4, 4, 2), 0.1, 0), g.tensor((1, 1, 1, 2), 0.1, 0, np.int8([1, 2]))
+    return x, g.op("SUB", [x, k], g.tensor((1, 4, 4, 2), 1e-9, 0), g.s.SubOptionsT())
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (_dequantize_midway, r"activation 't1' is float32.*only as the input of QUANTIZE or the output of DEQUANTIZE"),
+    (_per_channel_quantize, r"operator 0 \(QUANTIZE\): an activation without one scale and zero point"),
+    (_sub_of_tiny_output_scale, r"operator 0 \(SUB\): output scale \S+ is below 2 x max")])
+def test_what_the_new_kernels_cannot_take_is_refused(build: Callable[[Graph], tuple[int, int]], message: str,
+                                                     tmp_path: Path) -> None:
+    g = Graph()
+    path = g.pack(tmp_path / "refused.tflite", *build(g))
+    with pytest.raises(UnsupportedOpError, match=message):
+        generate(path.read_bytes(), tmp_path / "c", "refused")
 
 
 def test_nearest_indices_follow_tflite_rounding() -> None:
