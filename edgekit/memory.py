@@ -10,8 +10,9 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
 - with `inplace_depthwise`, a depthwise conv whose input dies with it writes over its input:
   it costs max(input, output) instead of input + output;
 - with `inplace_residual`, a conv whose only reader is a residual add accumulates straight into
-  the add's other input when that input dies at the add (TinyEngine-style fused add): neither the
-  conv output nor the add output takes a buffer of its own;
+  the add's other input when that input dies at the add and nothing else reads it after the conv
+  (TinyEngine-style fused add): neither the conv output nor the add output takes a buffer of its own;
+  `MemoryPolicy.generated_c()` is what edgekit's generated C holds (depthwise and residual in place);
 - with `materialize_pads`, a zero pad that the graph folded into a conv/pool from an explicit PAD op
   (litert-torch emits PAD + VALID for PyTorch's stride-2 padding) is a buffer of its own, as TFLite and
   TF Lite Micro run it: the PAD holds its input and the padded copy, the conv the padded copy and its
@@ -38,6 +39,11 @@ class MemoryPolicy:
     inplace_depthwise: bool = True
     inplace_residual: bool = False
     materialize_pads: bool = False
+
+    @classmethod
+    def generated_c(cls) -> MemoryPolicy:
+        """The accounting of edgekit's generated C (`edgekit.mcu`): int8, depthwise and residual adds in place."""
+        return cls("int8", inplace_depthwise=True, inplace_residual=True, materialize_pads=False)
 
     @classmethod
     def tflm(cls, dtype: str = "int8") -> MemoryPolicy:
@@ -77,7 +83,7 @@ def _buffers(layers: Sequence[Layer], inputs: Iterable[str], policy: MemoryPolic
     for index, layer in enumerate(layers):
         for tensor in layer.inputs:
             readers.setdefault(tensor, []).append(index)
-    producer = {layer.output: layer for layer in layers}
+    producer = {layer.output: i for i, layer in enumerate(layers)}
     for index, layer in enumerate(layers):
         buffer_of.setdefault(layer.output, layer.output)
         if layer.op in ALIAS_OPS and len(layer.inputs) == 1:
@@ -85,8 +91,9 @@ def _buffers(layers: Sequence[Layer], inputs: Iterable[str], policy: MemoryPolic
         elif policy.inplace_residual and layer.op == "add" and len(layer.inputs) == 2:
             for kept, fused in (layer.inputs, layer.inputs[::-1]):
                 conv = producer.get(fused)
-                if conv is not None and conv.op == "conv2d" and readers.get(fused) == [index] \
-                        and max(readers[kept]) == index and kept != fused:
+                if conv is not None and layers[conv].op == "conv2d" and readers.get(fused) == [index] \
+                        and kept != fused and all(r < conv for r in readers[kept] if r != index) \
+                        and max(readers[kept]) == index:
                     buffer_of[fused] = buffer_of[layer.output] = buffer_of[kept]
                     break
     return buffer_of

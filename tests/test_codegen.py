@@ -27,7 +27,7 @@ from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.deploy import random_inputs, tflm_outputs
 from edgekit.mcu.fixedpoint import mean_multiplier, nearest_indices, quantize_multiplier
 from edgekit.mcu.patched import generate_patched
-from edgekit.memory import activation_memory
+from edgekit.memory import MemoryPolicy, activation_memory
 from edgekit.models import create_model
 from edgekit.models.digits import load_digits_split
 from edgekit.plan.patch import PatchPlan, fixed_plan, plan_patches
@@ -50,6 +50,24 @@ class ResidualAvgPoolNet(nn.Module):
         x = self.stem(x)
         x = self.pools(torch.relu(x + self.body(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+class InvertedResidualNet(nn.Module):
+    """A MobileNetV2 block whose projection sets the peak: 1x1 expand (x6), depthwise 3x3, 1x1 project, + input."""
+
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.block = nn.Sequential(nn.Conv2d(8, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU6(),
+                                   nn.Conv2d(48, 48, 3, 1, 1, groups=48, bias=False), nn.BatchNorm2d(48), nn.ReLU6(),
+                                   nn.Conv2d(48, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.fc((x + self.block(x)).mean((2, 3)))
 
 
 class SqueezeExcite(nn.Module):
@@ -421,6 +439,22 @@ def test_nearest_indices_follow_tflite_rounding() -> None:
     assert nearest_indices(3, 5, False, True) == [0, 0, 1, 2, 2]  # floor((i + 0.5) * 0.6)
 
 
+def test_a_residual_add_is_fused_into_its_projection_and_stays_bit_exact(tmp_path: Path) -> None:
+    path = _int8(trained_like(InvertedResidualNet()), tmp_path / "inverted_residual.tflite")
+    generated = generate(path.read_bytes(), tmp_path / "c", path.name)
+    source = (tmp_path / "c" / "ek_model.c").read_text()
+    assert source.count(".add = &a") == 1 and "ek_add(" not in source  # the ADD runs inside the convolution
+    graph = from_tflite(path)
+    fused, unfused = (activation_memory(graph, policy).peak_bytes
+                      for policy in (MemoryPolicy.generated_c(), MemoryPolicy()))
+    # at the projection: depthwise output 16x16x48 + the skip 16x16x8, without a buffer for the projection's output
+    assert fused == 16 * 16 * (48 + 8) < unfused == 16 * 16 * (48 + 8 + 8)
+    # the arena's peak is now the depthwise in place: the same bytes plus its two 16x16 scratch planes
+    assert generated.arena_bytes == generated.arena_lower_bound_bytes == fused + 2 * 16 * 16
+    want = _equals_tflite_micro(path, random_inputs(generated, 6, seed=3), tmp_path)
+    assert len({row.tobytes() for row in want}) > 1  # the inputs reach the output: a broken sum would show
+
+
 def test_the_se_net_runs_the_mcunet_operators(se_net: Path) -> None:
     model = parse_model(se_net.read_bytes(), "se_net")
     ops = {op_name(model, op) for op in model.subgraphs[0].operators}
@@ -535,7 +569,7 @@ def test_patched_c_equals_layer_by_layer_c_and_tflite_micro(name: str, resident:
     np.testing.assert_array_equal(got.outputs, layer_by_layer.outputs)
     assert patched.arena_lower_bound_bytes <= patched.arena_bytes < layered.arena_bytes
     # the planner's accounting (pads folded, depthwise in place; a resident image kept through the stage)
-    assert layered.arena_bytes == activation_memory(from_tflite(path)).peak_bytes
+    assert layered.arena_bytes == activation_memory(from_tflite(path), MemoryPolicy.generated_c()).peak_bytes
     assert patched.arena_bytes == plan.chosen.peak_bytes
     assert ("ek_model_read_window(" in source) != resident
     assert patched.weight_flash_bytes == layered.weight_flash_bytes  # every patch calls the same constants

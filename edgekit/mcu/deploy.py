@@ -26,6 +26,7 @@ from edgekit.mcu.build import build_host, build_qemu, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.firmware import DEFAULT_STACK_BYTES, Firmware, build_firmware, write_board
 from edgekit.mcu.patched import generate_patched
+from edgekit.memory import MemoryPolicy
 from edgekit.plan.patch import PatchPlan, plan_patches
 from edgekit.targets import Device
 
@@ -117,10 +118,10 @@ def _patch(plan: PatchPlan) -> dict[str, Any]:
 
 def patch_plan(tflite_path: Path, target: Device, resident: bool = False) -> PatchPlan:
     """edgekit's patch plan for the generated C on `target`: the smallest peak within the planner's recompute
-    budget, patched even when layer by layer fits; the image streamed window by window (the planner's default),
-    or `resident`, held whole in the arena."""
+    budget, patched even when layer by layer fits, in the C's accounting (`MemoryPolicy.generated_c()`: residual
+    adds fused); the image streamed window by window (the planner's default), or `resident`, held whole."""
     return plan_patches(from_tflite(tflite_path), target.activation_budget_bytes, input_resident=resident,
-                        force_patch=True)
+                        policy=MemoryPolicy.generated_c(), force_patch=True)
 
 
 def tflm_outputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ the layer's flash arrays and returns the C statement. An operator missing from `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,8 @@ class Layer:
     tag: str = ""
     pad_in: tuple[int, int, int] | None = None
     scratch: int | None = None  # a depthwise convolution in place: the tensor id of its scratch planes
+    fused_add: tuple[int, int, bool] | None = None  # a CONV_2D with a residual ADD fused in: (the ADD's operator,
+    # its output tensor, which the sum is written to: the skip's buffer; the convolution is the ADD's input 1)
     arrays: list[str] = field(default_factory=list)
     flash_bytes: int = 0
     _defined: set[str] = field(default_factory=set)
@@ -203,13 +205,21 @@ def _conv(layer: Layer) -> str:
               f".dilation_h = {dilation[0]}, .dilation_w = {dilation[1]}, .pad_top = {pads[0]}, "
               f".pad_left = {pads[1]}, .groups = {groups}, .in_offset = {-in_zp}, "
               + _requant(layer, out_shape[3], wq.scale, opts.fusedActivationFunction))
+    if layer.fused_add is None:
+        output = layer.pointer(0, True)
+    else:  # each output value added to the skip's and written over it (memory.FusedAdd): no buffer of its own
+        add, out, conv_first = layer.fused_add
+        the_add = replace(layer, index=add, pad_in=None, fused_add=None)  # for the ADD's own quantization
+        added = layer.params("ek_add_params", _add_fields(the_add), kind="a")
+        fields += f", .add = {added}, .add_conv_first = {int(conv_first)}"
+        output = layer.place(out)
     params = layer.params("ek_conv_params", fields)
     if layer.scratch is not None:  # in place: the output over the input's buffer
         return (f"ek_depthwise_inplace({layer.pointer(0)}, {c_shape(in_shape)}, {c_rect(layer.part(0, in_shape))}, "
                 f"{filt}, {bias}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, "
                 f"{layer.place(layer.scratch)}, {params});")
     return (f"ek_conv({layer.pointer(0)}, {c_shape(in_shape)}, {c_rect(layer.part(0, in_shape))}, {filt}, {bias}, "
-            f"{layer.pointer(0, True)}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, {params});")
+            f"{output}, {c_shape(out_shape)}, {c_rect(layer.part(0, out_shape, True))}, {params});")
 
 
 def _pool(layer: Layer) -> str:
@@ -252,18 +262,23 @@ def _at(pointer: str, start: int) -> str:
     return f"{pointer} + {start}" if start else pointer
 
 
+def _add_fields(layer: Layer) -> str:
+    """The ek_add_params of an ADD or SUB operator `layer`: both inputs to a common scale, summed, requantized."""
+    (s1, z1), (s2, z2), (so, zo) = layer.quant(0), layer.quant(1), layer.quant(0, outputs=True)
+    low, high = fp.activation_range(layer.op.builtinOptions.fusedActivationFunction, so, zo, layer.where)
+    (m1, sh1), (m2, sh2), (mo, sho) = fp.add_multipliers(s1, s2, so)
+    if sho > 0:  # TF Lite's kernel takes a multiplier below one (MultiplyByQuantizedMultiplierSmallerThanOneExp)
+        raise UnsupportedOpError(f"{layer.where}: output scale {so} is below 2 x max(input scales) / 2^20")
+    return f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, {sho}, {fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}"
+
+
 def _binary(layer: Layer) -> str:
     """ADD, SUB and MUL, either input broadcast along any axis of size 1 (SE blocks: MUL of N,H,W,C by N,1,1,C)."""
     (s1, z1), (s2, z2), (so, zo) = layer.quant(0), layer.quant(1), layer.quant(0, outputs=True)
     low, high = fp.activation_range(layer.op.builtinOptions.fusedActivationFunction, so, zo, layer.where)
     name = op_name(layer.model, layer.op)
     if name in ("ADD", "SUB"):
-        kernel = f"ek_{name.lower()}"
-        (m1, sh1), (m2, sh2), (mo, sho) = fp.add_multipliers(s1, s2, so)
-        if sho > 0:  # TF Lite's kernel takes a multiplier below one (MultiplyByQuantizedMultiplierSmallerThanOneExp)
-            raise UnsupportedOpError(f"{layer.where}: output scale {so} is below 2 x max(input scales) / 2^20")
-        params = layer.params("ek_add_params", f"{-z1}, {-z2}, {m1}, {m2}, {mo}, {sh1}, {sh2}, {sho}, "
-                                               f"{fp.ADD_LEFT_SHIFT}, {zo}, {low}, {high}")
+        kernel, params = f"ek_{name.lower()}", layer.params("ek_add_params", _add_fields(layer))
     else:
         multiplier, shift = fp.mul_multiplier(s1, s2, so)
         kernel, params = "ek_mul", layer.params("ek_mul_params", f"{-z1}, {-z2}, {multiplier}, {shift}, {zo}, "

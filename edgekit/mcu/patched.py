@@ -94,7 +94,7 @@ def generate_patched(tflite_path: Path, plan: PatchPlan, out_dir: Path) -> Gener
     where, stage = tflite_path.name, stage_tensor(tflite_path, plan)
     ops = read_operators(tflite_path.read_bytes(), where)
     end = next(i for i, ws in enumerate(ops.writes) if stage in ws)
-    run = steps(ops, keep=frozenset({stage}))
+    run = steps(ops, keep=frozenset({stage}), fuse_from=end + 1)
     _check_stage(ops, run, end, where)
     width, streamed = _hw(ops, stage)[1], not plan.input_resident
     patch: dict[str, Any] = {}  # the patch being emitted: its tile and regions

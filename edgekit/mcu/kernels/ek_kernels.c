@@ -30,6 +30,8 @@ static int8_t ek_clamp(int32_t x, int32_t low, int32_t high) {
     return (int8_t)(x < low ? low : x > high ? high : x);
 }
 
+static int8_t ek_add_one(int32_t x1, int32_t x2, const void *params);
+
 void ek_conv(const int8_t *in, ek_shape is, ek_rect ir, const int8_t *filter, const int32_t *bias,
              int8_t *out, ek_shape os, ek_rect orr, const ek_conv_params *p) {
     const int in_per_group = is.c / p->groups, out_per_group = os.c / p->groups;
@@ -55,7 +57,9 @@ void ek_conv(const int8_t *in, ek_shape is, ek_rect ir, const int8_t *filter, co
                     }
                     if (bias) acc += bias[oc];
                     acc = ek_scale(acc, p->rq.multiplier[oc], p->rq.shift[oc]) + p->rq.out_offset;
-                    dst[oc] = ek_clamp(acc, p->rq.act_min, p->rq.act_max);
+                    const int8_t value = ek_clamp(acc, p->rq.act_min, p->rq.act_max);
+                    dst[oc] = !p->add ? value : p->add_conv_first ? ek_add_one(value, dst[oc], p->add)
+                                                                  : ek_add_one(dst[oc], value, p->add);
                 }
             }
         }

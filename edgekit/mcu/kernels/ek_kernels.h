@@ -21,13 +21,25 @@ typedef struct {
     int32_t out_offset, act_min, act_max;
 } ek_requant;
 
+/* ADD: both inputs rescaled to a common scale (left shift 20), summed, requantized. */
+typedef struct {
+    int32_t in1_offset, in2_offset, in1_multiplier, in2_multiplier, out_multiplier;
+    int in1_shift, in2_shift, out_shift, left_shift;
+    int32_t out_offset, act_min, act_max;
+} ek_add_params;
+
 /* Grouped convolution: CONV_2D (groups 1), DEPTHWISE_CONV_2D (groups = input channels, filter
  * reordered to [out_c][kh][kw][1]) and FULLY_CONNECTED (a 1x1 convolution). Filter [out_c][kh][kw][in_c / groups].
- * `in` holds part `in_part` of the input (shape `in_shape`), `out` receives part `out_part` of the output. */
+ * `in` holds part `in_part` of the input (shape `in_shape`), `out` receives part `out_part` of the output.
+ * With `add` (a residual ADD fused in), `out` holds the ADD's other input, the skip: each requantized output value
+ * is added to the skip's value at its place with the ADD's arithmetic (the convolution's value as the ADD's first
+ * input when `add_conv_first`, else its second) and the sum written over it. */
 typedef struct {
     int kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups;
     int32_t in_offset;
     ek_requant rq;
+    const ek_add_params *add;
+    int add_conv_first;
 } ek_conv_params;
 
 void ek_conv(const int8_t *in, ek_shape in_shape, ek_rect in_part, const int8_t *filter, const int32_t *bias,
@@ -56,13 +68,6 @@ typedef struct {
     ek_shape out;
     int stride[3][4];
 } ek_broadcast;
-
-/* ADD: both inputs rescaled to a common scale (left shift 20), summed, requantized. */
-typedef struct {
-    int32_t in1_offset, in2_offset, in1_multiplier, in2_multiplier, out_multiplier;
-    int in1_shift, in2_shift, out_shift, left_shift;
-    int32_t out_offset, act_min, act_max;
-} ek_add_params;
 
 void ek_add(const int8_t *in1, const int8_t *in2, int8_t *out, const ek_broadcast *b, const ek_add_params *p);
 
