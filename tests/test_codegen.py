@@ -70,6 +70,20 @@ class InvertedResidualNet(nn.Module):
         return self.fc((x + self.block(x)).mean((2, 3)))
 
 
+class MaxPoolPadNet(nn.Module):
+    """ResNet's stem pool: a padded 3x3/2 max pool, which litert-torch writes as PADV2 with -128 and a VALID pool."""
+
+    input_shape = (1, 3, 16, 16)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)  # no ReLU: values below the zero point, so the pad value shows
+        self.pool, self.fc = nn.MaxPool2d(3, 2, 1), nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stem(x)), 1))
+
+
 class SqueezeExcite(nn.Module):
     """MCUNet/MobileNetV3's SE block: global mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid, scaling the input."""
 
@@ -453,6 +467,15 @@ def test_a_residual_add_is_fused_into_its_projection_and_stays_bit_exact(tmp_pat
     assert generated.arena_bytes == generated.arena_lower_bound_bytes == fused + 2 * 16 * 16
     want = _equals_tflite_micro(path, random_inputs(generated, 6, seed=3), tmp_path)
     assert len({row.tobytes() for row in want}) > 1  # the inputs reach the output: a broken sum would show
+
+
+def test_padv2_before_a_max_pool_equals_tflite_micro(tmp_path: Path) -> None:
+    path = _int8(trained_like(MaxPoolPadNet()), tmp_path / "maxpool_pad.tflite")
+    model = parse_model(path.read_bytes(), path.name)
+    assert "PADV2" in [op_name(model, op) for op in model.subgraphs[0].operators]
+    generated = generate(path.read_bytes(), tmp_path / "probe", path.name)
+    want = _equals_tflite_micro(path, random_inputs(generated, 4, seed=5), tmp_path)
+    assert len({row.tobytes() for row in want}) > 1
 
 
 def test_the_se_net_runs_the_mcunet_operators(se_net: Path) -> None:

@@ -385,12 +385,17 @@ def _concat(layer: Layer) -> str:
 
 
 def _pad(layer: Layer) -> str:
+    """PAD (with the output's zero point) and PADV2 (with its constant: -128 ahead of a max pool)."""
     pads = layer.constant(1).reshape(-1, 2)
     before = [0] * (4 - len(pads)) + [int(p) for p in pads[:, 0]]
     in_shape, out_shape = nhwc(layer.tensor(0).shape), nhwc(layer.tensor(0, outputs=True).shape)
-    _, zp = layer.quant(0, outputs=True)
+    if layer.quant(0) != layer.quant(0, outputs=True):
+        raise UnsupportedOpError(f"{layer.where}: input and output quantized differently (TF Lite pads a copy)")
+    _, value = layer.quant(0, outputs=True)
+    if op_name(layer.model, layer.op) == "PADV2":
+        value = int(layer.constant(2).astype(np.int32).reshape(-1)[0])
     return (f"ek_pad({layer.pointer(0)}, {c_shape(in_shape)}, {layer.pointer(0, True)}, {c_shape(out_shape)}, "
-            f"(const int[4]){{{', '.join(map(str, before))}}}, {zp});")
+            f"(const int[4]){{{', '.join(map(str, before))}}}, {value});")
 
 
 def _transpose(layer: Layer) -> str:
@@ -418,7 +423,7 @@ KERNELS = {
     "MAX_POOL_2D": Kernel(_pool, stage="window"), "ADD": Kernel(_binary, stage="pointwise"),
     "MUL": Kernel(_binary, stage="pointwise"), "SUB": Kernel(_binary), "MEAN": Kernel(_mean), "LOGISTIC": Kernel(_lut),
     "HARD_SWISH": Kernel(_lut), "SOFTMAX": Kernel(_softmax), "CONCATENATION": Kernel(_concat),
-    "PAD": Kernel(_pad, stage="pad"), "TRANSPOSE": Kernel(_transpose),
+    "PAD": Kernel(_pad, stage="pad"), "PADV2": Kernel(_pad), "TRANSPOSE": Kernel(_transpose),
     "RESHAPE": Kernel(None, alias=True), "QUANTIZE": Kernel(_quantize, float_edge="input"),
     "DEQUANTIZE": Kernel(_dequantize, float_edge="output"), "RESIZE_NEAREST_NEIGHBOR": Kernel(_resize_nearest),
 }
