@@ -12,7 +12,8 @@ Accounting (the MCUNetV2 / TinyEngine convention, stated so numbers can be compa
 - with `inplace_residual`, a conv whose only reader is a residual add accumulates straight into
   the add's other input when that input dies at the add and nothing else reads it after the conv
   (TinyEngine-style fused add): neither the conv output nor the add output takes a buffer of its own;
-  `MemoryPolicy.generated_c()` is what edgekit's generated C holds (depthwise and residual in place);
+  `MemoryPolicy.generated_c()` is what edgekit's generated C holds (depthwise in place, with a copy of one
+  input channel as its scratch, and residual adds fused);
 - with `materialize_pads`, a zero pad that the graph folded into a conv/pool from an explicit PAD op
   (litert-torch emits PAD + VALID for PyTorch's stride-2 padding) is a buffer of its own, as TFLite and
   TF Lite Micro run it: the PAD holds its input and the padded copy, the conv the padded copy and its
@@ -39,11 +40,14 @@ class MemoryPolicy:
     inplace_depthwise: bool = True
     inplace_residual: bool = False
     materialize_pads: bool = False
+    depthwise_scratch: bool = False  # an in-place depthwise also holds a copy of one input channel (the C's scratch)
 
     @classmethod
     def generated_c(cls) -> MemoryPolicy:
-        """The accounting of edgekit's generated C (`edgekit.mcu`): int8, depthwise and residual adds in place."""
-        return cls("int8", inplace_depthwise=True, inplace_residual=True, materialize_pads=False)
+        """The accounting of edgekit's generated C (`edgekit.mcu`): int8, depthwise in place with its one-channel
+        scratch plane, residual adds fused."""
+        return cls("int8", inplace_depthwise=True, inplace_residual=True, materialize_pads=False,
+                   depthwise_scratch=True)
 
     @classmethod
     def tflm(cls, dtype: str = "int8") -> MemoryPolicy:
@@ -123,6 +127,8 @@ def live_bytes(layers: Sequence[Layer], inputs: Iterable[str], outputs: Iterable
         if policy.inplace_depthwise and layer.op == "depthwise_conv2d" and source is not None \
                 and last_use.get(source) == index:
             live -= min(size[source], size[output])
+            if policy.depthwise_scratch:  # one input channel copied out
+                live += size[source] // layer.input_shapes[0][1]
         if policy.materialize_pads and padded_of is not None and any(layer.explicit_pad):
             padded = padded_of(layer)
             at_pad = sum(size[b] for b in alive) + padded  # the PAD op: its input and the padded copy

@@ -49,7 +49,7 @@ def generate(tflite: bytes, out_dir: Path, where: str = "the model") -> Generate
     naming any operator or tensor type the kernels do not take, ModelLoadError when it is not a TFLite model."""
     ops = read_operators(tflite, where)
     run = steps(ops)
-    scratch = {i: plane(ops, run.reads[i][0]) + plane(ops, ops.writes[i][0]) for i in run.inplace}
+    scratch = {i: plane(ops, run.reads[i][0]) for i in run.inplace}  # a copy of one input channel
     arena = run.arena(ops, ops.sizes, scratch, [ops.input])
 
     def place(tensor: int) -> str:

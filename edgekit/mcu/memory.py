@@ -4,8 +4,8 @@ accounting, as TinyEngine runs it):
 - a PAD whose only reader is a convolution and which pads H and W with the zero point is folded into it: the
   kernel reads the PAD's input, and the padded pixels, beyond its border, add nothing to the sum (no padded copy);
 - a depthwise convolution (one output channel per input channel) whose input no other operator reads is computed
-  in place: each channel is copied out to a scratch plane (input and output plane) and its result written back
-  over the channel, which only that channel's outputs touch in NHWC;
+  in place: each channel is copied out to a scratch plane (one input channel) and its output computed from the
+  copy straight over the channel, which only that channel's outputs touch in NHWC;
 - a residual ADD (no broadcasting) of a CONV_2D's output, which nothing else reads, and a skip tensor, which nothing
   reads after that convolution but the ADD, is fused into the convolution (TinyEngine's fused add): each output
   value, requantized as the convolution's own, is added to the skip's value at the same place with the ADD's
@@ -147,15 +147,15 @@ class Steps:
 
 
 def steps(ops: Operators, keep: frozenset[int] = frozenset(), fuse_from: int = 0) -> Steps:
-    """The steps of the model with PADs folded, depthwise convolutions in place and residual ADDs (from operator
-    `fuse_from` on: a patched stage's run per patch, unfused) fused into their convolutions, none in place over
-    the graph input or output or a tensor of `keep`."""
+    """The steps of the model with PADs folded, depthwise convolutions in place (none over the graph input or output
+    or a tensor of `keep`) and residual ADDs fused into their convolutions from operator `fuse_from` on (a patched
+    stage runs per patch, unfused; after it the stage buffer is a tensor like any other)."""
     folds = pad_folds(ops)
     pads = {fold.pad for fold in folds.values()}
     reads = {i: ([folds[i].source, *ops.reads[i][1:]] if i in folds else ops.reads[i])
              for i in range(len(ops.names)) if i not in pads}
     kept = {ops.input, ops.output, *keep}
-    fused = fused_adds(ops, reads, kept, fuse_from)
+    fused = fused_adds(ops, reads, {ops.input, ops.output}, fuse_from)  # over a patched stage's buffer too
     for conv, add in fused.items():
         reads[conv] = [*reads[conv], add.skip]  # the skip is read (and overwritten) by the convolution
         del reads[add.add]

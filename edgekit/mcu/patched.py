@@ -114,9 +114,8 @@ def generate_patched(tflite_path: Path, plan: PatchPlan, out_dir: Path) -> Gener
     inside = {t for i in stage_layers for t in (*run.reads[i], *ops.writes[i])} - {stage, *([] if streamed else
                                                                                            [ops.input])}
     sizes = dict(ops.sizes) | {t: max(_area(r.get(t, (0, 0, 0, 0))) for r in regions) * ops.shape(t)[3] for t in inside}
-    scratch = {i: max(_area(r.get(run.reads[i][0], (0, 0, 0, 0))) + _area(r.get(ops.writes[i][0], (0, 0, 0, 0)))
-                      for r in regions)
-               if i <= end else plane(ops, run.reads[i][0]) + plane(ops, ops.writes[i][0]) for i in run.inplace}
+    scratch = {i: max(_area(r.get(run.reads[i][0], (0, 0, 0, 0))) for r in regions) if i <= end else
+               plane(ops, run.reads[i][0]) for i in run.inplace}  # a copy of one input channel
     arena = run.arena(ops, sizes, scratch, [ops.input, stage], {} if streamed else {ops.input: max(stage_layers)})
     calls = []
     for index, (tile, needed) in enumerate(zip(plan.tiles, regions)):

@@ -17,7 +17,7 @@ by layer. Memory accounting (int8 bytes, the MCUNetV2 convention, see `edgekit.m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from edgekit.errors import PlanError
 from edgekit.graph.ir import Graph, Layer
@@ -175,8 +175,10 @@ def stage_ends(graph: Graph) -> list[int]:
 def _patch_live(graph: Graph, stage: list[Layer], regions: dict[str, Region], window: Region,
                 input_resident: bool, policy: MemoryPolicy) -> list[int]:
     """Live int8 bytes at each stage layer while one patch runs (its output tile goes to the stage buffer). A
-    resident image stays live through the whole stage: every later patch reads it again."""
+    resident image stays live through the whole stage: every later patch reads it again. Residual adds are not
+    fused inside a patch (a patch's skip region is larger than its sum's), only after the stage."""
     inputs = [spec.name for spec in graph.inputs]
+    policy = replace(policy, inplace_residual=False)
 
     def size_of(tensor: str) -> int:
         shape = graph.tensor_shape(tensor)

@@ -35,12 +35,13 @@ static int8_t ek_add_one(int32_t x1, int32_t x2, const void *params);
 void ek_conv(const int8_t *in, ek_shape is, ek_rect ir, const int8_t *filter, const int32_t *bias,
              int8_t *out, ek_shape os, ek_rect orr, const ek_conv_params *p) {
     const int in_per_group = is.c / p->groups, out_per_group = os.c / p->groups;
+    const int pixel = p->out_pixel_stride ? p->out_pixel_stride : os.c;
     for (int b = 0; b < os.n; ++b) {
         for (int oy = orr.y; oy < orr.y + orr.h; ++oy) {
             const int y0 = oy * p->stride_h - p->pad_top;
             for (int ox = orr.x; ox < orr.x + orr.w; ++ox) {
                 const int x0 = ox * p->stride_w - p->pad_left;
-                int8_t *dst = out + ((b * orr.h + oy - orr.y) * orr.row + ox - orr.x) * os.c;
+                int8_t *dst = out + ((b * orr.h + oy - orr.y) * orr.row + ox - orr.x) * pixel;
                 for (int oc = 0; oc < os.c; ++oc) {
                     const int first_in = (oc / out_per_group) * in_per_group;
                     int32_t acc = 0;
@@ -68,20 +69,18 @@ void ek_conv(const int8_t *in, ek_shape is, ek_rect ir, const int8_t *filter, co
 
 void ek_depthwise_inplace(int8_t *buf, ek_shape is, ek_rect ir, const int8_t *filter, const int32_t *bias,
                           ek_shape os, ek_rect orr, int8_t *scratch, const ek_conv_params *p) {
-    int8_t *plane_in = scratch, *plane_out = scratch + ir.h * ir.w;
     const ek_shape one_in = {1, is.h, is.w, 1}, one_out = {1, os.h, os.w, 1};
-    const ek_rect in_plane = {ir.y, ir.x, ir.h, ir.w, ir.w}, out_plane = {orr.y, orr.x, orr.h, orr.w, orr.w};
+    const ek_rect in_plane = {ir.y, ir.x, ir.h, ir.w, ir.w};
     for (int c = 0; c < is.c; ++c) {
         for (int y = 0; y < ir.h; ++y)
-            for (int x = 0; x < ir.w; ++x) plane_in[y * ir.w + x] = buf[(y * ir.row + x) * is.c + c];
+            for (int x = 0; x < ir.w; ++x) scratch[y * ir.w + x] = buf[(y * ir.row + x) * is.c + c];
         ek_conv_params one = *p;
         one.groups = 1;
         one.rq.multiplier += c;
         one.rq.shift += c;
-        ek_conv(plane_in, one_in, in_plane, filter + c * p->kh * p->kw, bias ? bias + c : 0, plane_out, one_out,
-                out_plane, &one);
-        for (int y = 0; y < orr.h; ++y)
-            for (int x = 0; x < orr.w; ++x) buf[(y * orr.row + x) * os.c + c] = plane_out[y * orr.w + x];
+        one.out_pixel_stride = os.c;
+        ek_conv(scratch, one_in, in_plane, filter + c * p->kh * p->kw, bias ? bias + c : 0, buf + c, one_out, orr,
+                &one);
     }
 }
 

@@ -40,15 +40,16 @@ typedef struct {
     ek_requant rq;
     const ek_add_params *add;
     int add_conv_first;
+    int out_pixel_stride; /* bytes from one output pixel to the next; 0: the output's channels */
 } ek_conv_params;
 
 void ek_conv(const int8_t *in, ek_shape in_shape, ek_rect in_part, const int8_t *filter, const int32_t *bias,
              int8_t *out, ek_shape out_shape, ek_rect out_part, const ek_conv_params *p);
 
 /* DEPTHWISE_CONV_2D in place (batch 1, one output channel per input channel): `buf` holds part `in_part` of the
- * input and receives part `out_part` of the output. Channel by channel, the input channel is copied to the front of
- * `scratch`, ek_conv computes the output channel behind it, and the result is written back over the channel: in NHWC
- * no other channel shares those bytes. `scratch` holds in_part.h x in_part.w + out_part.h x out_part.w bytes. */
+ * input and receives part `out_part` of the output. Channel by channel, the input channel is copied to `scratch`
+ * (in_part.h x in_part.w bytes) and ek_conv writes the output channel from it straight over the channel: in NHWC no
+ * other channel shares those bytes, and the copy holds everything the channel's outputs read. */
 void ek_depthwise_inplace(int8_t *buf, ek_shape in_shape, ek_rect in_part, const int8_t *filter, const int32_t *bias,
                           ek_shape out_shape, ek_rect out_part, int8_t *scratch, const ek_conv_params *p);
 
