@@ -516,16 +516,17 @@ def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operato
     return sub
 
 
-# op -> the version whose kernels take int8/bool
-_NEW_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1, "PAD": 2, "PADV2": 2, "CONCATENATION": 2}
+# op -> the version whose kernels take int8/bool: what the stage model (and the rest, sharing its codes) adds to
+# the source's ops, and what the unrolled model adds on top
+_STAGE_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}
+_UNROLLED_OPS = {"PAD": 2, "PADV2": 2, "CONCATENATION": 2}
 
 
-def _opcodes(src: _Model) -> tuple[list[Any], dict[str, int]]:
-    """The model's operator codes plus those the rewrites add (`_NEW_OPS`), and name -> index for all of them."""
+def _opcodes(codes: list[Any], index: dict[str, int], added: dict[str, int]) -> tuple[list[Any], dict[str, int]]:
+    """Operator codes `codes` (op name -> position: `index`) plus the `added` ops they lack, and the new index."""
     schema = tflite.schema()
-    codes = list(src.model.operatorCodes)
-    index = {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}
-    for name, version in _NEW_OPS.items():
+    codes, index = list(codes), dict(index)
+    for name, version in added.items():
         if name not in index:
             code = schema.OperatorCodeT()
             code.builtinCode = getattr(schema.BuiltinOperator, name)
@@ -573,7 +574,9 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     src = _Model(Path(tflite_path))
     end, stage_tensor = _stage_split(src, plan)
     assert plan.chosen is not None  # checked by _stage_split
-    codes, code_index = _opcodes(src)
+    codes, code_index = _opcodes(list(src.model.operatorCodes),
+                                 {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}, _STAGE_OPS)
+    unrolled_codes, unrolled_index = _opcodes(codes, code_index, _UNROLLED_OPS)
     image = src.sub.inputs[0]
     tile_h, tile_w = (max(_hw(t)[axis] for t in plan.tiles) for axis in (0, 1))
     needed = [_regions(src, end, stage_tensor, (t[0], t[1], t[0] + tile_h, t[1] + tile_w)) for t in plan.tiles]
@@ -587,7 +590,7 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     shifts = [{t: (r[t][0] - needed[0][t][0], r[t][1] - needed[0][t][1]) for t in r} for r in needed]
     stage = _stage_subgraph(src, code_index, end, needed[0], shifts)
     buffers = list(src.model.buffers)
-    unrolled = _unrolled_subgraph(src, code_index, end, stage_tensor, plan.tiles, plan.chosen.grid)
+    unrolled = _unrolled_subgraph(src, unrolled_index, end, stage_tensor, plan.tiles, plan.chosen.grid)
     for built in (stage, unrolled):
         built.place_buffers(buffers)
     stage_out = stage.held[stage_tensor][0]
@@ -600,7 +603,7 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     attach_arena_plan(rest_model, rest_arena)
     files = {STAGE_MODEL: tflite.pack_model(_standalone(src, codes, stage_sub, buffers)),
              REST_MODEL: tflite.pack_model(rest_model),
-             UNROLLED_MODEL: tflite.pack_model(_standalone(src, codes, unrolled_sub, buffers))}
+             UNROLLED_MODEL: tflite.pack_model(_standalone(src, unrolled_codes, unrolled_sub, buffers))}
     full_macs = sum(src.macs(i, src.hw(src.ops[i].outputs[0])) for i in range(end + 1))
     input_info = _tensor_info(src.sub.tensors[image])
     window_fill = stage.image_fill if stage.image_fill is not None else input_info.zero_point or 0
