@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,11 +161,11 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
             **{f"{b}_{k}_ms": v for b, times in latency.items() for k, v in times.items()}}
 
 
-def _delegation(adapter: object) -> str:
+def _delegation(adapter: Any) -> str:
     """How LiteRT ran a model: its XNNPACK partitions and the ops left outside them. From the interpreter's op
     details (a private API), which list every op of the file and then one DELEGATE node per partition: the ops a
     partition took are those its outputs are computed from, back to its inputs."""
-    details = adapter.interpreter._get_ops_details()  # type: ignore[attr-defined]
+    details = adapter.interpreter._get_ops_details()
     ops = [d for d in details if d["op_name"] != "DELEGATE"]
     producer = {int(t): i for i, d in enumerate(ops) for t in d["outputs"]}
     taken: set[int] = set()
@@ -184,8 +185,10 @@ def _delegation(adapter: object) -> str:
 
 def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, repeats: int) -> list[dict]:
     """Patched p50 against the full model's, per backend and executor, 1 thread: `repeats` repeats, each timing
-    every runner in interleaved rounds (LiteRT 10 rounds of 20 calls, tflite-micro 3 of 1), so the ratio of
-    each repeat compares p50s measured side by side. Also checks each runner bit-exact."""
+    every runner in interleaved rounds (LiteRT 10 rounds of 20 calls, tflite-micro 5 of 1), so the ratio of
+    each repeat compares p50s measured side by side. Also checks each runner bit-exact. Under LiteRT the bare
+    interpreter invokes are timed too (the unrolled and rest models against the full model, no Python around
+    them): the floor the unrolled executor's ratio can reach, set by the MACs the patches recompute."""
     from edgekit.convert.patch_artifacts import build_patch_artifacts
     from edgekit.runtime.backends import open_backend
     from edgekit.runtime.patched import PatchExecutor
@@ -193,10 +196,11 @@ def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, 
     path, plan = _int8_plan(name, target, max_extra_macs, workdir)
     artifacts = build_patch_artifacts(path, plan)
     schedule = artifacts.schedule
+    macs = schedule.macs
     x = np.random.default_rng(0).integers(-128, 128, schedule.input.shape, dtype=np.int8)
     rows = []
     for backend, rounds, reps, executors in (("litert", 10, 20, ("unrolled", "masked")),
-                                             ("tflite-micro", 3, 1, ("masked",))):
+                                             ("tflite-micro", 5, 1, ("masked",))):
         full = open_backend(backend, path.read_bytes(), schedule.input.shape, threads=1)
         full.input_buffer[...] = x
         expected = full.invoke()
@@ -206,14 +210,22 @@ def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, 
             patched[how] = PatchExecutor(artifacts.files, schedule, backend, threads=1, masked=how == "masked")
             patched[how].input_buffer[...] = x
             runners[how] = patched[how].invoke
+        if backend == "litert":
+            unrolled = patched["unrolled"]
+            runners.update({"bare full": full.interpreter.invoke, "bare unrolled": unrolled._whole.interpreter.invoke,
+                            "bare rest": unrolled._rest.interpreter.invoke})
         p50s = [_median_ms(runners, rounds, reps) for _ in range(repeats)]
         for how, executor in patched.items():
             full_ms, ms = [p["full"] for p in p50s], [p[how] for p in p50s]
             stage = executor._whole if executor.unrolled else executor._stage
+            stage_macs = macs.stage_unrolled if executor.unrolled else macs.stage_patched
             rows.append({"model": name, "backend": backend, "executor": how, "grid": schedule.grid,
                          "bit_exact": all(np.array_equal(a, b) for a, b in zip(executor.invoke(), expected)),
                          "full_p50_ms": full_ms, "patched_p50_ms": ms,
                          "ratios": [p / f for p, f in zip(ms, full_ms)],
+                         "macs_ratio": (plan.total_macs + stage_macs - macs.stage_full) / plan.total_macs,
+                         "bare_ratios": [(p["bare unrolled"] + p["bare rest"]) / p["bare full"] for p in p50s]
+                         if executor.unrolled else None,
                          "stage_delegation": _delegation(stage) if backend == "litert" else None,
                          "full_delegation": _delegation(full) if backend == "litert" else None})
     return rows
@@ -226,11 +238,12 @@ def render_speed(rows: list[dict]) -> str:
 
     return table(
         ("model", "backend", "patched executor", "repeats", "full p50 ms (min / median / max)",
-         "patched p50 ms (min / median / max)", "patched / full (min / median / max)", "bit-exact",
-         "stage under LiteRT", "full under LiteRT"),
+         "patched p50 ms (min / median / max)", "patched / full (min / median / max)", "bare invokes / full",
+         "MACs / full", "bit-exact", "stage under LiteRT", "full under LiteRT"),
         [(r["model"], r["backend"], r["executor"], str(len(r["ratios"])), spread(r["full_p50_ms"]),
-          spread(r["patched_p50_ms"]), spread(r["ratios"], 2), "yes" if r["bit_exact"] else "NO",
-          r["stage_delegation"] or "-", r["full_delegation"] or "-") for r in rows])
+          spread(r["patched_p50_ms"]), spread(r["ratios"], 2), spread(r["bare_ratios"], 2) if r["bare_ratios"] else "-",
+          f"{r['macs_ratio']:.2f}", "yes" if r["bit_exact"] else "NO", r["stage_delegation"] or "-",
+          r["full_delegation"] or "-") for r in rows])
 
 
 def render_int8(rows: list[dict]) -> str:
