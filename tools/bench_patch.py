@@ -187,8 +187,9 @@ def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, 
     """Patched p50 against the full model's, per backend and executor, 1 thread: `repeats` repeats, each timing
     every runner in interleaved rounds (LiteRT 10 rounds of 20 calls, tflite-micro 5 of 1), so the ratio of
     each repeat compares p50s measured side by side. Also checks each runner bit-exact. Under LiteRT the bare
-    interpreter invokes are timed too (the unrolled and rest models against the full model, no Python around
-    them): the floor the unrolled executor's ratio can reach, set by the MACs the patches recompute."""
+    interpreter invokes are timed too, no Python around them: the unrolled and the rest model each on its own
+    (apart: each stays in the cache) and one after the other (in turn, as a frame runs them), against the full
+    model. Apart is the floor the MACs the patches recompute set; in turn adds the two models taking turns."""
     from edgekit.convert.patch_artifacts import build_patch_artifacts
     from edgekit.runtime.backends import open_backend
     from edgekit.runtime.patched import PatchExecutor
@@ -212,19 +213,23 @@ def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, 
             runners[how] = patched[how].invoke
         if backend == "litert":
             unrolled = patched["unrolled"]
-            runners.update({"bare full": full.interpreter.invoke, "bare unrolled": unrolled._whole.interpreter.invoke,
-                            "bare rest": unrolled._rest.interpreter.invoke})
+            stage_call, rest_call = unrolled._whole.interpreter.invoke, unrolled._rest.interpreter.invoke
+            runners.update({"bare full": full.interpreter.invoke, "bare unrolled": stage_call, "bare rest": rest_call,
+                            "bare pair": lambda: (stage_call(), rest_call())})
         p50s = [_median_ms(runners, rounds, reps) for _ in range(repeats)]
         for how, executor in patched.items():
             full_ms, ms = [p["full"] for p in p50s], [p[how] for p in p50s]
             stage = executor._whole if executor.unrolled else executor._stage
             stage_macs = macs.stage_unrolled if executor.unrolled else macs.stage_patched
             rows.append({"model": name, "backend": backend, "executor": how, "grid": schedule.grid,
+                         "unrolled_model_bytes": len(artifacts.files[schedule.unrolled_model]),
                          "bit_exact": all(np.array_equal(a, b) for a, b in zip(executor.invoke(), expected)),
                          "full_p50_ms": full_ms, "patched_p50_ms": ms,
                          "ratios": [p / f for p, f in zip(ms, full_ms)],
                          "macs_ratio": (plan.total_macs + stage_macs - macs.stage_full) / plan.total_macs,
                          "bare_ratios": [(p["bare unrolled"] + p["bare rest"]) / p["bare full"] for p in p50s]
+                         if executor.unrolled else None,
+                         "bare_pair_ratios": [p["bare pair"] / p["bare full"] for p in p50s]
                          if executor.unrolled else None,
                          "stage_delegation": _delegation(stage) if backend == "litert" else None,
                          "full_delegation": _delegation(full) if backend == "litert" else None})
@@ -237,11 +242,14 @@ def render_speed(rows: list[dict]) -> str:
         return f"{low:.{digits}f} / {mid:.{digits}f} / {high:.{digits}f}"
 
     return table(
-        ("model", "backend", "patched executor", "repeats", "full p50 ms (min / median / max)",
-         "patched p50 ms (min / median / max)", "patched / full (min / median / max)", "bare invokes / full",
+        ("model", "backend", "patched executor", "unrolled model B", "repeats", "full p50 ms (min / median / max)",
+         "patched p50 ms (min / median / max)", "patched / full (min / median / max)", "bare calls / full: apart",
+         "in turn",
          "MACs / full", "bit-exact", "stage under LiteRT", "full under LiteRT"),
-        [(r["model"], r["backend"], r["executor"], str(len(r["ratios"])), spread(r["full_p50_ms"]),
+        [(r["model"], r["backend"], r["executor"], f"{r['unrolled_model_bytes']:,}", str(len(r["ratios"])),
+          spread(r["full_p50_ms"]),
           spread(r["patched_p50_ms"]), spread(r["ratios"], 2), spread(r["bare_ratios"], 2) if r["bare_ratios"] else "-",
+          spread(r["bare_pair_ratios"], 2) if r["bare_pair_ratios"] else "-",
           f"{r['macs_ratio']:.2f}", "yes" if r["bit_exact"] else "NO", r["stage_delegation"] or "-",
           r["full_delegation"] or "-") for r in rows])
 
