@@ -127,6 +127,8 @@ def test_patched_int8_is_bit_exact(net: str, backend: str, masked: bool, request
     for seed in (0, 1):
         x = _frame(artifacts, seed)
         assert np.array_equal(_patched(executor, x), _full(path, artifacts, backend, x))
+    if executor.unrolled:  # LiteRT reports no arena: the stage buffer and the image the unrolled model reads
+        assert executor.peak_bytes == np.prod(schedule.stage.shape) + np.prod(schedule.input.shape)
 
 
 def test_masks_mark_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
@@ -247,6 +249,8 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     out = artifacts.schedule.outputs[0]
     expected = (_full(path, artifacts, backend, x).astype(np.int32) - out.zero_point) * np.float32(out.scale)
     np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
+    (memory,) = session.stats()["backend_memory"]  # what `edgekit bench` prints: the schedule's own figure
+    assert memory["kind"].startswith("patch schedule") and memory["bytes"] > np.prod(artifacts.schedule.stage.shape)
 
 
 def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ class PatchExecutor:
     def memory(self) -> dict[str, Any]:
         """Peak bytes (see `peak_bytes`), the stage buffer and, under tflite-micro, both models' arenas."""
         report: dict[str, Any] = {"stage_bytes": self.stage.nbytes}
-        if isinstance(self._stage, TflmAdapter):
+        if self.backend == "tflite-micro":
             stage, rest = self._stage.memory()["bytes"], self._rest.memory()["bytes"]
             report.update(stage_arena_bytes=stage, rest_arena_bytes=rest,
                           kind="patch schedule: stage-model arena + stage buffer, or the rest arena (TFLM)",
