@@ -18,10 +18,10 @@ it as is. Outputs:
 - `patch_stage_unrolled.tflite`, for LiteRT: every patch in one subgraph, one after the other, each on its
   regions cut to the tensors (VALID ops, PAD/PADV2 where a region meets the border, no masks), the tiles
   concatenated into the stage buffer. One invoke instead of one per patch, every op one XNNPACK takes (the
-  masks' LOGICAL_AND / SELECT_V2 split the stage model into 4 delegate partitions), and the planner's
-  per-patch MACs instead of whole border windows. Its weights are the stage model's, stored again in this
-  file; TF Lite Micro never runs it (it would hold the whole image, every tile beside the stage buffer at the
-  concatenation, and a tensor table per patch in its persistent arena);
+  masks' LOGICAL_AND / SELECT_V2 are not, and split the stage model into several delegate partitions), and
+  the planner's per-patch MACs instead of whole border windows. Its weights are the stage model's, stored
+  again in this file; TF Lite Micro never runs it (it would hold the whole image, every tile beside the stage
+  buffer at the concatenation, and a tensor table per patch in its persistent arena);
 - the schedule (an `edgekit.formats.plans.PatchSchedule`; `edgekit.convert.patch_pack` renders it as a C
   header): per patch its window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,24 +204,9 @@ def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
     return end, tensor
 
 
-def _regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> dict[int, Region]:
-    """Region of each stage tensor (unclipped: it may reach past the border) that computing `tile` reads."""
-    needed: dict[int, Region] = {stage_tensor: tile}
-    for index in range(end, -1, -1):
-        out = needed.get(src.ops[index].outputs[0])
-        if out is None:
-            continue
-        if src.names[index] in _WINDOW_OPS | _PAD_OPS:
-            wants = [src.window(index, out)[:2]]
-        else:
-            wants = [(t, out) for t in src.acts(src.ops[index])]
-        for tensor, want in wants:
-            needed[tensor] = _union(needed.get(tensor), want)
-    return needed
-
-
-def _clipped_regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> dict[int, Region]:
-    """Region of each stage tensor, cut to the tensor, that computing `tile` reads: the planner's per-patch regions."""
+def _regions(src: _Model, end: int, stage_tensor: int, tile: Region, clip: bool = False) -> dict[int, Region]:
+    """Region of each stage tensor that computing `tile` reads: unclipped (it may reach past the border: the
+    stage model's whole windows), or with `clip` cut to each tensor (each patch's own part, the planner's)."""
     needed: dict[int, Region] = {stage_tensor: tile}
     for index in range(end, -1, -1):
         out = needed.get(src.ops[index].outputs[0])
@@ -228,7 +214,7 @@ def _clipped_regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> 
             continue
         if src.names[index] in _WINDOW_OPS | _PAD_OPS:
             x, want, _ = src.window(index, out)
-            wants = [(x, clip_region(want, src.hw(x)))]
+            wants = [(x, clip_region(want, src.hw(x)) if clip else want)]
         else:
             wants = [(t, out) for t in src.acts(src.ops[index])]
         for tensor, want in wants:
@@ -261,6 +247,10 @@ class _Stage:
         self.macs = 0
         self._const: dict[int, int] = {}
         self._derived: dict[tuple[int, Region, int | None], int] = {}
+
+    def start(self, image: int, tensor: int, region: Region) -> None:
+        """Begin a patch: only `region` of the source image, held in `tensor`, is computed so far."""
+        self.held, self._derived = {image: (tensor, region)}, {}
 
     def tensor(self, like: int, hw: tuple[int, int], suffix: str = "") -> int:
         t = copy.deepcopy(self.src.sub.tensors[like])
@@ -405,14 +395,10 @@ class _Stage:
         return tuple(out)
 
 
-def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
-                    shifts: list[dict[int, Shift]]) -> _Stage:
-    """Rewrite stage ops 0..end to compute the `needed` regions (VALID everywhere, masks at borders)."""
-    stage = _Stage(src, codes, shifts)
-    image = src.sub.inputs[0]
-    window = stage.tensor(image, _hw(needed[image]), "/window")
-    stage.inputs.append(window)
-    stage.held[image] = (window, needed[image])
+def _emit_ops(stage: _Stage, end: int, needed: dict[int, Region], border: Callable[[int, Region, int], int]) -> None:
+    """Stage ops 0..end on the `needed` regions, every conv/pool VALID; a padded op reads `border(tensor, region,
+    fill)`: its input region with `fill` wherever it lies beyond the tensor (masked or padded)."""
+    src = stage.src
     for index in range(end + 1):
         op, name = src.ops[index], src.names[index]
         out_tensor = op.outputs[0]
@@ -421,8 +407,8 @@ def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[i
             continue
         if name in _WINDOW_OPS | _PAD_OPS:
             x, want, fill = src.window(index, region)
-            held = stage.take(x, want) if fill is None else stage.masked(x, want, fill)
-            if name in _PAD_OPS:  # the masked region is the padded tensor: the PAD itself disappears
+            held = stage.take(x, want) if fill is None else border(x, want, fill)
+            if name in _PAD_OPS:  # the border-filled region is the padded tensor: the PAD itself disappears
                 stage.held[out_tensor] = (held, region)
                 continue
             out = stage.tensor(out_tensor, _hw(region))
@@ -437,13 +423,24 @@ def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[i
             stage.emit(name, inputs, out, like=op)
         stage.held[out_tensor] = (out, region)
         stage.macs += src.macs(index, _hw(region))
+
+
+def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
+                    shifts: list[dict[int, Shift]]) -> _Stage:
+    """Rewrite stage ops 0..end to compute the `needed` regions (VALID everywhere, masks at borders)."""
+    stage = _Stage(src, codes, shifts)
+    image = src.sub.inputs[0]
+    window = stage.tensor(image, _hw(needed[image]), "/window")
+    stage.inputs.append(window)
+    stage.start(image, window, needed[image])
+    _emit_ops(stage, end, needed, stage.masked)
     return stage
 
 
 def _unrolled_subgraph(src: _Model, codes: dict[str, int], end: int, stage_tensor: int,
                        tiles: tuple[Region, ...], grid: int) -> _Stage:
     """Every patch of the stage in one subgraph, patch after patch, each on its own regions cut to the tensors
-    (VALID ops, PAD where a region meets the border): the whole image in, the stage buffer out (tiles
+    (VALID ops, PAD/PADV2 where a region meets the border): the whole image in, the stage buffer out (tiles
     concatenated row by row). No masks and no window beyond the image, so it computes the planner's per-patch
     MACs; one invoke runs every patch."""
     stage = _Stage(src, codes, [])
@@ -452,32 +449,8 @@ def _unrolled_subgraph(src: _Model, codes: dict[str, int], end: int, stage_tenso
     stage.inputs.append(whole)
     computed = []
     for tile in tiles:
-        stage.held, stage._derived = {image: (whole, (0, 0, *src.hw(image)))}, {}
-        needed = _clipped_regions(src, end, stage_tensor, tile)
-        for index in range(end + 1):
-            op, name = src.ops[index], src.names[index]
-            out_tensor = op.outputs[0]
-            region = needed.get(out_tensor)
-            if region is None:
-                continue
-            if name in _WINDOW_OPS | _PAD_OPS:
-                x, want, fill = src.window(index, region)
-                held = stage.take(x, want) if fill is None else stage.padded(x, want, fill)
-                if name in _PAD_OPS:
-                    stage.held[out_tensor] = (held, region)
-                    continue
-                out = stage.tensor(out_tensor, _hw(region))
-                options = copy.deepcopy(op.builtinOptions)
-                options.padding = _VALID
-                weights = [stage.const(i) if i >= 0 else -1 for i in op.inputs[1:]]
-                stage.emit(name, [held, *weights], out, (op.builtinOptionsType, options), like=op)
-            else:
-                inputs = [stage.take(i, region) if i >= 0 and not src.is_const(i) else
-                          (stage.const(i) if i >= 0 else -1) for i in op.inputs]
-                out = stage.tensor(out_tensor, _hw(region))
-                stage.emit(name, inputs, out, like=op)
-            stage.held[out_tensor] = (out, region)
-            stage.macs += src.macs(index, _hw(region))
+        stage.start(image, whole, (0, 0, *src.hw(image)))
+        _emit_ops(stage, end, _regions(src, end, stage_tensor, tile, clip=True), stage.padded)
         computed.append(stage.take(stage_tensor, tile))
     width = src.hw(stage_tensor)[1]
     rows = [stage.concatenate(computed[r * grid:(r + 1) * grid], 2, stage_tensor,
