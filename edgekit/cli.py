@@ -345,7 +345,9 @@ def cmd_plan_patch(args: argparse.Namespace) -> None:
         text += (f"\npatch bundle ({len(emitted['files'])} files) written to {args.emit}/: one stage model runs "
                  f"all {emitted['patches']} patches ({emitted['masks']} border masks); model bytes "
                  f"{flash['full']:,} full, {flash['patched']:,} patched (weights once); stage MACs "
-                 f"x{macs['stage_patched'] / macs['stage_full']:.2f} (border patches compute their whole window)")
+                 f"x{macs['stage_patched'] / macs['stage_full']:.2f} (border patches compute their whole window); "
+                 f"LiteRT runs every patch in one call of the unrolled model (stage MACs "
+                 f"x{macs['stage_unrolled'] / macs['stage_full']:.2f}: each patch on its part inside the image)")
     _emit(args, data, text)
 
 

@@ -48,6 +48,21 @@ class ResidualPoolNet(nn.Module):
         return self.fc(self.features(self.stem(x)).mean((2, 3)))
 
 
+class LinearPoolNet(nn.Module):
+    """32x32 -> conv 3x3/2 (no activation: its zero point is not -128) -> max pool 3x3/1 (SAME) -> conv -> fc."""
+
+    input_shape = (1, 3, 32, 32)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 8, 3, 2, 1),
+                                      nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
 def _int8_nhwc(model: nn.Module, path: Path) -> Path:
     """Full-integer TFLite with NHWC int8 I/O, the MCU preset, with trained-like batch-norm statistics."""
     calibration = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
@@ -98,16 +113,22 @@ def _frame(artifacts: PatchArtifacts, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(-128, 128, artifacts.schedule.input.shape, dtype=np.int8)
 
 
-@pytest.mark.parametrize("backend", ["litert", "tflite-micro"])
+@pytest.mark.parametrize("backend, masked", [("litert", False), ("litert", True), ("tflite-micro", True)])
 @pytest.mark.parametrize("net", ["mbv2", "mcunet", "resnet"])
-def test_patched_int8_is_bit_exact(net: str, backend: str, request: pytest.FixtureRequest) -> None:
+def test_patched_int8_is_bit_exact(net: str, backend: str, masked: bool, request: pytest.FixtureRequest) -> None:
+    """The unrolled model (LiteRT's default) and the masked stage model (tflite-micro's) both give the full
+    model's int8 output."""
     path, artifacts = request.getfixturevalue(net)
     schedule = PatchSchedule.from_dict(json.loads(json.dumps(artifacts.schedule.to_dict())), net)  # as a bundle
     assert schedule == artifacts.schedule  # holds it, checked
-    executor = PatchExecutor({name: artifacts.files[name] for name in schedule.model_files}, schedule, backend)
+    executor = PatchExecutor({name: artifacts.files[name] for name in schedule.model_files}, schedule, backend,
+                             masked=masked)
+    assert executor.unrolled == (not masked)
     for seed in (0, 1):
         x = _frame(artifacts, seed)
         assert np.array_equal(_patched(executor, x), _full(path, artifacts, backend, x))
+    if executor.unrolled:  # LiteRT reports no arena: the stage buffer and the image the unrolled model reads
+        assert executor.peak_bytes == np.prod(schedule.stage.shape) + np.prod(schedule.input.shape)
 
 
 def test_masks_mark_only_the_image_border(resnet: tuple[Path, PatchArtifacts]) -> None:
@@ -144,13 +165,13 @@ def test_masks_decide_bit_exactness(mbv2: tuple[Path, PatchArtifacts]) -> None:
     schedule = artifacts.schedule
     x = _frame(artifacts)
     expected = _full(path, artifacts, "litert", x)
-    assert np.array_equal(_patched(PatchExecutor(artifacts.files, schedule, "litert"), x), expected)
+    assert np.array_equal(_patched(PatchExecutor(artifacts.files, schedule, "litert", masked=True), x), expected)
     unmasked = _with_valid(schedule, 0, tuple((0, 0, *m.shape) for m in schedule.masks))
     center = len(schedule.patches) // 2
     padded = _with_valid(schedule, center, tuple((1, 0, *m.shape) for m in schedule.masks))
     for wrong in (unmasked, padded):
         assert wrong != schedule
-        assert not np.array_equal(_patched(PatchExecutor(artifacts.files, wrong, "litert"), x), expected)
+        assert not np.array_equal(_patched(PatchExecutor(artifacts.files, wrong, "litert", masked=True), x), expected)
 
 
 def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) -> None:
@@ -162,10 +183,11 @@ def test_stage_model_stores_the_weights_once(mbv2: tuple[Path, PatchArtifacts]) 
         return sorted(bytes(m.buffers[i].data) for m, buffers in used for i in buffers
                       if m.buffers[i].data is not None and len(m.buffers[i].data) >= 64)
 
-    written = [path.parent / name for name in artifacts.write(path.parent / "artifacts")]
-    stage, rest = (read_model(p)[0] for p in written if p.name in ("patch_stage.tflite", "patch_rest.tflite"))
-    assert len(stage.subgraphs) == len(rest.subgraphs) == 1
+    written = {p.name: p for p in artifacts.write(path.parent / "artifacts")}
+    stage, rest, unrolled = (read_model(written[name])[0] for name in artifacts.schedule.model_files)
+    assert len(stage.subgraphs) == len(rest.subgraphs) == len(unrolled.subgraphs) == 1
     assert weights(stage, rest) == weights(read_model(path)[0])  # every weight buffer once, none repeated
+    assert weights(unrolled) == weights(stage)  # LiteRT's unrolled model: the stage's weights, each once
     flash = artifacts.schedule.flash_bytes
     assert flash.patched == sum(len(artifacts.files[n]) for n in ("patch_stage.tflite", "patch_rest.tflite"))
     assert flash.full == path.stat().st_size and flash.patched < 1.01 * flash.full
@@ -227,6 +249,8 @@ def test_cli_emits_a_bundle_the_runtime_runs_patch_by_patch(mbv2: tuple[Path, Pa
     out = artifacts.schedule.outputs[0]
     expected = (_full(path, artifacts, backend, x).astype(np.int32) - out.zero_point) * np.float32(out.scale)
     np.testing.assert_array_equal(session.run(x), expected.astype(np.float32))
+    (memory,) = session.stats()["backend_memory"]  # what `edgekit bench` prints: the schedule's own figure
+    assert memory["kind"].startswith("patch schedule") and memory["bytes"] > np.prod(artifacts.schedule.stage.shape)
 
 
 def test_tflm_accounting_is_tflm_arena_head(mbv2: tuple[Path, PatchArtifacts], tmp_path: Path) -> None:
@@ -252,6 +276,25 @@ def test_planner_predicts_the_stage_models_macs(mbv2: tuple[Path, PatchArtifacts
     macs = schedule.macs
     assert macs.stage_patched - macs.stage_full == plan.chosen.stage_model_extra_macs
     assert plan.chosen.stage_model_extra_macs > plan.chosen.extra_macs == schedule.planner.extra_macs
+    assert macs.stage_unrolled - macs.stage_full == plan.chosen.extra_macs  # the unrolled model: per-patch figure
+
+
+def test_unrolled_model_runs_every_patch_without_masks(mbv2: tuple[Path, PatchArtifacts],
+                                                        resnet: tuple[Path, PatchArtifacts]) -> None:
+    """One subgraph, whole image in and stage buffer out, with no mask ops: PAD at the border (ResidualPoolNet's
+    SAME max pool reads a ReLU output, whose zero point is its -128), one SLICE of the image per patch."""
+    from edgekit.formats.tflite import op_name, parse_model
+
+    for (_, artifacts), pad_ops in ((mbv2, {"PAD"}), (resnet, {"PAD"})):
+        schedule = artifacts.schedule
+        model = parse_model(artifacts.files[schedule.unrolled_model], "unrolled")
+        (sub,) = model.subgraphs
+        ops = [op_name(model, op) for op in sub.operators]
+        assert not {"LOGICAL_AND", "SELECT_V2"} & set(ops) and pad_ops <= set(ops)
+        shapes = [tuple(sub.tensors[i].shape) for i in (*sub.inputs, *sub.outputs)]
+        assert shapes == [schedule.input.shape, schedule.stage.shape]
+        image = sub.inputs[0]
+        assert sum(image in op.inputs for op in sub.operators) == len(schedule.patches)
 
 
 def test_rest_model_carries_an_offline_arena_plan_tflm_follows(mbv2: tuple[Path, PatchArtifacts],
@@ -325,4 +368,25 @@ def test_a_corrupt_schedule_is_refused_not_run(resnet: tuple[Path, PatchArtifact
         with pytest.raises(BundleError, match=f"^resnet: .*{message}"):
             PatchSchedule.from_dict({**data, "patches": [patch, *data["patches"][1:]]}, "resnet")
     with pytest.raises(BackendError, match="patch schedule: model file 'patch_rest.tflite' missing"):
-        PatchExecutor({"patch_stage.tflite": artifacts.files["patch_stage.tflite"]}, schedule, "litert")
+        PatchExecutor({"patch_stage.tflite": artifacts.files["patch_stage.tflite"]}, schedule, "litert", masked=True)
+    with pytest.raises(BackendError, match="patch schedule: model file 'patch_stage_unrolled.tflite' missing"):
+        PatchExecutor({name: artifacts.files[name] for name in schedule.mcu_files}, schedule, "litert")
+
+
+def test_max_pool_fill_is_not_the_zero_point(tmp_path: Path) -> None:
+    """A SAME max pool reads -128 beyond the border, not its input's zero point: the masked stage model's mask and
+    the unrolled model's PADV2 both write -128 there, and both stay bit-exact (LiteRT and tflite-micro)."""
+    from edgekit.formats.tflite import op_name, parse_model
+
+    path = _int8_nhwc(LinearPoolNet(), tmp_path / "pool.tflite")
+    graph = from_tflite(path)
+    artifacts = build_patch_artifacts(path, fixed_plan(graph, next(l.name for l in graph.layers
+                                                                    if l.op == "maxpool2d"), 2))
+    schedule = artifacts.schedule
+    assert -128 in {m.fill for m in schedule.masks}
+    model = parse_model(artifacts.files[schedule.unrolled_model], "unrolled")
+    assert "PADV2" in {op_name(model, op) for op in model.subgraphs[0].operators}
+    x = _frame(artifacts)
+    for backend, masked in (("litert", False), ("litert", True), ("tflite-micro", True)):
+        executor = PatchExecutor(artifacts.files, schedule, backend, masked=masked)
+        assert np.array_equal(_patched(executor, x), _full(path, artifacts, backend, x)), (backend, masked)

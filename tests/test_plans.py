@@ -28,14 +28,16 @@ def patch_plan() -> dict:
     tiles = [[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]]
     windows = [[-1, -1, 5, 5], [-1, 3, 5, 9], [3, -1, 9, 5], [3, 3, 9, 9]]
     valid = [[[1, 1, 5, 5]], [[1, 0, 5, 4]], [[0, 1, 4, 5]], [[0, 0, 4, 4]]]
-    return {"kind": "patch", "version": 3, "layout": "NHWC", "stage_model": "patch_stage.tflite",
-            "rest_model": "patch_rest.tflite", "stage_end": "features.3", "grid": 2,
+    return {"kind": "patch", "version": 4, "layout": "NHWC", "stage_model": "patch_stage.tflite",
+            "rest_model": "patch_rest.tflite", "unrolled_model": "patch_stage_unrolled.tflite",
+            "stage_end": "features.3", "grid": 2,
             "input": tensor([1, 8, 8, 3]), "stage": tensor([1, 4, 4, 8]),
             "outputs": [tensor([1, 10]), tensor([1, 4, 4, 2])],
             "window": {**tensor([1, 6, 6, 3]), "fill": -3}, "tile": tensor([1, 2, 2, 8]),
             "masks": [{"tensor": "conv1", "shape": [5, 5], "fill": -3, "inputs": [1, 2]}],
             "patches": [{"window": w, "tile": t, "valid": v} for w, t, v in zip(windows, tiles, valid)],
-            "macs": {"stage_full": 1000, "stage_patched": 1400}, "flash_bytes": {"full": 64, "patched": 66},
+            "macs": {"stage_full": 1000, "stage_patched": 1400, "stage_unrolled": 1300},
+            "flash_bytes": {"full": 64, "patched": 66},
             "rest_arena": {"input_offset": 0, "head_bytes": 256, "lower_bound_bytes": 256},
             "planner": {"peak_bytes": 512, "layer_by_layer_peak_bytes": 900, "extra_macs": 300}}
 
@@ -76,9 +78,10 @@ def test_round_trip_is_exact(make: Callable[[], dict], kind: type) -> None:
 
 def test_typed_fields() -> None:
     patch = PatchSchedule.from_dict(patch_plan(), "x")
-    assert patch.model_files == ("patch_stage.tflite", "patch_rest.tflite") and patch.window_fill == -3
+    assert patch.model_files == ("patch_stage.tflite", "patch_rest.tflite", "patch_stage_unrolled.tflite")
+    assert patch.mcu_files == ("patch_stage.tflite", "patch_rest.tflite") and patch.window_fill == -3
     assert patch.window.shape == (1, 6, 6, 3) and patch.patches[1].tile == (0, 2, 2, 4)
-    assert patch.masks[0].inputs == (1, 2) and patch.rest_arena.head_bytes == 256 and patch.VERSION == 3
+    assert patch.masks[0].inputs == (1, 2) and patch.rest_arena.head_bytes == 256 and patch.VERSION == 4
     assert [o.shape for o in patch.outputs] == [(1, 10), (1, 4, 4, 2)]
     split = SplitSchedule.from_dict(split_plan(), "x")
     assert split.figures is not None and split.boundary is not None
@@ -94,7 +97,7 @@ def test_typed_fields() -> None:
 
 PATCH_CASES = {
     "kind": (set_at("kind", value="patches"), r"'plan.kind' must be one of patch, found 'patches'"),
-    "version": (set_at("version", value=2), r"'plan.version' must be 3 .* found 2"),
+    "version": (set_at("version", value=3), r"'plan.version' must be 4 .* found 3"),
     "no outputs": (set_at("outputs", value=[]), r"'plan.outputs' must not be empty"),
     "layout": (set_at("layout", value="NCHW"), r"'plan.layout' must be one of NHWC, found 'NCHW'"),
     "missing key": (drop_at("planner"), r"missing key 'plan.planner'"),
@@ -195,7 +198,7 @@ def _tensor(name: str, shape: tuple[int, ...]) -> TensorInfo:
 def patch_bundle(tmp_path: Path) -> Path:
     source = tmp_path / "patch_src"
     source.mkdir()
-    for name in ("patch_stage.tflite", "patch_rest.tflite"):
+    for name in ("patch_stage.tflite", "patch_rest.tflite", "patch_stage_unrolled.tflite"):
         (source / name).write_bytes(minimal_tflite(len(name) + 64))
     stage = Stage("patched", "litert", "patch_stage.tflite", (_tensor("input", (1, 8, 8, 3)),),
                   (_tensor("output", (1, 10)), _tensor("features", (1, 4, 4, 2))))
@@ -273,6 +276,8 @@ def _stages(*files: tuple[str, str]) -> tuple[Stage, ...]:
     (patch_plan(), _stages(("litert", "other.tflite")), r"the one stage whose file is 'plan.stage_model'"),
     ({**patch_plan(), "rest_model": "gone.tflite"}, _stages(("litert", "patch_stage.tflite")),
      r"'plan.rest_model' 'gone.tflite' is not listed in 'files'"),
+    ({**patch_plan(), "unrolled_model": "gone.tflite"}, _stages(("litert", "patch_stage.tflite")),
+     r"'plan.unrolled_model' 'gone.tflite' is not listed in 'files'"),
     (patch_plan(), _stages(("litert", "patch_stage.tflite")),
      r"stage 's0' lists outputs \[\(\(1, 10\), 'int8'\)\], 'plan.outputs' \[\(\(1, 10\), 'int8'\), "
      r"\(\(1, 4, 4, 2\), 'int8'\)\]: both must name every output"),
@@ -280,7 +285,8 @@ def _stages(*files: tuple[str, str]) -> tuple[Stage, ...]:
                                                                 r"server, but the stages are \['s0'\]"),
 ])
 def test_the_plan_must_fit_the_manifest(plan: Any, stages: tuple[Stage, ...], message: str) -> None:
-    files = {name: FileEntry("0" * 64, 1) for name in [s.file for s in stages] + ["patch_rest.tflite"]}
+    files = {name: FileEntry("0" * 64, 1)
+             for name in [s.file for s in stages] + ["patch_rest.tflite", "patch_stage_unrolled.tflite"]}
     with pytest.raises(BundleError, match=f"^m: .*{message}"):
         parse_plan(copy.deepcopy(plan), "m", stages, files)
 

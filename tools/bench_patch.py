@@ -13,8 +13,13 @@ the patched schedule against the full model, 1 thread, interleaved: LiteRT media
 tflite-micro (reference kernels: time tracks MACs, as on an MCU) median of 3. Host measurements, not a
 board.
 
+With --speed: patched p50 against the full model's p50 per backend, 1 thread, min / median / max over
+--repeats repeats, each timing every runner interleaved; under LiteRT both executors (the unrolled model, the
+default, and the masked stage model patch by patch) with how XNNPACK partitioned each.
+
 Run: python tools/bench_patch.py [--json] [--max-extra-macs 0.2]
      python tools/bench_patch.py --int8 [--target stm32f746] [--models mobilenet_v2_035_96,mobilenet_v2]
+     python tools/bench_patch.py --speed [--repeats 5] [--models mobilenet_v2_035_96,mcunet_vww]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +39,7 @@ import torch
 from edgekit.graph import load_graph
 from edgekit.memory import MemoryPolicy
 from edgekit.models import create_model
-from edgekit.plan.patch import fixed_plan, plan_patches
+from edgekit.plan.patch import PatchPlan, fixed_plan, plan_patches
 from edgekit.plan.patch_exec import run_patched
 from edgekit.report.table import table
 
@@ -85,16 +91,12 @@ def _median_ms(runs: dict[str, Callable[[], object]], rounds: int, reps: int) ->
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
-def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -> dict:
-    """INT8 artifacts of one model: planner vs tflite-micro peaks, MACs, flash, bit-exactness, latency."""
+def _int8_plan(name: str, target: str, max_extra_macs: float, workdir: Path) -> tuple[Path, PatchPlan]:
+    """The model's INT8 .tflite (MCU preset, 8 noise calibration samples) and its patch plan on its own graph
+    under the target's SRAM (forced: patching is what is measured)."""
     from edgekit.convert.config import Int8Config
-    from edgekit.convert.mcu import arena_parts
-    from edgekit.convert.patch_artifacts import REST_MODEL, STAGE_MODEL, build_patch_artifacts
-    from edgekit.convert.patch_pack import write_patch_pack
     from edgekit.convert.quantize import quantize
     from edgekit.graph.from_tflite import from_tflite
-    from edgekit.runtime.backends import open_backend
-    from edgekit.runtime.patched import PatchExecutor
     from edgekit.targets import load_target
 
     sys.stderr.write(f"[bench_patch] int8 {name}\n")
@@ -102,11 +104,24 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
     model = create_model(name)
     calibration = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
     path = quantize(model, calibration, workdir / f"{name}_int8.tflite", Int8Config.for_target(device))
-    graph = from_tflite(path)
-    plan = plan_patches(graph, device.activation_budget_bytes, max_extra_macs, force_patch=True)  # measure patching
+    return path, plan_patches(from_tflite(path), device.activation_budget_bytes, max_extra_macs, force_patch=True)
+
+
+def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -> dict:
+    """INT8 artifacts of one model: planner vs tflite-micro peaks, MACs, flash, bit-exactness, latency."""
+    from edgekit.convert.mcu import arena_parts
+    from edgekit.convert.patch_artifacts import REST_MODEL, STAGE_MODEL, build_patch_artifacts
+    from edgekit.convert.patch_pack import write_patch_pack
+    from edgekit.graph.from_tflite import from_tflite
+    from edgekit.runtime.backends import open_backend
+    from edgekit.runtime.patched import PatchExecutor
+    from edgekit.targets import load_target
+
+    path, plan = _int8_plan(name, target, max_extra_macs, workdir)
     if plan.chosen is None:
         return {"model": name, "reason": plan.reason}
-    tflm_plan = fixed_plan(graph, plan.chosen.stage_end, plan.chosen.grid, policy=MemoryPolicy.tflm())
+    device = load_target(target)
+    tflm_plan = fixed_plan(from_tflite(path), plan.chosen.stage_end, plan.chosen.grid, policy=MemoryPolicy.tflm())
     artifacts = build_patch_artifacts(path, plan)
     arenas = write_patch_pack(artifacts, workdir / name)
     schedule = artifacts.schedule.to_dict()
@@ -144,6 +159,99 @@ def measure_int8(name: str, target: str, max_extra_macs: float, workdir: Path) -
             "bit_exact": exact, "flash_full_bytes": schedule["flash_bytes"]["full"],
             "flash_patched_bytes": schedule["flash_bytes"]["patched"],
             **{f"{b}_{k}_ms": v for b, times in latency.items() for k, v in times.items()}}
+
+
+def _delegation(adapter: Any) -> str:
+    """How LiteRT ran a model: its XNNPACK partitions and the ops left outside them. From the interpreter's op
+    details (a private API), which list every op of the file and then one DELEGATE node per partition: the ops a
+    partition took are those its outputs are computed from, back to its inputs."""
+    details = adapter.interpreter._get_ops_details()
+    ops = [d for d in details if d["op_name"] != "DELEGATE"]
+    producer = {int(t): i for i, d in enumerate(ops) for t in d["outputs"]}
+    taken: set[int] = set()
+    partitions = [d for d in details if d["op_name"] == "DELEGATE"]
+    for partition in partitions:
+        boundary = {int(t) for t in partition["inputs"]}
+        todo = [int(t) for t in partition["outputs"]]
+        while todo:
+            op = producer.get(todo.pop())
+            if op is not None and op not in taken:
+                taken.add(op)
+                todo += [int(t) for t in ops[op]["inputs"] if int(t) not in boundary]
+    outside = sorted({ops[i]["op_name"] for i in range(len(ops)) if i not in taken})
+    return (f"{len(partitions)} XNNPACK partition(s) of {len(taken)}/{len(ops)} ops"
+            + (f"; outside: {', '.join(outside)}" if outside else ""))
+
+
+def measure_speed(name: str, target: str, max_extra_macs: float, workdir: Path, repeats: int) -> list[dict]:
+    """Patched p50 against the full model's, per backend and executor, 1 thread: `repeats` repeats, each timing
+    every runner in interleaved rounds (LiteRT 10 rounds of 20 calls, tflite-micro 5 of 1), so the ratio of
+    each repeat compares p50s measured side by side. Also checks each runner bit-exact. Under LiteRT the bare
+    interpreter invokes are timed too, no Python around them: the unrolled and the rest model each on its own
+    (apart: each stays in the cache) and one after the other (in turn, as a frame runs them), against the full
+    model. Apart is the floor the MACs the patches recompute set; in turn adds the two models taking turns."""
+    from edgekit.convert.patch_artifacts import build_patch_artifacts
+    from edgekit.runtime.backends import open_backend
+    from edgekit.runtime.patched import PatchExecutor
+
+    path, plan = _int8_plan(name, target, max_extra_macs, workdir)
+    artifacts = build_patch_artifacts(path, plan)
+    schedule = artifacts.schedule
+    macs = schedule.macs
+    x = np.random.default_rng(0).integers(-128, 128, schedule.input.shape, dtype=np.int8)
+    rows = []
+    for backend, rounds, reps, executors in (("litert", 10, 20, ("unrolled", "masked")),
+                                             ("tflite-micro", 5, 1, ("masked",))):
+        full = open_backend(backend, path.read_bytes(), schedule.input.shape, threads=1)
+        full.input_buffer[...] = x
+        expected = full.invoke()
+        runners: dict[str, Callable[[], object]] = {"full": full.invoke}
+        patched = {}
+        for how in executors:
+            patched[how] = PatchExecutor(artifacts.files, schedule, backend, threads=1, masked=how == "masked")
+            patched[how].input_buffer[...] = x
+            runners[how] = patched[how].invoke
+        if backend == "litert":
+            unrolled = patched["unrolled"]
+            stage_call, rest_call = unrolled._whole.interpreter.invoke, unrolled._rest.interpreter.invoke
+            runners.update({"bare full": full.interpreter.invoke, "bare unrolled": stage_call, "bare rest": rest_call,
+                            "bare pair": lambda: (stage_call(), rest_call())})
+        p50s = [_median_ms(runners, rounds, reps) for _ in range(repeats)]
+        for how, executor in patched.items():
+            full_ms, ms = [p["full"] for p in p50s], [p[how] for p in p50s]
+            stage = executor._whole if executor.unrolled else executor._stage
+            stage_macs = macs.stage_unrolled if executor.unrolled else macs.stage_patched
+            rows.append({"model": name, "backend": backend, "executor": how, "grid": schedule.grid,
+                         "unrolled_model_bytes": len(artifacts.files[schedule.unrolled_model]),
+                         "bit_exact": all(np.array_equal(a, b) for a, b in zip(executor.invoke(), expected)),
+                         "full_p50_ms": full_ms, "patched_p50_ms": ms,
+                         "ratios": [p / f for p, f in zip(ms, full_ms)],
+                         "macs_ratio": (plan.total_macs + stage_macs - macs.stage_full) / plan.total_macs,
+                         "bare_ratios": [(p["bare unrolled"] + p["bare rest"]) / p["bare full"] for p in p50s]
+                         if executor.unrolled else None,
+                         "bare_pair_ratios": [p["bare pair"] / p["bare full"] for p in p50s]
+                         if executor.unrolled else None,
+                         "stage_delegation": _delegation(stage) if backend == "litert" else None,
+                         "full_delegation": _delegation(full) if backend == "litert" else None})
+    return rows
+
+
+def render_speed(rows: list[dict]) -> str:
+    def spread(values: list[float], digits: int = 3) -> str:
+        low, mid, high = min(values), float(np.median(values)), max(values)
+        return f"{low:.{digits}f} / {mid:.{digits}f} / {high:.{digits}f}"
+
+    return table(
+        ("model", "backend", "patched executor", "unrolled model B", "repeats", "full p50 ms (min / median / max)",
+         "patched p50 ms (min / median / max)", "patched / full (min / median / max)", "bare calls / full: apart",
+         "in turn",
+         "MACs / full", "bit-exact", "stage under LiteRT", "full under LiteRT"),
+        [(r["model"], r["backend"], r["executor"], f"{r['unrolled_model_bytes']:,}", str(len(r["ratios"])),
+          spread(r["full_p50_ms"]),
+          spread(r["patched_p50_ms"]), spread(r["ratios"], 2), spread(r["bare_ratios"], 2) if r["bare_ratios"] else "-",
+          spread(r["bare_pair_ratios"], 2) if r["bare_pair_ratios"] else "-",
+          f"{r['macs_ratio']:.2f}", "yes" if r["bit_exact"] else "NO", r["stage_delegation"] or "-",
+          r["full_delegation"] or "-") for r in rows])
 
 
 def render_int8(rows: list[dict]) -> str:
@@ -187,8 +295,17 @@ def main() -> None:
     parser.add_argument("--max-extra-macs", type=float, default=0.20)
     parser.add_argument("--int8", action="store_true", help="INT8 artifacts under tflite-micro and LiteRT")
     parser.add_argument("--target", default="stm32f746")
-    parser.add_argument("--models", default="mobilenet_v2_035_96", help="comma-separated, for --int8")
+    parser.add_argument("--speed", action="store_true",
+                        help="patched p50 / full p50 per backend and executor, over --repeats interleaved repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="for --speed")
+    parser.add_argument("--models", default="mobilenet_v2_035_96", help="comma-separated, for --int8 and --speed")
     args = parser.parse_args()
+    if args.speed:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [row for name in args.models.split(",")
+                    for row in measure_speed(name, args.target, args.max_extra_macs, Path(tmp), args.repeats)]
+        print(json.dumps(rows, indent=2) if args.json else render_speed(rows))
+        return
     if args.int8:
         with tempfile.TemporaryDirectory() as tmp:
             rows = [measure_int8(name, args.target, args.max_extra_macs, Path(tmp))

@@ -15,6 +15,13 @@ it as is. Outputs:
 - `patch_rest.tflite`: the rest of the network on the stage buffer, giving every output of the model (in its
   order, under its names), with an offline arena plan (`edgekit.convert.arena_plan`) that puts its input, the
   stage buffer, at offset 0 of TFLM's arena;
+- `patch_stage_unrolled.tflite`, for LiteRT: every patch in one subgraph, one after the other, each on its
+  regions cut to the tensors (VALID ops, PAD/PADV2 where a region meets the border, no masks), the tiles
+  concatenated into the stage buffer. One invoke instead of one per patch, every op one XNNPACK takes (the
+  masks' LOGICAL_AND / SELECT_V2 are not, and split the stage model into several delegate partitions), and
+  the planner's per-patch MACs instead of whole border windows. Its weights are the stage model's, stored
+  again in this file; TF Lite Micro never runs it (it would hold the whole image, every tile beside the stage
+  buffer at the concatenation, and a tensor table per patch in its persistent arena);
 - the schedule (an `edgekit.formats.plans.PatchSchedule`; `edgekit.convert.patch_pack` renders it as a C
   header): per patch its window in image coordinates, tile in the stage buffer, and the valid part of each mask.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +55,7 @@ from edgekit.graph.build import same_padding
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.plan.patch import PatchPlan, Region, clip_region, window_region
 
-STAGE_MODEL, REST_MODEL = "patch_stage.tflite", "patch_rest.tflite"
+STAGE_MODEL, REST_MODEL, UNROLLED_MODEL = "patch_stage.tflite", "patch_rest.tflite", "patch_stage_unrolled.tflite"
 _WINDOW_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"}
 _PAD_OPS = {"PAD", "PADV2"}
 _POINTWISE_OPS = {"ADD", "SUB", "MUL", "QUANTIZE", "RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH",
@@ -196,15 +204,17 @@ def _stage_split(src: _Model, plan: PatchPlan) -> tuple[int, int]:
     return end, tensor
 
 
-def _regions(src: _Model, end: int, stage_tensor: int, tile: Region) -> dict[int, Region]:
-    """Region of each stage tensor (unclipped: it may reach past the border) that computing `tile` reads."""
+def _regions(src: _Model, end: int, stage_tensor: int, tile: Region, clip: bool = False) -> dict[int, Region]:
+    """Region of each stage tensor that computing `tile` reads: unclipped (it may reach past the border: the
+    stage model's whole windows), or with `clip` cut to each tensor (each patch's own part, the planner's)."""
     needed: dict[int, Region] = {stage_tensor: tile}
     for index in range(end, -1, -1):
         out = needed.get(src.ops[index].outputs[0])
         if out is None:
             continue
         if src.names[index] in _WINDOW_OPS | _PAD_OPS:
-            wants = [src.window(index, out)[:2]]
+            x, want, _ = src.window(index, out)
+            wants = [(x, clip_region(want, src.hw(x)) if clip else want)]
         else:
             wants = [(t, out) for t in src.acts(src.ops[index])]
         for tensor, want in wants:
@@ -238,6 +248,10 @@ class _Stage:
         self._const: dict[int, int] = {}
         self._derived: dict[tuple[int, Region, int | None], int] = {}
 
+    def start(self, image: int, tensor: int, region: Region) -> None:
+        """Begin a patch: only `region` of the source image, held in `tensor`, is computed so far."""
+        self.held, self._derived = {image: (tensor, region)}, {}
+
     def tensor(self, like: int, hw: tuple[int, int], suffix: str = "") -> int:
         t = copy.deepcopy(self.src.sub.tensors[like])
         t.shape = np.array([1, hw[0], hw[1], t.shape[3]], np.int32)
@@ -269,6 +283,15 @@ class _Stage:
         self.new_buffers.append(np.ascontiguousarray(values, dtype).view(np.uint8).ravel())
         self.tensors.append(t)
         return len(self.tensors) - 1
+
+    def place_buffers(self, buffers: list[Any]) -> None:
+        """Append the new constants' data to the model's `buffers` and point their tensors at it."""
+        for t in self.tensors:
+            if t.buffer < 0:
+                t.buffer = len(buffers) + (-1 - t.buffer)
+        for data in self.new_buffers:
+            buffers.append(tflite.schema().BufferT())
+            buffers[-1].data = data
 
     def emit(self, code: str, inputs: list[int], output: int, options: tuple[int, Any] | None = None,
              like: Any = None) -> None:
@@ -328,6 +351,38 @@ class _Stage:
             self._derived[(tensor, region, fill)] = out
         return self._derived[(tensor, region, fill)]
 
+    def padded(self, tensor: int, want: Region, fill: int) -> int:
+        """`want` of source `tensor` (it may reach past the border) from the part inside it, PAD (the zero point)
+        or PADV2 (another fill) writing `fill` beyond the border: a static patch's own padding."""
+        have = clip_region(want, self.src.hw(tensor))
+        taken = self.take(tensor, have)
+        if have == want:
+            return taken
+        if (tensor, want, fill) not in self._derived:
+            schema = tflite.schema()
+            pads = [[0, 0], [have[0] - want[0], want[2] - have[2]], [have[1] - want[1], want[3] - have[3]], [0, 0]]
+            out = self.tensor(tensor, _hw(want), "/pad")
+            paddings = self.new_const(np.array(pads), "pad_paddings")
+            if fill == self.src.zero_point(tensor):
+                self.emit("PAD", [taken, paddings], out, (schema.BuiltinOptions.PadOptions, schema.PadOptionsT()))
+            else:
+                value = self.new_const(np.array([fill]), "pad_fill", quantized_like=taken)
+                self.emit("PADV2", [taken, paddings, value], out,
+                          (schema.BuiltinOptions.PadV2Options, schema.PadV2OptionsT()))
+            self._derived[(tensor, want, fill)] = out
+        return self._derived[(tensor, want, fill)]
+
+    def concatenate(self, parts: list[int], axis: int, like: int, hw: tuple[int, int]) -> int:
+        """One tensor of `parts` side by side along `axis` (1: rows, 2: cols), shaped like `like` at `hw`."""
+        if len(parts) == 1:
+            return parts[0]
+        schema = tflite.schema()
+        options = schema.ConcatenationOptionsT()
+        options.axis = axis
+        out = self.tensor(like, hw, "/tiles")
+        self.emit("CONCATENATION", parts, out, (schema.BuiltinOptions.ConcatenationOptions, options))
+        return out
+
     def valid(self, patch: int) -> tuple[Region, ...]:
         """Per mask, the part (top, left, bottom, right; local rows/cols) of patch `patch`'s region inside
         the tensor: the rows and columns its masks mark True."""
@@ -340,14 +395,10 @@ class _Stage:
         return tuple(out)
 
 
-def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
-                    shifts: list[dict[int, Shift]]) -> _Stage:
-    """Rewrite stage ops 0..end to compute the `needed` regions (VALID everywhere, masks at borders)."""
-    stage = _Stage(src, codes, shifts)
-    image = src.sub.inputs[0]
-    window = stage.tensor(image, _hw(needed[image]), "/window")
-    stage.inputs.append(window)
-    stage.held[image] = (window, needed[image])
+def _emit_ops(stage: _Stage, end: int, needed: dict[int, Region], border: Callable[[int, Region, int], int]) -> None:
+    """Stage ops 0..end on the `needed` regions, every conv/pool VALID; a padded op reads `border(tensor, region,
+    fill)`: its input region with `fill` wherever it lies beyond the tensor (masked or padded)."""
+    src = stage.src
     for index in range(end + 1):
         op, name = src.ops[index], src.names[index]
         out_tensor = op.outputs[0]
@@ -356,8 +407,8 @@ def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[i
             continue
         if name in _WINDOW_OPS | _PAD_OPS:
             x, want, fill = src.window(index, region)
-            held = stage.take(x, want) if fill is None else stage.masked(x, want, fill)
-            if name in _PAD_OPS:  # the masked region is the padded tensor: the PAD itself disappears
+            held = stage.take(x, want) if fill is None else border(x, want, fill)
+            if name in _PAD_OPS:  # the border-filled region is the padded tensor: the PAD itself disappears
                 stage.held[out_tensor] = (held, region)
                 continue
             out = stage.tensor(out_tensor, _hw(region))
@@ -372,6 +423,40 @@ def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[i
             stage.emit(name, inputs, out, like=op)
         stage.held[out_tensor] = (out, region)
         stage.macs += src.macs(index, _hw(region))
+
+
+def _stage_subgraph(src: _Model, codes: dict[str, int], end: int, needed: dict[int, Region],
+                    shifts: list[dict[int, Shift]]) -> _Stage:
+    """Rewrite stage ops 0..end to compute the `needed` regions (VALID everywhere, masks at borders)."""
+    stage = _Stage(src, codes, shifts)
+    image = src.sub.inputs[0]
+    window = stage.tensor(image, _hw(needed[image]), "/window")
+    stage.inputs.append(window)
+    stage.start(image, window, needed[image])
+    _emit_ops(stage, end, needed, stage.masked)
+    return stage
+
+
+def _unrolled_subgraph(src: _Model, codes: dict[str, int], end: int, stage_tensor: int,
+                       tiles: tuple[Region, ...], grid: int) -> _Stage:
+    """Every patch of the stage in one subgraph, patch after patch, each on its own regions cut to the tensors
+    (VALID ops, PAD/PADV2 where a region meets the border): the whole image in, the stage buffer out (tiles
+    concatenated row by row). No masks and no window beyond the image, so it computes the planner's per-patch
+    MACs; one invoke runs every patch."""
+    stage = _Stage(src, codes, [])
+    image = src.sub.inputs[0]
+    whole = stage.tensor(image, src.hw(image), "/image")
+    stage.inputs.append(whole)
+    computed = []
+    for tile in tiles:
+        stage.start(image, whole, (0, 0, *src.hw(image)))
+        _emit_ops(stage, end, _regions(src, end, stage_tensor, tile, clip=True), stage.padded)
+        computed.append(stage.take(stage_tensor, tile))
+    width = src.hw(stage_tensor)[1]
+    rows = [stage.concatenate(computed[r * grid:(r + 1) * grid], 2, stage_tensor,
+                              (_hw(tiles[r * grid])[0], width)) for r in range(grid)]
+    stage.held[stage_tensor] = (stage.concatenate(rows, 1, stage_tensor, src.hw(stage_tensor)),
+                                (0, 0, *src.hw(stage_tensor)))
     return stage
 
 
@@ -404,15 +489,17 @@ def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operato
     return sub
 
 
-_NEW_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}  # op -> the version whose kernels take int8/bool
+# op -> the version whose kernels take int8/bool: what the stage model (and the rest, sharing its codes) adds to
+# the source's ops, and what the unrolled model adds on top
+_STAGE_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}
+_UNROLLED_OPS = {"PAD": 2, "PADV2": 2, "CONCATENATION": 2}
 
 
-def _opcodes(src: _Model) -> tuple[list[Any], dict[str, int]]:
-    """The model's operator codes plus SLICE, LOGICAL_AND and SELECT_V2, and name -> index for all of them."""
+def _opcodes(codes: list[Any], index: dict[str, int], added: dict[str, int]) -> tuple[list[Any], dict[str, int]]:
+    """Operator codes `codes` (op name -> position: `index`) plus the `added` ops they lack, and the new index."""
     schema = tflite.schema()
-    codes = list(src.model.operatorCodes)
-    index = {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}
-    for name, version in _NEW_OPS.items():
+    codes, index = list(codes), dict(index)
+    for name, version in added.items():
         if name not in index:
             code = schema.OperatorCodeT()
             code.builtinCode = getattr(schema.BuiltinOperator, name)
@@ -459,7 +546,10 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     """
     src = _Model(Path(tflite_path))
     end, stage_tensor = _stage_split(src, plan)
-    codes, code_index = _opcodes(src)
+    assert plan.chosen is not None  # checked by _stage_split
+    codes, code_index = _opcodes(list(src.model.operatorCodes),
+                                 {name: int(op.opcodeIndex) for name, op in zip(src.names, src.ops)}, _STAGE_OPS)
+    unrolled_codes, unrolled_index = _opcodes(codes, code_index, _UNROLLED_OPS)
     image = src.sub.inputs[0]
     tile_h, tile_w = (max(_hw(t)[axis] for t in plan.tiles) for axis in (0, 1))
     needed = [_regions(src, end, stage_tensor, (t[0], t[1], t[0] + tile_h, t[1] + tile_w)) for t in plan.tiles]
@@ -473,34 +563,33 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     shifts = [{t: (r[t][0] - needed[0][t][0], r[t][1] - needed[0][t][1]) for t in r} for r in needed]
     stage = _stage_subgraph(src, code_index, end, needed[0], shifts)
     buffers = list(src.model.buffers)
-    for t in stage.tensors:
-        if t.buffer < 0:
-            t.buffer = len(buffers) + (-1 - t.buffer)
-    for data in stage.new_buffers:
-        buffers.append(tflite.schema().BufferT())
-        buffers[-1].data = data
+    unrolled = _unrolled_subgraph(src, unrolled_index, end, stage_tensor, plan.tiles, plan.chosen.grid)
+    for built in (stage, unrolled):
+        built.place_buffers(buffers)
     stage_out = stage.held[stage_tensor][0]
     stage_sub = _subgraph(stage.tensors, stage.inputs, [stage_out], stage.operators, "patch_stage")
+    unrolled_sub = _subgraph(unrolled.tensors, unrolled.inputs, [unrolled.held[stage_tensor][0]], unrolled.operators,
+                             "patch_stage_unrolled")
     rest_sub = _compact(src, src.ops[end + 1:], [stage_tensor], [int(t) for t in src.sub.outputs], "patch_rest")
     rest_model = _standalone(src, codes, rest_sub, buffers)
     rest_arena = plan_arena(rest_model, {int(rest_sub.inputs[0]): 0})  # the stage buffer heads the rest's arena
     attach_arena_plan(rest_model, rest_arena)
     files = {STAGE_MODEL: tflite.pack_model(_standalone(src, codes, stage_sub, buffers)),
-             REST_MODEL: tflite.pack_model(rest_model)}
+             REST_MODEL: tflite.pack_model(rest_model),
+             UNROLLED_MODEL: tflite.pack_model(_standalone(src, unrolled_codes, unrolled_sub, buffers))}
     full_macs = sum(src.macs(i, src.hw(src.ops[i].outputs[0])) for i in range(end + 1))
     input_info = _tensor_info(src.sub.tensors[image])
     window_fill = stage.image_fill if stage.image_fill is not None else input_info.zero_point or 0
-    assert plan.chosen is not None  # checked by _stage_split
     schedule = PatchSchedule(
-        STAGE_MODEL, REST_MODEL, plan.chosen.stage_end, plan.chosen.grid, input_info,
+        STAGE_MODEL, REST_MODEL, UNROLLED_MODEL, plan.chosen.stage_end, plan.chosen.grid, input_info,
         _tensor_info(src.sub.tensors[stage_tensor]),
         tuple(_tensor_info(src.sub.tensors[t]) for t in src.sub.outputs),
         _tensor_info(stage.tensors[stage.inputs[0]]), window_fill, _tensor_info(stage.tensors[stage_out]),
         tuple(PatchMask(tflite.tensor_name(src.sub.tensors[t]), _hw(region), fill, (1 + 2 * k, 2 + 2 * k))
               for k, (t, region, fill) in enumerate(stage.masks)),
         tuple(Patch(r[image], tile, stage.valid(p)) for p, (tile, r) in enumerate(zip(plan.tiles, needed))),
-        StageMacs(full_macs, stage.macs * len(plan.tiles)),
-        FlashBytes(len(src.data), sum(len(data) for data in files.values())),
+        StageMacs(full_macs, stage.macs * len(plan.tiles), unrolled.macs),
+        FlashBytes(len(src.data), len(files[STAGE_MODEL]) + len(files[REST_MODEL])),
         RestArena(0, rest_arena.head_bytes, rest_arena.lower_bound_bytes),
         PlannerFigures(plan.chosen.peak_bytes, plan.layer_by_layer_peak_bytes, plan.chosen.extra_macs))
     return PatchArtifacts(files, schedule, tuple(_output_info(src.sub.tensors[t]) for t in src.sub.outputs))

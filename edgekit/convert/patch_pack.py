@@ -100,8 +100,9 @@ def schedule_header(schedule: PatchSchedule, outputs: tuple[TensorInfo, ...]) ->
 
 
 def write_patch_pack(artifacts: PatchArtifacts, out_dir: str | Path) -> dict[str, dict[str, int]]:
-    """Write both model files, patch_schedule.json/.h, a C array per model, op_resolver.h and arena.h
-    (the larger model's arena: one interpreter runs at a time) to out_dir.
+    """Write the model files, patch_schedule.json/.h, a C array per MCU model (the stage and rest models; the
+    unrolled model is LiteRT's), op_resolver.h and arena.h (the larger model's arena: one interpreter runs at
+    a time) to out_dir.
 
     Returns each model's TF Lite Micro arena as measured: total, head (activations) and tail
     (persistent). The stage buffer (EK_STAGE_BYTES) is not in arena.h: it lives across the patches.
@@ -109,7 +110,7 @@ def write_patch_pack(artifacts: PatchArtifacts, out_dir: str | Path) -> dict[str
     out = Path(out_dir)
     artifacts.write(out)
     (out / "patch_schedule.h").write_text(schedule_header(artifacts.schedule, artifacts.outputs))
-    models = artifacts.schedule.model_files
+    models = artifacts.schedule.mcu_files
     arenas = {name: arena_parts(out / name) for name in models}
     ops = list(dict.fromkeys(op for name in models for op in _tflm_ops(out / name)))
     sources: dict[str, str] = {}

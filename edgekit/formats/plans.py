@@ -34,7 +34,8 @@ Region = tuple[int, int, int, int]  # top, left, bottom, right; bottom and right
 SCHEDULE_TENSOR_KEYS = ("shape", "dtype", "scale", "zero_point")
 MASK_KEYS = ("tensor", "shape", "fill", "inputs")
 PATCH_KEYS = ("window", "tile", "valid")
-PATCH_SCHEDULE_KEYS = ("kind", "version", "layout", "stage_model", "rest_model", "stage_end", "grid", "input",
+PATCH_SCHEDULE_KEYS = ("kind", "version", "layout", "stage_model", "rest_model", "unrolled_model", "stage_end",
+                       "grid", "input",
                        "stage", "outputs", "window", "tile", "masks", "patches", "macs", "flash_bytes", "rest_arena",
                        "planner")
 SPLIT_KEYS = ("kind", "device_stages", "server_stages", "boundary", "split", "model_id", "model_version",
@@ -170,10 +171,12 @@ class _Counts:
 
 @dataclass(frozen=True)
 class StageMacs(_Counts):
-    """MACs of the stage layers: run whole once, and as the stage model runs them over every patch."""
+    """MACs of the stage layers: run whole once, as the stage model runs them over every patch (whole windows),
+    and as the unrolled model runs them (each patch on its regions cut to the tensors)."""
 
     stage_full: int
     stage_patched: int
+    stage_unrolled: int
 
 
 @dataclass(frozen=True)
@@ -205,18 +208,20 @@ class PlannerFigures(_Counts):
 @dataclass(frozen=True)
 class PatchSchedule:
     """A patch schedule (`plan.kind` "patch"): one stage model computes every patch's tile of the stage buffer
-    from the patch's window of the NHWC image, then the rest model runs on the stage buffer.
+    from the patch's window of the NHWC image, then the rest model runs on the stage buffer. The unrolled model
+    (LiteRT) computes every patch in one call instead: the whole image in, the stage buffer out.
 
     Read whole or refused: every window the stage model's input size, one valid region per mask inside it,
     tiles inside the stage buffer, no larger than the stage model's output, covering the buffer exactly once.
     """
 
     KIND: ClassVar[str] = "patch"
-    VERSION: ClassVar[int] = 3  # 3: every rest-model output (`outputs`), where 2 had only the first
+    VERSION: ClassVar[int] = 4  # 4: `unrolled_model`; 3: every rest-model output (`outputs`), 2 had only the first
     LAYOUT: ClassVar[str] = "NHWC"
 
     stage_model: str
     rest_model: str
+    unrolled_model: str  # every patch in one subgraph, for LiteRT (TF Lite Micro runs the stage model)
     stage_end: str  # the last layer the patches compute
     grid: int
     input: ScheduleTensor  # the whole image
@@ -233,14 +238,20 @@ class PatchSchedule:
     planner: PlannerFigures
 
     @property
-    def model_files(self) -> tuple[str, str]:
-        """The model files the schedule runs: the stage model and the rest model."""
+    def model_files(self) -> tuple[str, str, str]:
+        """The model files the schedule runs: the stage model, the rest model and the unrolled model."""
+        return self.stage_model, self.rest_model, self.unrolled_model
+
+    @property
+    def mcu_files(self) -> tuple[str, str]:
+        """The model files a microcontroller runs (under TF Lite Micro): the stage model and the rest model."""
         return self.stage_model, self.rest_model
 
     def to_dict(self) -> dict:
         """The JSON object of this schedule, as the manifest's `plan` and patch_schedule.json hold it."""
         return {"kind": self.KIND, "version": self.VERSION, "layout": self.LAYOUT, "stage_model": self.stage_model,
-                "rest_model": self.rest_model, "stage_end": self.stage_end, "grid": self.grid,
+                "rest_model": self.rest_model, "unrolled_model": self.unrolled_model, "stage_end": self.stage_end,
+                "grid": self.grid,
                 "input": self.input.to_dict(), "stage": self.stage.to_dict(),
                 "outputs": [o.to_dict() for o in self.outputs],
                 "window": {**self.window.to_dict(), "fill": self.window_fill}, "tile": self.tile.to_dict(),
@@ -273,6 +284,7 @@ class PatchSchedule:
         schedule = cls(
             _check_name(data["stage_model"], where, f"'{key}.stage_model'"),
             _check_name(data["rest_model"], where, f"'{key}.rest_model'"),
+            _check_name(data["unrolled_model"], where, f"'{key}.unrolled_model'"),
             _string(data["stage_end"], where, f"{key}.stage_end"), _integer(data["grid"], where, f"{key}.grid", 1),
             tensors["input"], tensors["stage"], outputs, tensors["window"],
             _integer(window["fill"], where, f"{key}.window.fill", low, high), tensors["tile"], masks, patches,
@@ -290,8 +302,9 @@ class PatchSchedule:
             found = ", ".join(f"{s.name!r} ({s.file})" for s in stages)
             raise BundleError(f"{where}: a patch schedule runs as the one stage whose file is '{key}.stage_model' "
                               f"{self.stage_model!r}, found stages {found}")
-        if self.rest_model not in files:
-            raise BundleError(f"{where}: '{key}.rest_model' {self.rest_model!r} is not listed in 'files'")
+        for name, file in (("rest_model", self.rest_model), ("unrolled_model", self.unrolled_model)):
+            if file not in files:
+                raise BundleError(f"{where}: '{key}.{name}' {file!r} is not listed in 'files'")
         declared = [(o.shape, o.dtype) for o in self.outputs]
         listed = [(o.shape, o.dtype) for o in stages[0].outputs]
         if listed != declared:
