@@ -460,28 +460,6 @@ def _unrolled_subgraph(src: _Model, codes: dict[str, int], end: int, stage_tenso
     return stage
 
 
-def _compact(src: _Model, ops: list[Any], inputs: list[int], outputs: list[int], name: str) -> Any:
-    """A subgraph of source `ops` holding only the tensors they use (indices renumbered)."""
-    tensors: list[Any] = []
-    remap: dict[int, int] = {}
-
-    def index(t: int) -> int:
-        if t < 0:
-            return t
-        if t not in remap:
-            remap[t] = len(tensors)
-            tensors.append(copy.deepcopy(src.sub.tensors[t]))
-        return remap[t]
-
-    operators = []
-    for op in ops:
-        new = copy.deepcopy(op)
-        new.inputs = np.array([index(int(t)) for t in op.inputs], np.int32)
-        new.outputs = np.array([index(int(t)) for t in op.outputs], np.int32)
-        operators.append(new)
-    return _subgraph(tensors, [index(t) for t in inputs], [index(t) for t in outputs], operators, name)
-
-
 def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operators: list[Any], name: str) -> Any:
     sub = tflite.schema().SubGraphT()
     sub.tensors, sub.operators, sub.name = tensors, operators, name
@@ -489,7 +467,7 @@ def _subgraph(tensors: list[Any], inputs: list[int], outputs: list[int], operato
     return sub
 
 
-# op -> the version whose kernels take int8/bool: what the stage model (and the rest, sharing its codes) adds to
+# op -> the version whose kernels take int8/bool: what the stage model adds to
 # the source's ops, and what the unrolled model adds on top
 _STAGE_OPS = {"SLICE": 2, "LOGICAL_AND": 1, "SELECT_V2": 1}
 _UNROLLED_OPS = {"PAD": 2, "PADV2": 2, "CONCATENATION": 2}
@@ -570,9 +548,9 @@ def build_patch_artifacts(tflite_path: str | Path, plan: PatchPlan) -> PatchArti
     stage_sub = _subgraph(stage.tensors, stage.inputs, [stage_out], stage.operators, "patch_stage")
     unrolled_sub = _subgraph(unrolled.tensors, unrolled.inputs, [unrolled.held[stage_tensor][0]], unrolled.operators,
                              "patch_stage_unrolled")
-    rest_sub = _compact(src, src.ops[end + 1:], [stage_tensor], [int(t) for t in src.sub.outputs], "patch_rest")
-    rest_model = _standalone(src, codes, rest_sub, buffers)
-    rest_arena = plan_arena(rest_model, {int(rest_sub.inputs[0]): 0})  # the stage buffer heads the rest's arena
+    rest_model = tflite.extract_model(src.model, list(range(end + 1, len(src.ops))), [stage_tensor],
+                                      [int(t) for t in src.sub.outputs])
+    rest_arena = plan_arena(rest_model, {int(rest_model.subgraphs[0].inputs[0]): 0})  # the stage buffer heads it
     attach_arena_plan(rest_model, rest_arena)
     files = {STAGE_MODEL: tflite.pack_model(_standalone(src, codes, stage_sub, buffers)),
              REST_MODEL: tflite.pack_model(rest_model),
