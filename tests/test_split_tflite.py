@@ -132,3 +132,16 @@ def test_stream_always_offload_sends_every_frame_and_offload_flags_need_a_broker
     for flags in (("--always-offload",), ("--deadline-ms", "200")):
         code, out, err = run(capsys, *argv, *flags)
         assert code == 2 and out == "" and f"{flags[0]} only mean something with --broker" in err, err
+
+
+def test_a_model_output_made_before_the_cut_crosses_it() -> None:
+    """BlazeFace full-range finishes its classifier output one layer before the end: a cut there still sends it,
+    so the planner never offers it as a one-tensor cut (the tail must give every output)."""
+    from edgekit.plan.split import crossing_tensors
+
+    graph = from_tflite(blazeface.model_path("face_detection_full_range"))
+    early = [k for k in range(1, len(graph.layers)) if graph.layers[k - 1].output in graph.outputs]
+    assert early, "the full-range model no longer makes an output early"
+    for k in early:
+        crossing = crossing_tensors(graph, k)
+        assert graph.layers[k - 1].output in crossing and len(crossing) >= 2

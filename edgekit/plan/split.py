@@ -160,9 +160,11 @@ def _rank(candidate: SplitCandidate, objective: str) -> tuple[float, int]:
 
 
 def crossing_tensors(graph: Graph, k: int) -> tuple[str, ...]:
-    """Tensors written before layer k (or graph inputs) and read at or after it: what a cut after k layers sends."""
+    """Tensors written before layer k (or graph inputs) and read at or after it, and model outputs already made
+    before it (the tail gives every output): what a cut after k layers sends."""
     produced = {spec.name for spec in graph.inputs} | {layer.output for layer in graph.layers[:k]}
     needed = dict.fromkeys(t for layer in graph.layers[k:] for t in layer.inputs if t in produced)
+    needed |= dict.fromkeys(t for t in graph.outputs if t in produced)
     return tuple(needed)
 
 
