@@ -165,6 +165,15 @@ def mbv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def digits_nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN as compile makes it for an MCU (NHWC int8 I/O), so a patch stage can start at the image."""
+    x_train, *_ = load_digits_split()
+    path = tmp_path_factory.mktemp("codegen") / "digits_nhwc_int8.tflite"
+    return quantize(create_model("digits_cnn", pretrained=True), x_train[:100], path,
+                    Int8Config(format="tflite", channels_last_io=True))
+
+
+@pytest.fixture(scope="module")
 def residual_nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The residual net with NHWC int8 I/O, so a patch stage can start at the image."""
     return _int8(trained_like(ResidualAvgPoolNet()), tmp_path_factory.mktemp("codegen") / "residual_nhwc.tflite")
@@ -563,21 +572,26 @@ def test_cortex_m7_firmware_under_qemu_is_bit_exact(name: str, request: pytest.F
 
 
 def _plan(name: str, path: Path, resident: bool = True) -> PatchPlan:
-    """MobileNetV2: the planner's choice, the image resident (held whole in the arena) or streamed. The residual
-    net: a 3x3 grid through the ADD and the SAME 3x3 average pool (which TF Lite averages over the pixels inside)."""
+    """MobileNetV2: the planner's choice, the image resident (held whole in the arena) or streamed; the others a
+    stage and grid chosen by hand (the residual net's through the SAME 3x3 average pool, which TF Lite averages
+    over the pixels inside)."""
     graph, policy = from_tflite(path), MemoryPolicy.generated_c()  # the C's own accounting, as codegen plans
     if name == "mbv2":
         return plan_patches(graph, input_resident=resident, policy=policy)
-    return fixed_plan(graph, "wrapped.pools.1:average_pool_2d", 3, input_resident=resident, policy=policy)
+    stage, grid = {"residual_nhwc": ("wrapped.pools.1:average_pool_2d", 3),  # through the ADD and the SAME pool
+                   "digits_nhwc": ("wrapped.features.1.0:conv_2d", 2),  # depthwise then conv, 8x8 -> 4x4
+                   "se_net": ("wrapped.stem.0:conv_2d", 2)}[name]  # the stem conv: its hard-swish is no stage op
+    return fixed_plan(graph, stage, grid, input_resident=resident, policy=policy)
 
 
-@pytest.mark.parametrize(("name", "resident"), [("mbv2", True), ("mbv2", False), ("residual_nhwc", True)],
-                         ids=["mbv2-resident", "mbv2-streamed", "residual-resident"])
+@pytest.mark.parametrize(("name", "resident"), [("mbv2", True), ("mbv2", False), ("residual_nhwc", True),
+                                               ("digits_nhwc", False), ("se_net", True)],
+                         ids=["mbv2-resident", "mbv2-streamed", "residual-resident", "digits-streamed", "se-resident"])
 def test_patched_c_equals_layer_by_layer_c_and_tflite_micro(name: str, resident: bool,
                                                              request: pytest.FixtureRequest, tmp_path: Path) -> None:
     path = request.getfixturevalue(name)
     plan = _plan(name, path, resident)
-    assert plan.chosen is not None and len(plan.tiles) >= 9
+    assert plan.chosen is not None and len(plan.tiles) == plan.chosen.grid ** 2 >= 4
     patched = generate_patched(path, plan, tmp_path / "patched")
     layered = generate(path.read_bytes(), tmp_path / "layered", path.name)
     source = (tmp_path / "patched" / "ek_model.c").read_text()
@@ -590,7 +604,8 @@ def test_patched_c_equals_layer_by_layer_c_and_tflite_micro(name: str, resident:
     layer_by_layer = run_records([str(build_host(layered, tmp_path / "layered.exe"))], x, out_bytes, timeout_s=60)
     np.testing.assert_array_equal(got.outputs, want)
     np.testing.assert_array_equal(got.outputs, layer_by_layer.outputs)
-    assert patched.arena_lower_bound_bytes <= patched.arena_bytes < layered.arena_bytes
+    assert patched.arena_lower_bound_bytes <= patched.arena_bytes <= layered.arena_bytes
+    assert name != "mbv2" or patched.arena_bytes < layered.arena_bytes / 3  # its peak is in the stage
     # the planner's accounting (pads folded, depthwise in place; a resident image kept through the stage)
     assert layered.arena_bytes == activation_memory(from_tflite(path), MemoryPolicy.generated_c()).peak_bytes
     assert patched.arena_bytes == plan.chosen.peak_bytes
@@ -607,6 +622,20 @@ def test_a_stage_operator_without_a_patched_kernel_is_refused(se_net: Path, tmp_
 def test_a_plan_made_on_another_model_is_refused(mbv2: Path, residual_nhwc: Path, tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="not this model's first layers"):
         generate_patched(mbv2, _plan("residual_nhwc", residual_nhwc), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cortex_m7_missing() is not None, reason=str(_cortex_m7_missing()))
+@pytest.mark.parametrize(("name", "resident"), [("digits_nhwc", False), ("residual_nhwc", True), ("se_net", True)])
+def test_patched_firmware_of_the_small_models_under_qemu_is_bit_exact(name: str, resident: bool,
+                                                                      request: pytest.FixtureRequest,
+                                                                      tmp_path: Path) -> None:
+    path = request.getfixturevalue(name)
+    generated = generate_patched(path, _plan(name, path, resident), tmp_path / "c")
+    x = random_inputs(generated, 3, seed=4)
+    got = run_records(qemu_command(build_qemu(generated, tmp_path / "model.elf")), x, generated.output_bytes,
+                      timeout_s=120)
+    np.testing.assert_array_equal(got.outputs, _tflm(path, x))
 
 
 @pytest.mark.slow
