@@ -11,7 +11,6 @@ dequantized outputs, so both sides agree on what the boundary tensor looks like.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,13 @@ from edgekit.convert.pipeline import Pipeline
 from edgekit.convert.preprocessing import input_preprocessing, model_labels
 from edgekit.convert.quantize import quantize
 from edgekit.convert.split_export import split_model
+from edgekit.convert.split_schedule import split_schedule
 from edgekit.convert.synthetic import Synthesis
 from edgekit.convert.torch_model import as_torch_model
 from edgekit.cost.codec import CodecFigures
 from edgekit.errors import ConversionError, SplitError
 from edgekit.formats.bundle import Manifest, QuantRecipe, Stage, TensorInfo
-from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
+from edgekit.formats.plans import SplitBoundary, SplitSchedule
 from edgekit.graph.from_torch import from_torch
 from edgekit.plan.split import SplitCandidate, SplitPlan, choose_cut, plan_split
 from edgekit.report.fidelity import render_fidelity, render_warnings
@@ -206,8 +206,13 @@ def describe_split(build: _Split) -> None:
     recipe = split_recipe(build.config, build.tail_dtype, len(build.samples), build.calibration is None,
                           boundary.layout)
     build.manifest = Manifest(build.name, build.device.name, stages,
-                              plan=split_manifest_plan(build.report, head, tail), preprocessing=build.preprocessing,
+                              plan=_schedule(build.report, head, tail), preprocessing=build.preprocessing,
                               labels=model_labels(build.model), recipe=recipe)
+
+
+def _schedule(report: SplitCompileReport, head: Path, tail: Path) -> SplitSchedule:
+    boundary = SplitBoundary(report.boundary, report.boundary_tensor, report.payload_bytes, report.payload_fp32_bytes)
+    return split_schedule(report.plan, report.tail_dtype, report.requested, boundary, report.model, head, tail)
 
 
 SPLIT: Pipeline[_Split] = Pipeline(
@@ -267,22 +272,6 @@ def _compressed_choice(plan: SplitPlan, split: str) -> SplitCandidate | None:
             return candidate
     raise SplitError(f"{plan.model}: no compressed input {split!r} was measured (measured: "
                      f"{', '.join(frame_codec(c) for c in plan.compressed) or 'none'})")
-
-
-def split_manifest_plan(report: SplitCompileReport, head: Path, tail: Path) -> SplitSchedule:
-    """The manifest's `plan`: which stages run where, the boundary tensor, the cut and its baselines (small JSON)."""
-    plan = report.plan
-
-    def cut(c: SplitCandidate) -> SplitCut:
-        return SplitCut(c.device_layers, c.last_device_layer, c.payload_bytes, c.device_seconds, c.transfer_seconds,
-                        c.server_seconds, c.total_seconds, c.device_joules)
-
-    digest = hashlib.sha256(head.read_bytes() + tail.read_bytes()).hexdigest()
-    figures = SplitFigures(plan.device, plan.server, plan.link, plan.uplink_bps, plan.objective, report.tail_dtype,
-                           report.requested, cut(plan.chosen), cut(plan.all_device), cut(plan.all_server),
-                           plan.decision_map)
-    boundary = SplitBoundary(report.boundary, report.boundary_tensor, report.payload_bytes, report.payload_fp32_bytes)
-    return SplitSchedule(("head",), ("tail",), report.model, f"sha256:{digest[:16]}", boundary, figures)
 
 
 class _NhwcInput(torch.nn.Module):

@@ -13,7 +13,6 @@ precision, as the planner costs it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ import numpy as np
 
 from edgekit.convert.compile import CompileReport, tensor_infos
 from edgekit.convert.pipeline import Build, Pipeline
+from edgekit.convert.split_schedule import split_schedule
 from edgekit.errors import ConversionError, SplitError
 from edgekit.formats import tflite
 from edgekit.formats.bundle import Bundle, Manifest, Stage, TensorInfo, load_bundle
-from edgekit.formats.plans import SplitBoundary, SplitCut, SplitFigures, SplitSchedule
+from edgekit.formats.plans import SplitBoundary, SplitSchedule
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.plan.split import SplitCandidate, SplitPlan, choose_cut, plan_split
 from edgekit.runtime.backends import open_model
@@ -211,19 +211,8 @@ def _channels_last(stage: Stage) -> bool:
 
 
 def _schedule(report: FileSplitReport, head: Path, tail: Path) -> SplitSchedule:
-    """The manifest's `plan`: head here, tail there, the boundary, the cut and its baselines."""
-    plan = report.plan
-
-    def cut(c: SplitCandidate) -> SplitCut:
-        return SplitCut(c.device_layers, c.last_device_layer, c.payload_bytes, c.device_seconds, c.transfer_seconds,
-                        c.server_seconds, c.total_seconds, c.device_joules)
-
-    digest = hashlib.sha256(head.read_bytes() + tail.read_bytes()).hexdigest()
-    figures = SplitFigures(plan.device, plan.server, plan.link, plan.uplink_bps, plan.objective, report.dtype,
-                           report.requested, cut(plan.chosen), cut(plan.all_device), cut(plan.all_server),
-                           plan.decision_map)
     boundary = SplitBoundary(report.boundary, report.boundary_tensor, report.payload_bytes, report.payload_fp32_bytes)
-    return SplitSchedule(("head",), ("tail",), report.model, f"sha256:{digest[:16]}", boundary, figures)
+    return split_schedule(report.plan, report.dtype, report.requested, boundary, report.model, head, tail)
 
 
 FILE_SPLIT: Pipeline[_BundleSplit] = Pipeline(prepare=(plan_cut,),
