@@ -88,6 +88,23 @@ def test_a_firmware_short_of_flash_and_sram_is_refused_with_the_linkers_numbers(
     assert not (tmp_path / "out" / "firmware.elf").exists()  # `make` must not find a firmware that does not fit
 
 
+@needs_arm
+def test_a_firmware_too_large_for_qemus_board_is_checked_on_the_host_and_built_for_the_board(
+        digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgekit.mcu.board
+    import edgekit.mcu.build
+
+    for module in (edgekit.mcu.board, edgekit.mcu.build):  # an MPS2 board with 8 KiB: the digits CNN is larger
+        monkeypatch.setattr(module, "QEMU_MEMORY_BYTES", 8 << 10)
+    code, stdout, err = run(capsys, "codegen", str(digits), "-o", str(tmp_path / "out"), "--target", "stm32f746",
+                            "--check", "2", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert [(c["build"], c["exact"]) for c in report["checks"]] == [("host", True)]
+    assert "bytes larger than the 8,192-byte FLASH of QEMU's mps2-an500 board" in report["qemu_skipped"]
+    assert report["stack_bytes"] is None and report["firmware"]["verdict"] == "fits"
+
+
 def test_a_target_that_is_not_a_cortex_m_is_refused(digits: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     code, _, err = run(capsys, "codegen", str(digits), "-o", str(tmp_path), "--target", "rpi4", "--build", "host")

@@ -10,6 +10,7 @@ in ek_model_invoke, read from the board's 25 MHz timer (40 instructions a tick).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import BackendError
-from edgekit.mcu.board import C_FLAGS, Core, qemu_script
+from edgekit.mcu.board import C_FLAGS, QEMU_MEMORY_BYTES, Core, qemu_script
 from edgekit.mcu.codegen import GeneratedC
 
 CORTEX_M7 = Core("cortex-m7", "fpv5-d16")  # QEMU's mps2-an500
@@ -56,12 +57,24 @@ def build_host(generated: GeneratedC, exe: Path) -> Path:
     return compile_c("gcc", C_FLAGS, generated, exe)
 
 
+class TooLargeForQemu(BackendError):
+    """The model's firmware does not fit the memory of QEMU's MPS2 board, so it cannot be run there."""
+
+
 def build_qemu(generated: GeneratedC, elf: Path, core: Core = CORTEX_M7) -> Path:
-    """The generated model and harness as a firmware for QEMU's MPS2 board of `core` (semihosting, painted stack)."""
+    """The generated model and harness as a firmware for QEMU's MPS2 board of `core` (semihosting, painted stack);
+    TooLargeForQemu when the linker finds it larger than the board's memory."""
     script = elf.with_suffix(".ld")
     script.write_text(qemu_script())
-    return compile_c("arm-none-eabi-gcc", (*C_FLAGS, *core.flags, *QEMU_FLAGS, "-T", str(script)), generated, elf,
-                     harness_file("startup.c"))
+    try:
+        return compile_c("arm-none-eabi-gcc", (*C_FLAGS, *core.flags, *QEMU_FLAGS, "-T", str(script)), generated,
+                         elf, harness_file("startup.c"))
+    except BackendError as exc:
+        overflow = re.search(r"region `(\w+)' overflowed by (\d+) bytes", str(exc))
+        if overflow is None:
+            raise
+        raise TooLargeForQemu(f"the firmware is {int(overflow[2]):,} bytes larger than the {QEMU_MEMORY_BYTES:,}-byte "
+                              f"{overflow[1]} of QEMU's {core.qemu_machine} board") from None
 
 
 def elf_sizes(elf: Path) -> dict[str, int]:

@@ -22,7 +22,7 @@ from edgekit.convert.mcu import generous_arena_bytes
 from edgekit.errors import BackendError, ModelLoadError, ProfileError
 from edgekit.graph.from_tflite import from_tflite
 from edgekit.mcu.board import core_of
-from edgekit.mcu.build import build_host, build_qemu, qemu_command, run_records
+from edgekit.mcu.build import TooLargeForQemu, build_host, build_qemu, qemu_command, run_records
 from edgekit.mcu.codegen import GeneratedC, generate
 from edgekit.mcu.firmware import DEFAULT_STACK_BYTES, Firmware, build_firmware, write_board
 from edgekit.mcu.patched import generate_patched
@@ -59,6 +59,7 @@ class CodegenReport:
     checks: tuple[Check, ...]
     instructions: int | None = None  # per inference under QEMU (-icount shift=0); None when not run
     patch: PatchPlan | None = None  # the schedule compiled in; None: layer by layer
+    qemu_skipped: str | None = None  # why the firmware did not run under QEMU though it was asked to
 
     @property
     def fits(self) -> bool:
@@ -77,7 +78,7 @@ class CodegenReport:
                 "deployable_flash_bytes": None if fw is None else fw.deployable_flash_bytes,
                 "deployable_sram_bytes": None if fw is None else fw.deployable_sram_bytes,
                 "fits": self.fits, "checks": [vars(c) for c in self.checks],
-                "instructions_per_inference": self.instructions,
+                "instructions_per_inference": self.instructions, "qemu_skipped": self.qemu_skipped,
                 "patch": None if self.patch is None else _patch(self.patch)}
 
     def rows(self) -> list[tuple[str, str]]:
@@ -88,7 +89,9 @@ class CodegenReport:
                                             f"{self.generated.arena_lower_bound_bytes:,} B)"),
                  ("C constants (flash)", f"{self.generated.weight_flash_bytes:,} B"),
                  ("stack high-water (QEMU)", f"{stack:,} B" if stack is not None else
-                  "not measured (--build host)" if fw is None else "not measured (no QEMU board for the core)")]
+                  "not measured (--build host)" if fw is None else
+                  f"not measured ({self.qemu_skipped}; {DEFAULT_STACK_BYTES:,} B reserved)" if self.qemu_skipped
+                  else "not measured (no QEMU board for the core)")]
         if fw is not None:
             lines += [("firmware text / data / bss", f"{fw.text:,} / {fw.data:,} / {fw.bss:,} B (bss holds the arena "
                                                      f"and {fw.stack_bytes:,} B of stack)"),
@@ -105,6 +108,8 @@ class CodegenReport:
             lines.append(("instructions per inference (QEMU)", f"{self.instructions:,}"))
         lines += [(f"bit-exact, {c.build}", f"{'yes' if c.exact else 'NO'} ({c.inputs} random inputs)")
                   for c in self.checks]
+        if self.qemu_skipped:
+            lines.append(("under QEMU", f"not run: {self.qemu_skipped}"))
         return lines + [("written to", f"{self.out_dir}/")]
 
 
@@ -174,14 +179,20 @@ def codegen(tflite_path: Path, out_dir: Path, target: Device, build: str = "cort
             host = run_records([str(build_host(generated, Path(folder) / "host"))], x, out_bytes, RUN_TIMEOUT_S,
                                out_dtype)
             checks.append(Check("host", check, bool(np.array_equal(host.outputs, want))))
+        qemu_skipped = None
         if build == "cortex-m" and shutil.which("qemu-system-arm") and core.qemu_machine:
-            elf = build_qemu(generated, Path(folder) / "qemu.elf", core)
-            emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S, out_dtype)
-            stack, instructions = emulated.stack_bytes, emulated.instructions
-            if check:
-                checks.append(Check(f"qemu {core.qemu_machine}", check, bool(np.array_equal(emulated.outputs, want))))
+            try:
+                elf = build_qemu(generated, Path(folder) / "qemu.elf", core)
+            except TooLargeForQemu as exc:  # the board's own firmware is still built and judged below
+                qemu_skipped = str(exc)
+            else:
+                emulated = run_records(qemu_command(elf, core), x, out_bytes, RUN_TIMEOUT_S, out_dtype)
+                stack, instructions = emulated.stack_bytes, emulated.instructions
+                if check:
+                    checks.append(Check(f"qemu {core.qemu_machine}", check,
+                                        bool(np.array_equal(emulated.outputs, want))))
     if build == "host":  # the board files still, for a later `make` where the Arm toolchain is
         write_board(generated, target, DEFAULT_STACK_BYTES)
     firmware = build_firmware(generated, target, stack) if build == "cortex-m" else None
     return CodegenReport(tflite_path.name, target.name, str(out_dir), core.cpu, generated, int(target.flash.value),
-                         int(target.sram.value), stack, firmware, tuple(checks), instructions, patch)
+                         int(target.sram.value), stack, firmware, tuple(checks), instructions, patch, qemu_skipped)
