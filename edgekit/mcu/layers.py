@@ -390,7 +390,8 @@ def _pad(layer: Layer) -> str:
     before = [0] * (4 - len(pads)) + [int(p) for p in pads[:, 0]]
     in_shape, out_shape = nhwc(layer.tensor(0).shape), nhwc(layer.tensor(0, outputs=True).shape)
     if layer.quant(0) != layer.quant(0, outputs=True):
-        raise UnsupportedOpError(f"{layer.where}: input and output quantized differently (TF Lite pads a copy)")
+        raise UnsupportedOpError(f"{layer.where}: input and output quantized differently (an int8 PAD copies "
+                                 "values: TF Lite needs one quantization)")
     _, value = layer.quant(0, outputs=True)
     if op_name(layer.model, layer.op) == "PADV2":
         value = int(layer.constant(2).astype(np.int32).reshape(-1)[0])
