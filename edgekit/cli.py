@@ -199,7 +199,7 @@ def _split_file(args: argparse.Namespace, target: Any, config: Any, layout: str 
         compiled = compile_file(args.model, target, Path(tmp) / "bundle", args.calib, args.eval, config,
                                 args.max_drop, args.mean, args.std, args.input_shape, layout, *_file_metadata(args))
         return split_tflite_bundle(Path(tmp) / "bundle", args.output, server, link, args.split, args.bandwidth,
-                                   compiled=compiled)
+                                   compiled=compiled, device=target)
 
 
 def cmd_compile_batch(args: argparse.Namespace) -> None:

@@ -81,10 +81,14 @@ def test_compile_splits_a_float_tflite_file_with_its_labels_and_decoder(capsys: 
                                                                          tmp_path: Path) -> None:
     from PIL import Image
 
+    from edgekit.targets import load_target
+
     calib = blazeface_bundle.save_calibration(tmp_path / "calib", 20)
+    profile = tmp_path / "my-pi.toml"  # the user's own profile file: the split plans for it, not a registry name
+    profile.write_text(Path(str(load_target("rpi4").path)).read_text().replace('name = "rpi4"', 'name = "my-pi"'))
     (tmp_path / "labels.txt").write_text("face\n")
     (tmp_path / "detection.json").write_text(json.dumps(blazeface_bundle.DETECTION.to_dict()))
-    code, out, err = run(capsys, "compile", str(blazeface.model_path()), "--target", "rpi4", "--int8", "--calib",
+    code, out, err = run(capsys, "compile", str(blazeface.model_path()), "--target", str(profile), "--int8", "--calib",
                          str(calib), "--mean", "0.5", "--std", "0.5", "--labels", str(tmp_path / "labels.txt"),
                          "--detection", str(tmp_path / "detection.json"), "--split", blazeface_bundle.SPLIT_AT,
                          "--server", "x86-server", "--link", "wifi", "-o", str(tmp_path / "split"), "--json")
@@ -92,6 +96,7 @@ def test_compile_splits_a_float_tflite_file_with_its_labels_and_decoder(capsys: 
     report = json.loads(out)
     assert report["compiled"]["calibration_samples"] == 20 and report["dtype"] == "int8"
     assert report["payload_bytes"] == 16 * 16 * 48 and report["checked_inputs"] >= 1
+    assert report["plan"]["device"] == "my-pi"
     manifest = load(tmp_path / "split").manifest
     assert [s.name for s in manifest.stages] == ["head", "tail"]
     assert manifest.detection == blazeface_bundle.DETECTION and manifest.labels == ("face",)

@@ -221,13 +221,14 @@ FILE_SPLIT: Pipeline[_BundleSplit] = Pipeline(prepare=(plan_cut,),
 
 def split_tflite_bundle(bundle: str | Path, out_dir: str | Path, server: Device, link: Link, split: str = "auto",
                       bandwidth_bps: float | None = None, objective: str = "latency",
-                      compiled: CompileReport | None = None) -> FileSplitReport:
+                      compiled: CompileReport | None = None, device: Device | None = None) -> FileSplitReport:
     """Cut the single-stage .tflite bundle `bundle` (made for its target, the device) for `server` over
     `link` into the split bundle `out_dir`; `split` is "auto" or the last layer to run on the device. Labels,
     preprocessing and a detector's decoder carry over; `compiled`, the compile that made `bundle`, goes into the
-    report. `out_dir` is left untouched on any failure."""
+    report; `device` is the profile the bundle was made for (default: its target, loaded by name). `out_dir` is
+    left untouched on any failure."""
     source = load_bundle(bundle)
-    build = _BundleSplit(out_dir=Path(out_dir), source=source, device=load_target(source.manifest.target),
+    build = _BundleSplit(out_dir=Path(out_dir), source=source, device=device or load_target(source.manifest.target),
                          server=server, link=link, split=split, bandwidth_bps=bandwidth_bps, objective=objective,
                          compiled=compiled)
     return FILE_SPLIT.run(build).report
